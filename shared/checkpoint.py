@@ -1,0 +1,127 @@
+"""Exported model files: self-describing, hash-verified, loaded without unpickling code.
+
+An exported model is ``models/<name>-<hash8>.pt``, a ``torch.save`` of a plain dict::
+
+    format         "latentwire-model"
+    version        1
+    name           model name, e.g. "lw-vr-hyperprior" (what bitstreams carry)
+    weights        16 hex digits: SHA-256 prefix over the state dict (``weights_hash``)
+    network        architecture arguments (``NetworkConfig``)
+    train_config   how it was trained (dataset, steps, schedule) for the model card
+    metrics        optional RD summary measured at export
+    state_dict     tensors, entropy-coder tables (CDFs) included
+
+It is read with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
+containers, and the weights are re-hashed and compared with both the stored hash and the file
+name's prefix before the model is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from shared.errors import CheckpointError, CheckpointHashMismatch, CheckpointNotFound
+from shared.network import NetworkConfig, VariableRateHyperprior
+
+FORMAT = "latentwire-model"
+FORMAT_VERSION = 1
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# Training-only buffers that do not affect coding are still hashed: the hash names the file.
+
+
+def weights_hash(state_dict: dict) -> str:
+    """16 hex digits of SHA-256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
+                 metrics: dict | None = None) -> Path:
+    """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated."""
+    ckpt = _safe_load(source)
+    model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.update(force=True)  # entropy-coder CDF tables from the trained densities
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    digest = weights_hash(state)
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "name": name,
+        "weights": digest,
+        "network": model.config.to_dict(),
+        "train_config": ckpt.get("train_config", {}),
+        "step": int(ckpt.get("step", 0)),
+        "metrics": metrics or {},
+        "state_dict": state,
+    }
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / f"{name}-{digest[:8]}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def find_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
+    """A path as is, or the one ``models_dir/<name>-<hash8>.pt`` for a model name."""
+    p = Path(name_or_path)
+    if p.suffix == ".pt":
+        if not p.is_file():
+            raise CheckpointNotFound(f"model file {p} does not exist")
+        return p
+    matches = sorted(models_dir.glob(f"{name_or_path}-*.pt"))
+    matches = [m for m in matches if len(m.stem) == len(str(name_or_path)) + 9]
+    if not matches:
+        available = sorted({m.stem[:-9] for m in models_dir.glob("*.pt")})
+        raise CheckpointNotFound(
+            f"no model named {name_or_path!r} in {models_dir}; available: {', '.join(available) or 'none'}"
+        )
+    if len(matches) > 1:
+        raise CheckpointError(f"several files for model {name_or_path!r}: {[m.name for m in matches]}; keep one")
+    return matches[0]
+
+
+def load_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) -> tuple[VariableRateHyperprior, dict]:
+    """Load and verify an exported model. Returns (model in eval mode on CPU, metadata)."""
+    path = find_model(name_or_path, models_dir)
+    ckpt = _safe_load(path)
+    if ckpt.get("format") != FORMAT or ckpt.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is not an exported latentwire model (format {ckpt.get('format')!r}): "
+            "run `latentwire export` on it first"
+        )
+    digest = weights_hash(ckpt["state_dict"])
+    if digest != ckpt["weights"] or not path.stem.endswith(digest[:8]):
+        raise CheckpointHashMismatch(
+            f"{path.name}: weights hash to {digest}, the file claims {ckpt['weights']}: "
+            "the file is damaged or was edited; restore it from the repository"
+        )
+    model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["path"] = str(path)
+    return model, meta
+
+
+def _safe_load(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointNotFound(f"model file {path} does not exist") from exc
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(f"{path} cannot be loaded safely ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(obj, dict) or "state_dict" not in obj or "network" not in obj:
+        raise CheckpointError(f"{path} holds no latentwire weights (missing state_dict/network)")
+    return obj

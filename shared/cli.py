@@ -1,0 +1,181 @@
+"""The ``latentwire`` command line: codec tools, training, evaluation, services and benchmarks.
+
+    latentwire encode photo.jpg -o photo.lw --quality 0.6      (or --max-bytes 20000)
+    latentwire decode photo.lw -o photo.png
+    latentwire train --data ../shared/datasets/train --out runs/main [--resume runs/main/last.pt]
+    latentwire export runs/main/best.pt                          (writes models/<name>-<hash>.pt)
+    latentwire eval ../shared/datasets/kodak --out results/kodak
+    latentwire receiver [--host --port]  /  latentwire sender --receiver-url URL [--host --port]
+    latentwire bench codec|e2e
+
+Every subcommand imports what it needs when it runs, so ``latentwire --help`` is instant and the
+codec tools never import the web stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train (or resume training) the codec")
+    p.add_argument("--data", required=True, help="folder of training images (every 25th is held out)")
+    p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, val.jsonl")
+    p.add_argument("--resume", type=Path, help="training checkpoint or exported model to continue from")
+    p.add_argument("--steps", type=int, default=100_000, help="steps in this segment")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--checkpoint-every-s", type=float, default=300.0)
+    p.add_argument("--time-budget-s", type=float, default=0.0, help="fit the segment to this wall time")
+    p.add_argument("--lmbda-min", type=float, help="override the rate range's lowest lambda")
+    p.add_argument("--lmbda-max", type=float, help="override the rate range's highest lambda")
+    p.add_argument("--no-bf16", action="store_true", help="train the transforms in float32")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA_MAX",
+                   help="denoising: Gaussian noise, sigma ~ U[0, SIGMA_MAX] on the 0-255 scale")
+    p.add_argument("--noise-jpeg-prob", type=float, default=0.0,
+                   help="denoising: probability of a JPEG round trip before the noise")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from shared.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
+        lr=args.lr, warmup_steps=args.warmup_steps, val_every=args.val_every,
+        checkpoint_every_s=args.checkpoint_every_s, time_budget_s=args.time_budget_s,
+        seed=args.seed, bf16=not args.no_bf16, device=args.device, noise_sigma_max=args.noise,
+        noise_jpeg_prob=args.noise_jpeg_prob, lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max,
+    )
+    train(cfg, args.resume)
+    return 0
+
+
+def _add_codec_tools(sub) -> None:
+    p = sub.add_parser("encode", help="image -> .lw bitstream (the exact payload the sender transmits)")
+    p.add_argument("image", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="default: IMAGE with suffix .lw")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--quality", type=float, help="0 (fewest bytes) .. 1 (best); default 0.5")
+    rate.add_argument("--max-bytes", type=int, help="best quality whose coded size fits this many bytes")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("decode", help=".lw bitstream -> PNG at the original size")
+    p.add_argument("stream", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="default: STREAM with suffix .png")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("export", help="training checkpoint -> models/<name>-<hash8>.pt with entropy tables")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--name", default=None, help="model name (default: lw-vr-hyperprior)")
+    p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--replace", action="store_true", help="delete older files of the same model name")
+    p.set_defaults(func=_cmd_export)
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("--model", default=None, help="model name in --models-dir, or a .pt path")
+    p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (see the device policy in shared/codec.py)")
+    p.add_argument("--max-side", type=int, default=4096, help="largest width/height accepted")
+
+
+def _load_codec(args):
+    from shared.checkpoint import DEFAULT_MODELS_DIR
+    from shared.codec import DEFAULT_MODEL, Codec
+
+    return Codec.load(args.model or DEFAULT_MODEL, args.models_dir or DEFAULT_MODELS_DIR,
+                      device=args.device, max_side=args.max_side)
+
+
+def _cmd_encode(args) -> int:
+    from shared.images import load_image
+
+    codec = _load_codec(args)
+    img = load_image(args.image, max_side=args.max_side)
+    quality = 0.5 if args.quality is None and args.max_bytes is None else args.quality
+    enc = codec.encode(img.rgb, quality=quality, max_bytes=args.max_bytes)
+    out = args.output or args.image.with_suffix(".lw")
+    out.write_bytes(enc.data)
+    original = args.image.stat().st_size
+    print(f"{out}: {enc.nbytes} bytes, {enc.bpp:.3f} bpp, quality {enc.quality:.4f}, "
+          f"{img.width}x{img.height}, {original / enc.nbytes:.1f}x smaller than {args.image.name}")
+    return 0
+
+
+def _cmd_decode(args) -> int:
+    from shared.images import encode_png
+
+    codec = _load_codec(args)
+    rgb = codec.decode(args.stream.read_bytes())
+    out = args.output or args.stream.with_suffix(".png")
+    out.write_bytes(encode_png(rgb))
+    print(f"{out}: {rgb.shape[1]}x{rgb.shape[0]}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from shared.checkpoint import DEFAULT_MODELS_DIR, export_model
+    from shared.codec import DEFAULT_MODEL
+
+    name = args.name or DEFAULT_MODEL
+    models_dir = args.models_dir or DEFAULT_MODELS_DIR
+    path = export_model(args.checkpoint, name, models_dir)
+    if args.replace:
+        for old in models_dir.glob(f"{name}-*.pt"):
+            if old != path and len(old.stem) == len(name) + 9:
+                old.unlink()
+                print(f"removed {old}")
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+# Subcommands defined beside the code they run: (module, function adding the parser).
+_PLUGINS = (
+    ("shared.evaluate", "add_parser"),     # latentwire eval
+    ("shared.benchmark", "add_parser"),    # latentwire bench
+    ("receiver.cli", "add_parser"),        # latentwire receiver
+    ("sender.cli", "add_parser"),          # latentwire sender
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="latentwire", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_codec_tools(sub)
+    _add_train(sub)
+    for module, func in _PLUGINS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        getattr(mod, func)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shared.errors import LatentwireError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LatentwireError as exc:
+        print(f"latentwire {args.command}: {exc.code}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""``Codec``: image <-> bitstream with one shipped checkpoint, at any quality or byte budget.
+
+    codec = Codec.load("lw-vr-hyperprior")                  # from models/, hash-verified
+    enc = codec.encode(rgb, quality=0.6)                     # or max_bytes=20_000
+    enc.data                                                  # the .lw bytes the sender transmits
+    rgb_hat = codec.decode(enc.data)                          # (H, W, 3) uint8, original size
+
+DEVICE POLICY (what makes a stream portable across machines):
+  * Anything that decides *which entropy-coder table* codes a symbol, or what a symbol means, is
+    computed on the CPU in float64 on both sides: the gains from the stored quality, z_hat,
+    h_s(z_hat), the means and the scale indexes (``VariableRateHyperprior.entropy_parameters``).
+    A one-ulp difference there would pick another CDF and desynchronise the rANS decoder, so
+    that path never runs on a GPU, in bf16, or with TF32.
+  * g_a and h_a (encoder side) may run on any device and precision: their outputs are rounded to
+    integers and sent; the decoder never recomputes them. A GPU-encoded stream therefore decodes
+    on a CPU receiver (``tests/gpu/check_device_streams.py`` checks streams made on an H200).
+  * g_s (decoder side) may run on any device; pixels are identical across CPU thread counts
+    because CPU inference uses channels_last oneDNN convolutions, which partition work by output
+    block rather than splitting reductions (checked by tests/unit/test_determinism.py). A GPU
+    decoder may differ from a CPU decoder by one grey level in rare pixels.
+  * Encoding is byte-identical across runs and CPU thread counts for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared import bitstream as bs
+from shared.checkpoint import DEFAULT_MODELS_DIR, load_model, weights_hash
+from shared.errors import BudgetTooSmall, CorruptBitstream, QualityOutOfRange
+from shared.images import DEFAULT_MAX_SIDE
+from shared.network import DOWNSAMPLE, VariableRateHyperprior, pad_to_multiple
+
+DEFAULT_MODEL = "lw-vr-hyperprior"
+# Rate control: bisection on quality over real coded sizes. 12 halvings resolve quality to
+# 1/4096, far below the step at which the coded size changes by more than a few bytes.
+RATE_SEARCH_STEPS = 12
+
+
+@dataclass(frozen=True)
+class Encoded:
+    data: bytes  # the .lw container
+    stream: bs.Bitstream
+    quality: float
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def bpp(self) -> float:
+        return self.nbytes * 8 / (self.stream.height * self.stream.width)
+
+
+class Codec:
+    """One loaded model; encode and decode are thread-safe (a lock serialises model use)."""
+
+    def __init__(self, model: VariableRateHyperprior, name: str, weights: str | None = None,
+                 device: str | torch.device = "cpu", max_side: int = DEFAULT_MAX_SIDE) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.weights = weights or weights_hash(model.state_dict())
+        self.device = torch.device(device)
+        self.max_side = max_side
+        self._lock = threading.Lock()
+        # Entropy models, gains and h_s stay on the CPU (device policy); transforms move.
+        for module in (self.model.g_a, self.model.h_a, self.model.g_s):
+            module.to(self.device, memory_format=torch.channels_last)
+        self.model.update(force=False)  # no-op for exported models: their tables are stored
+
+    @classmethod
+    def load(cls, name_or_path: str | Path = DEFAULT_MODEL, models_dir: Path = DEFAULT_MODELS_DIR,
+             device: str = "cpu", max_side: int = DEFAULT_MAX_SIDE) -> "Codec":
+        model, meta = load_model(name_or_path, models_dir)
+        return cls(model, meta["name"], meta["weights"], device=resolve_device(device), max_side=max_side)
+
+    # ---- encoding ------------------------------------------------------------------------
+    def encode(self, rgb: np.ndarray, quality: float | None = None, max_bytes: int | None = None) -> Encoded:
+        """(H, W, 3) uint8 -> bitstream at ``quality`` in [0, 1], or the best that fits ``max_bytes``."""
+        if (quality is None) == (max_bytes is None):
+            raise QualityOutOfRange("give exactly one of quality (0..1) or max_bytes")
+        self._check_image(rgb)
+        with self._lock, torch.inference_mode():
+            y, z = self._analysis(rgb)
+            if quality is not None:
+                quality = check_quality(quality)
+                return self._code(rgb.shape, y, z, quality)
+            return self._fit_budget(rgb.shape, y, z, int(max_bytes))
+
+    def encode_batch(self, images: list[np.ndarray], quality: float) -> list[Encoded]:
+        """Several images in one call; same-size images share one g_a pass (the GPU batching path)."""
+        quality = check_quality(quality)
+        for rgb in images:
+            self._check_image(rgb)
+        out: list[Encoded | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, rgb in enumerate(images):
+            groups.setdefault(rgb.shape, []).append(i)
+        with self._lock, torch.inference_mode():
+            for shape, idx in groups.items():
+                x = torch.cat([_to_tensor(images[i]) for i in idx])
+                y, z = self._analysis_tensor(x)
+                for k, i in enumerate(idx):
+                    out[i] = self._code(shape, y[k : k + 1], z[k : k + 1], quality)
+        return out  # type: ignore[return-value]
+
+    def _check_image(self, rgb: np.ndarray) -> None:
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise TypeError("encode expects an (H, W, 3) uint8 array; use shared.images.load_image")
+        H, W = rgb.shape[:2]
+        if not (1 <= H <= self.max_side and 1 <= W <= self.max_side):
+            from shared.errors import ImageTooLarge
+
+            raise ImageTooLarge(f"{W}x{H} is outside 1..{self.max_side} per side")
+
+    def _analysis(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._analysis_tensor(_to_tensor(rgb))
+
+    def _analysis_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pad_to_multiple(x.to(self.device)).contiguous(memory_format=torch.channels_last)
+        y, z = self.model.analysis(x)  # (B, M, H/16, W/16), (B, N, H/64, W/64)
+        return y.float().cpu(), z.float().cpu()
+
+    def _code(self, shape: tuple, y: torch.Tensor, z: torch.Tensor, quality: float) -> Encoded:
+        H, W = shape[:2]
+        out = self.model.compress_latents(y, z, quality)
+        stream = bs.Bitstream(
+            model=self.name, weights=self.weights, height=H, width=W, quality=quality,
+            y_shape=tuple(y.shape[1:]), z_shape=tuple(z.shape[1:]),
+            strings=(out["strings"][0][0], out["strings"][1][0]),
+        )
+        return Encoded(data=stream.to_bytes(), stream=stream, quality=quality)
+
+    def _fit_budget(self, shape: tuple, y: torch.Tensor, z: torch.Tensor, max_bytes: int) -> Encoded:
+        """Highest quality whose *real* container size is <= max_bytes (coded size grows with
+        quality; bisection keeps the best fitting stream seen)."""
+        if max_bytes <= 0:
+            raise QualityOutOfRange(f"max_bytes must be positive, got {max_bytes}")
+        lowest = self._code(shape, y, z, 0.0)
+        if lowest.nbytes > max_bytes:
+            raise BudgetTooSmall(
+                f"even the lowest rate needs {lowest.nbytes} bytes for this {shape[1]}x{shape[0]} "
+                f"image; raise max_bytes to at least {lowest.nbytes} or downscale the image",
+                min_bytes=lowest.nbytes,
+            )
+        highest = self._code(shape, y, z, 1.0)
+        if highest.nbytes <= max_bytes:
+            return highest
+        best, lo, hi = lowest, 0.0, 1.0
+        for _ in range(RATE_SEARCH_STEPS):
+            mid = (lo + hi) / 2
+            enc = self._code(shape, y, z, mid)
+            if enc.nbytes <= max_bytes:
+                best, lo = enc, mid
+            else:
+                hi = mid
+        return best
+
+    # ---- decoding ------------------------------------------------------------------------
+    def parse(self, data: bytes | dict) -> bs.Bitstream:
+        """Validate a stream for this decoder without decoding pixels (cheap; raises on any fault)."""
+        stream = bs.parse(data) if isinstance(data, dict) else bs.loads(data)
+        bs.check_model(stream, self.name, self.weights,
+                       (self.model.config.M, self.model.config.N), self.max_side)
+        return stream
+
+    def decode(self, data: bytes | dict | bs.Bitstream) -> np.ndarray:
+        """Bitstream -> (H, W, 3) uint8 at the original size."""
+        stream = data if isinstance(data, bs.Bitstream) else self.parse(data)
+        if not isinstance(data, (bytes, dict)):
+            bs.check_model(stream, self.name, self.weights,
+                           (self.model.config.M, self.model.config.N), self.max_side)
+        with self._lock, torch.inference_mode():
+            try:
+                x_hat = self._synthesis(stream)
+            except (RuntimeError, ValueError) as exc:
+                raise CorruptBitstream(f"the entropy-coded data does not decode ({exc})") from exc
+        x_hat = x_hat[0, :, : stream.height, : stream.width]
+        return (x_hat.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+
+    def _synthesis(self, stream: bs.Bitstream) -> torch.Tensor:
+        m = self.model
+        q = torch.full((1,), stream.quality, dtype=torch.float64)
+        z_hat_s = m.entropy_bottleneck.decompress([stream.strings[1]], stream.z_shape[1:]).to(torch.float64)
+        indexes, means_s, g = m.entropy_parameters(z_hat_s, q)
+        y_hat_s = m.gaussian_conditional.decompress([stream.strings[0]], indexes, dtype=torch.float64, means=means_s)
+        y_hat = (y_hat_s / g).to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
+        return m.g_s(y_hat).clamp_(0, 1).float().cpu()
+
+    def info(self) -> dict:
+        return {"name": self.name, "weights": self.weights, "device": str(self.device),
+                "network": self.model.config.to_dict(), "max_side": self.max_side}
+
+
+def check_quality(quality: float) -> float:
+    try:
+        q = float(quality)
+    except (TypeError, ValueError) as exc:
+        raise QualityOutOfRange(f"quality must be a number in [0, 1], got {quality!r}") from exc
+    if math.isnan(q) or not 0.0 <= q <= 1.0:
+        raise QualityOutOfRange(f"quality must be in [0, 1] (0 = fewest bytes, 1 = best), got {quality!r}")
+    return q
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+__all__ = ["Codec", "Encoded", "DEFAULT_MODEL", "DOWNSAMPLE", "check_quality", "resolve_device"]

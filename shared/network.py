@@ -1,0 +1,232 @@
+"""The learned codec network: a variable-rate mean-scale hyperprior autoencoder.
+
+One checkpoint covers the whole rate range. A continuous ``quality`` in [0, 1] selects a
+per-channel quantisation gain for the latent ``y`` (and the hyper-latent ``z``), interpolated in
+log space between ``levels`` learned gain vectors (Cui et al. 2021, "Asymmetric gained deep image
+compression with continuous rate adaptation"). Training samples ``quality`` uniformly and weights
+distortion with ``lambda(quality)``, log-linear between ``lmbda_min`` and ``lmbda_max``, so every
+quality in between is trained, not only the anchors.
+
+Dataflow (Minnen et al. 2018 without the autoregressive context model)::
+
+          ┌─────┐ y ──×g(q)──► y_s ──Q──► ŷ_s ──÷g(q)──► ŷ ┌─────┐
+    x ──► │ g_a │──┤                    ▲ (μ·g, σ·g)        │ g_s │──► x̂
+          └─────┘  │                    │                   └─────┘
+                   ▼                ┌─────┐
+                ┌─────┐             │ h_s │ ◄── ẑ = ẑ_s ÷ h(q)
+                │ h_a │── z ──×h(q)─► Q ─► ẑ_s (EntropyBottleneck)
+                └─────┘
+
+The hyper-synthesis predicts the mean and scale of the *unscaled* latent; multiplying both by the
+gain turns them into the Gaussian of the scaled latent, so quantising ``y_s`` at unit step is
+quantising ``y`` with step ``1/g``.
+
+Contract (as in CompressAI): ``forward`` is for training (x_hat + likelihoods), ``compress``
+returns strings + shapes, ``decompress`` returns x_hat. The entropy-parameter path
+(``z_hat -> h_s -> means, scale indexes``) runs on the CPU in float64 in both directions, so a
+stream encoded on any device decodes on a CPU receiver: see ``DEVICE POLICY`` in ``codec.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN
+from compressai.models.base import CompressionModel, get_scale_table
+from compressai.models.utils import conv, deconv
+from compressai.ops import quantize_ste
+from torch import Tensor, nn
+
+# The synthesis and analysis transforms downsample four times by 2; the hyper transforms twice more.
+DOWNSAMPLE = 64
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture arguments: stored inside every checkpoint so it rebuilds itself."""
+
+    N: int = 128
+    M: int = 192
+    levels: int = 8
+    lmbda_min: float = 0.0012
+    lmbda_max: float = 0.15
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VariableRateHyperprior(CompressionModel):
+    """Mean-scale hyperprior with continuous-rate gain vectors (see module docstring)."""
+
+    def __init__(self, config: NetworkConfig) -> None:
+        super().__init__()
+        self.config = config
+        N, M, K = config.N, config.M, config.levels
+        self.g_a = nn.Sequential(
+            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
+        )
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+        )
+        self.h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+            conv(N, N, stride=2, kernel_size=5), nn.LeakyReLU(inplace=True),
+            conv(N, N, stride=2, kernel_size=5),
+        )
+        # Narrower than Minnen et al.'s (M -> 3M/2 channels) to keep the checkpoint under 30 MB.
+        self.h_s = nn.Sequential(
+            deconv(N, N, stride=2, kernel_size=5), nn.LeakyReLU(inplace=True),
+            deconv(N, N * 3 // 2, stride=2, kernel_size=5), nn.LeakyReLU(inplace=True),
+            conv(N * 3 // 2, M * 2, stride=1, kernel_size=3),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        init = torch.linspace(math.log(0.3), math.log(3.3), K)
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, M))  # (K, M)
+        self.log_hyper_gain = nn.Parameter(torch.zeros(K, N))  # (K, N)
+
+    # ---- rate selection -------------------------------------------------------------------
+    def lmbda(self, quality: Tensor) -> Tensor:
+        lo, hi = math.log(self.config.lmbda_min), math.log(self.config.lmbda_max)
+        return torch.exp(lo + quality * (hi - lo))
+
+    @staticmethod
+    def _interpolate(table: Tensor, quality: Tensor) -> Tensor:
+        """Log-linear interpolation of a (K, C) log-gain table at qualities (B,) -> (B, C, 1, 1)."""
+        K = table.shape[0]
+        t = quality.to(table.dtype).clamp(0.0, 1.0) * (K - 1)
+        i = t.floor().clamp(max=K - 2).long()
+        frac = (t - i.to(t.dtype))[:, None]
+        log_g = table[i] * (1 - frac) + table[i + 1] * frac
+        return torch.exp(log_g)[:, :, None, None]
+
+    def gains(self, quality: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """(gain for y, gain for z), each (B, C, 1, 1), computed in ``dtype`` on the tables' device."""
+        q = quality.to(device=self.log_gain.device, dtype=dtype)
+        return (
+            self._interpolate(self.log_gain.to(dtype), q),
+            self._interpolate(self.log_hyper_gain.to(dtype), q),
+        )
+
+    # ---- training -------------------------------------------------------------------------
+    def forward(self, x: Tensor, quality: Tensor, autocast_dtype: torch.dtype | None = None) -> dict:
+        """x: (B, 3, H, W) in [0, 1]; quality: (B,). Returns x_hat and likelihoods of y and z.
+
+        ``autocast_dtype`` (e.g. bfloat16) applies to the four transforms only; gains and entropy
+        models stay in float32, where the likelihoods need the precision.
+        """
+        g, hg = self.gains(quality)
+        with _autocast(x.device, autocast_dtype):
+            y = self.g_a(x)  # (B, M, H/16, W/16)
+            z = self.h_a(y)  # (B, N, H/64, W/64)
+        y, z = y.float(), z.float()
+        z_s = z * hg
+        _, z_likelihoods = self.entropy_bottleneck(z_s)
+        medians = self.entropy_bottleneck._get_medians()  # (1, N, 1, 1)
+        z_hat = (quantize_ste(z_s - medians) + medians) / hg
+        with _autocast(x.device, autocast_dtype):
+            gaussian_params = self.h_s(z_hat)  # (B, 2M, H/16, W/16)
+        scales, means = gaussian_params.float().chunk(2, 1)
+        y_s = y * g
+        _, y_likelihoods = self.gaussian_conditional(y_s, scales * g, means=means * g)
+        y_hat = (quantize_ste(y_s - means * g) + means * g) / g
+        with _autocast(x.device, autocast_dtype):
+            x_hat = self.g_s(y_hat)  # (B, 3, H, W)
+        return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    # ---- coding ---------------------------------------------------------------------------
+    def entropy_parameters(self, z_hat_s: Tensor, quality: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From the decoded scaled hyper-latent to (scale indexes, means_s, y gain), deterministically.
+
+        Runs h_s on the CPU in float64 whatever device the caller uses: the indexes choose the
+        entropy coder's tables, so encoder and decoder must compute them bit-identically.
+        """
+        h_s64 = _float64_copy(self.h_s)
+        q = quality.detach().to("cpu", torch.float64)
+        g, hg = self.gains(q.to(self.log_gain.device), dtype=torch.float64)
+        g, hg = g.cpu(), hg.cpu()
+        z_hat = z_hat_s.detach().to("cpu", torch.float64) / hg
+        scales, means = h_s64(z_hat).chunk(2, 1)
+        indexes = self.gaussian_conditional.build_indexes(scales * g)
+        return indexes, means * g, g
+
+    def analysis(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The quality-independent part of encoding: (y, z) for x (B, 3, H, W), H and W multiples of 64."""
+        y = self.g_a(x)  # (B, M, H/16, W/16)
+        z = self.h_a(y)  # (B, N, H/64, W/64)
+        return y, z
+
+    def compress_latents(self, y: Tensor, z: Tensor, quality: float) -> dict:
+        """Entropy-code analysed latents at one quality. Cheap, so rate control can repeat it."""
+        B = y.shape[0]
+        q = torch.full((B,), float(quality), dtype=torch.float64)
+        _, hg = self.gains(q, dtype=torch.float64)
+        z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
+        z_strings = self.entropy_bottleneck.compress(z_s)
+        z_hat_s = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:]).to(torch.float64)
+        indexes, means_s, g = self.entropy_parameters(z_hat_s, q)
+        y_s = y.detach().to("cpu", torch.float64) * g
+        y_strings = self.gaussian_conditional.compress(y_s, indexes, means=means_s)
+        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+
+    def compress(self, x: Tensor, quality: float) -> dict:
+        y, z = self.analysis(x)
+        return self.compress_latents(y, z, quality)
+
+    def decompress(self, strings: list, shape: tuple[int, int], quality: float) -> dict:
+        y_strings, z_strings = strings
+        B = len(z_strings)
+        q = torch.full((B,), float(quality), dtype=torch.float64)
+        z_hat_s = self.entropy_bottleneck.decompress(z_strings, shape).to(torch.float64)
+        indexes, means_s, g = self.entropy_parameters(z_hat_s, q)
+        y_hat_s = self.gaussian_conditional.decompress(
+            y_strings, indexes, dtype=torch.float64, means=means_s
+        )
+        y_hat = (y_hat_s / g).to(self.log_gain.device, torch.float32)
+        x_hat = self.g_s(y_hat).clamp_(0, 1)
+        return {"x_hat": x_hat}
+
+    def update(self, scale_table: Tensor | None = None, force: bool = False, **kwargs) -> bool:
+        return super().update(
+            scale_table=get_scale_table() if scale_table is None else scale_table, force=force, **kwargs
+        )
+
+
+def _float64_copy(module: nn.Module) -> nn.Module:
+    """A float64 CPU copy of ``module``, cached on it until its parameters change."""
+    version = tuple(p._version for p in module.parameters())
+    cached = getattr(module, "_float64_cache", None)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    import copy
+
+    copy64 = copy.deepcopy(module).to("cpu", torch.float64).eval()
+    object.__setattr__(module, "_float64_cache", (version, copy64))
+    return copy64
+
+
+class _autocast:
+    """``torch.autocast`` when a dtype is given, a no-op otherwise."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None) -> None:
+        self._ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else None
+
+    def __enter__(self):
+        return self._ctx.__enter__() if self._ctx is not None else None
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc) if self._ctx is not None else False
+
+
+def pad_to_multiple(x: Tensor, multiple: int = DOWNSAMPLE) -> Tensor:
+    """Replicate-pad (B, C, H, W) on the right and bottom to multiples of ``multiple``."""
+    H, W = x.shape[-2:]
+    pad_h, pad_w = (-H) % multiple, (-W) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")

@@ -1,0 +1,371 @@
+"""Training loop for the variable-rate codec: ``latentwire train --data DIR --out DIR``.
+
+Rate–distortion loss over the whole rate range: each crop draws its own ``quality`` ~ U[0, 1] and
+is charged ``lambda(quality) * 255^2 * MSE + bpp`` (bpp from the entropy models' likelihoods).
+With ``--noise-sigma-max`` > 0 the inputs are corrupted with Gaussian noise (sigma ~ U[0, max] on
+the 0–255 scale, optionally JPEG-recompressed) while the target stays clean: a denoising
+autoencoder.
+
+A run is a segment of ``--steps`` steps with its own warm-up + cosine learning-rate schedule.
+Checkpoints (``last.pt`` every ``--checkpoint-every-s`` seconds, ``best.pt`` on the best held-out
+validation loss) carry the model, both optimisers, the schedule and the RNG states, so
+``--resume last.pt`` continues an interrupted segment exactly, and resuming a finished segment
+starts a new one (fine-tuning) from its weights. Validation uses images held out of ``--data``
+(every 25th file by name); Kodak is never used to choose checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.network import NetworkConfig, VariableRateHyperprior
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+HOLDOUT_EVERY = 25
+VAL_QUALITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    steps: int = 100_000
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 1e-4
+    lr_final_fraction: float = 0.05
+    warmup_steps: int = 200
+    aux_lr: float = 1e-3
+    clip_grad_norm: float = 1.0
+    val_every: int = 1000
+    checkpoint_every_s: float = 300.0
+    time_budget_s: float = 0.0  # > 0: size `steps` to fit this wall time, measured after warm-up
+    seed: int = 0
+    bf16: bool = True
+    device: str = "auto"
+    noise_sigma_max: float = 0.0
+    noise_jpeg_prob: float = 0.0
+    lmbda_min: float | None = None  # None: the network's (checkpoint's) own
+    lmbda_max: float | None = None
+    network: dict = field(default_factory=lambda: NetworkConfig().to_dict())
+
+
+def list_images(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return files
+
+
+def split_holdout(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Deterministic split: every HOLDOUT_EVERY-th file by name is held out for validation."""
+    val = files[::HOLDOUT_EVERY]
+    train = [f for i, f in enumerate(files) if i % HOLDOUT_EVERY]
+    return train, val
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (3, H, W) uint8
+
+
+class CropSampler:
+    """All training images held in memory (on the training device) as uint8; random crops + flips.
+
+    BSDS500 is 500 images of 481x321, about 230 MB decoded: cheaper to keep resident than to
+    decode JPEGs every step, and on a GPU it keeps the data pipeline off the CPU entirely.
+    """
+
+    def __init__(self, files: list[Path], crop: int, device: torch.device, seed: int) -> None:
+        self.images = []
+        for f in files:
+            img = load_rgb(f)
+            if min(img.shape[1:]) < crop:
+                scale = crop / min(img.shape[1:])
+                img = torch.nn.functional.interpolate(
+                    img[None].float(), scale_factor=scale + 1e-6, mode="bicubic", align_corners=False
+                ).clamp(0, 255).round().to(torch.uint8)[0]
+            self.images.append(img.to(device))
+        self.crop = crop
+        self.device = device
+        self.rng = random.Random(seed)
+
+    def sample(self, batch_size: int) -> torch.Tensor:
+        crops = []
+        for _ in range(batch_size):
+            img = self.images[self.rng.randrange(len(self.images))]
+            _, H, W = img.shape
+            top = self.rng.randrange(H - self.crop + 1)
+            left = self.rng.randrange(W - self.crop + 1)
+            c = img[:, top : top + self.crop, left : left + self.crop]
+            if self.rng.random() < 0.5:
+                c = c.flip(-1)
+            if self.rng.random() < 0.5:
+                c = c.flip(-2)
+            crops.append(c)
+        return torch.stack(crops).float().div_(255.0)
+
+    def state(self) -> list:
+        return list(self.rng.getstate()[1]) + [self.rng.getstate()[2] or 0]
+
+    def set_state(self, state: list) -> None:
+        self.rng.setstate((3, tuple(int(v) for v in state[:-1]), None))
+
+
+def corrupt(x: torch.Tensor, sigma_max: float, jpeg_prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Denoising-autoencoder input: Gaussian noise with sigma ~ U[0, sigma_max] (0-255 scale) per
+    image, and with probability ``jpeg_prob`` a JPEG round trip at a random quality 30-90 first."""
+    if jpeg_prob > 0:
+        out = []
+        for img in x:
+            if torch.rand((), generator=gen).item() < jpeg_prob:
+                q = int(30 + 60 * torch.rand((), generator=gen).item())
+                arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+                buf = io.BytesIO()
+                Image.fromarray(arr).save(buf, format="JPEG", quality=q)
+                img = load_rgb_bytes(buf.getvalue()).to(x.device).float() / 255.0
+            out.append(img)
+        x = torch.stack(out)
+    sigma = torch.rand((x.shape[0], 1, 1, 1), generator=gen).to(x.device) * (sigma_max / 255.0)
+    noise = torch.randn(x.shape, generator=gen).to(x.device)
+    return (x + sigma * noise).clamp(0, 1)
+
+
+def load_rgb_bytes(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def rd_loss(model: VariableRateHyperprior, out: dict, x: torch.Tensor, quality: torch.Tensor) -> dict:
+    B, _, H, W = x.shape
+    num_pixels = H * W
+    bits = sum(
+        torch.log(lik).flatten(1).sum(1) for lik in out["likelihoods"].values()
+    ) / -math.log(2)  # (B,)
+    bpp = bits / num_pixels
+    mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)  # (B,)
+    loss = (model.lmbda(quality) * 255**2 * mse + bpp).mean()
+    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr}
+
+
+def lr_at(step_in_run: int, cfg: TrainConfig) -> float:
+    if step_in_run < cfg.warmup_steps:
+        return cfg.lr * (step_in_run + 1) / cfg.warmup_steps
+    t = (step_in_run - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    t = min(1.0, t)
+    floor = cfg.lr * cfg.lr_final_fraction
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def parameter_groups(model: torch.nn.Module) -> tuple[list, list]:
+    main, aux = [], []
+    for n, p in model.named_parameters():
+        (aux if n.endswith(".quantiles") else main).append(p)
+    return main, aux
+
+
+@torch.no_grad()
+def validate(model: VariableRateHyperprior, images: list[torch.Tensor], device: torch.device,
+             noise: tuple[float, float] | None = None) -> dict:
+    """Held-out RD at fixed qualities, hard quantisation, bpp from likelihoods (cheap, for
+    choosing checkpoints; real bitstreams are measured by ``latentwire eval``)."""
+    from shared.network import pad_to_multiple
+
+    model.eval()
+    per_q = {}
+    gen = torch.Generator().manual_seed(1234)
+    for q in VAL_QUALITIES:
+        losses, bpps, psnrs = [], [], []
+        for img in images:
+            x = img[None].to(device).float() / 255.0
+            H, W = x.shape[-2:]
+            x_in = corrupt(x, noise[0], 0.0, gen) if noise else x
+            xp = pad_to_multiple(x_in)
+            quality = torch.full((1,), q, device=device)
+            out = model(xp, quality)
+            out["x_hat"] = out["x_hat"][..., :H, :W].clamp(0, 1)
+            bits = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / -math.log(2)
+            bpp = bits / (H * W)
+            mse = (out["x_hat"] - x).pow(2).mean()
+            losses.append((model.lmbda(quality)[0] * 255**2 * mse + bpp).item())
+            bpps.append(bpp.item())
+            psnrs.append((10 * torch.log10(1 / mse)).item())
+        per_q[q] = {"loss": float(np.mean(losses)), "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
+    model.train()
+    return {"loss": float(np.mean([v["loss"] for v in per_q.values()])), "per_quality": per_q}
+
+
+def save_training_checkpoint(path: Path, model, optimizer, aux_optimizer, state: dict, cfg: TrainConfig) -> None:
+    payload = {
+        "kind": "latentwire-training-checkpoint",
+        "network": model.config.to_dict(),
+        "train_config": asdict(cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "aux_optimizer": aux_optimizer.state_dict(),
+        **state,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, resume: Path | None = None, log=print) -> Path:
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    ckpt = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
+    if ckpt is not None:
+        cfg.network = dict(ckpt["network"])  # shapes come from the checkpoint
+    # The rate range may be re-chosen, e.g. widened when fine-tuning (gains adapt to it).
+    for key in ("lmbda_min", "lmbda_max"):
+        if getattr(cfg, key) is not None:
+            cfg.network[key] = getattr(cfg, key)
+    torch.manual_seed(cfg.seed)
+    model = VariableRateHyperprior(NetworkConfig(**cfg.network))
+    if ckpt is not None:
+        model.load_state_dict(ckpt["state_dict"])
+    model.to(device).to(memory_format=torch.channels_last)
+    model.train()
+    main_params, aux_params = parameter_groups(model)
+    optimizer = torch.optim.Adam(main_params, lr=cfg.lr)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
+
+    files = list_images(Path(cfg.data))
+    train_files, val_files = split_holdout(files)
+    sampler = CropSampler(train_files, cfg.crop, device, cfg.seed)
+    val_images = [load_rgb(f) for f in val_files]
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    qgen = torch.Generator().manual_seed(cfg.seed + 2)
+    log(f"device={device} train_images={len(train_files)} val_images={len(val_files)} "
+        f"params={sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
+
+    step, run_start, best_val = 0, 0, float("inf")
+    continuing = False
+    if ckpt is not None:
+        step = int(ckpt["step"])
+        best_val = float(ckpt.get("best_val", float("inf")))
+        prev_run = ckpt["train_config"]
+        run_start = int(ckpt.get("run_start", 0))
+        if "optimizer" in ckpt and step - run_start < int(prev_run["steps"]):
+            continuing = True  # an interrupted segment: same schedule, same optimiser state
+            cfg.steps, cfg.lr, cfg.warmup_steps = int(prev_run["steps"]), float(prev_run["lr"]), int(prev_run["warmup_steps"])
+            cfg.lr_final_fraction = float(prev_run["lr_final_fraction"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+            sampler.set_state(ckpt["sampler_rng"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            noise_gen.set_state(ckpt["noise_rng"])
+            qgen.set_state(ckpt["quality_rng"])
+        else:
+            run_start = step  # the previous segment finished: a new one from its weights
+            if "aux_optimizer" in ckpt:
+                aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        log(f"resumed from {resume} at step {step} ({'continuing its segment' if continuing else 'new segment'})")
+
+    def state() -> dict:
+        return {"step": step, "run_start": run_start, "best_val": best_val,
+                "sampler_rng": sampler.state(), "torch_rng": torch.get_rng_state(),
+                "noise_rng": noise_gen.get_state(), "quality_rng": qgen.get_state()}
+
+    autocast_dtype = torch.bfloat16 if cfg.bf16 else None
+    last_save = time.monotonic()
+    t_start = time.monotonic()
+    budget_sized = cfg.time_budget_s <= 0 or continuing
+    ema = None
+    skipped = 0
+    end = run_start + cfg.steps
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step - run_start, desc="train", file=sys.stdout,
+               mininterval=5.0, dynamic_ncols=False, ncols=110)
+    while step < end:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step - run_start, cfg)
+        x = sampler.sample(cfg.batch_size).contiguous(memory_format=torch.channels_last)
+        quality = torch.rand(cfg.batch_size, generator=qgen).to(device)
+        x_in = corrupt(x, cfg.noise_sigma_max, cfg.noise_jpeg_prob, noise_gen) if cfg.noise_sigma_max > 0 else x
+        out = model(x_in, quality, autocast_dtype=autocast_dtype)
+        losses = rd_loss(model, out, x, quality)
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(losses["loss"]):
+            # A rare bf16 overflow must not poison Adam's moments: drop the batch, keep going.
+            skipped += 1
+            log(f"\nstep {step}: non-finite loss, batch skipped ({skipped} so far)")
+            if skipped > 50:
+                raise FloatingPointError("more than 50 non-finite losses: lower --lr or disable --bf16")
+            continue
+        losses["loss"].backward()
+        if cfg.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_grad_norm)
+        optimizer.step()
+        aux_loss = model.aux_loss()
+        aux_optimizer.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        aux_optimizer.step()
+        step += 1
+        bar.update(1)
+
+        vals = {k: v.item() for k, v in losses.items() if k != "mse"} if step % 20 == 0 else None
+        if vals:
+            ema = vals if ema is None else {k: 0.9 * ema[k] + 0.1 * vals[k] for k in vals}
+            bar.set_postfix(loss=f"{ema['loss']:.3f}", bpp=f"{ema['bpp']:.3f}", psnr=f"{ema['psnr']:.2f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        if not budget_sized and step - run_start == 50:
+            t_measure = time.monotonic()
+        if not budget_sized and step - run_start == 250:
+            # Measure steady-state speed after warm-up (cudnn autotuning makes the first steps
+            # slow), then fit the segment to what is left of the time budget.
+            per_step = (time.monotonic() - t_measure) / 200
+            cfg.time_budget_s -= time.monotonic() - t_start - 250 * per_step
+            cfg.steps = max(200, int(cfg.time_budget_s / per_step * 0.97))
+            end = run_start + cfg.steps
+            bar.total = cfg.steps
+            budget_sized = True
+            log(f"\n{per_step * 1000:.1f} ms/step -> {cfg.steps} steps in {cfg.time_budget_s:.0f} s")
+
+        is_last = step == end
+        if step % cfg.val_every == 0 or is_last:
+            v = validate(model, val_images, device,
+                         (cfg.noise_sigma_max / 2, 0.0) if cfg.noise_sigma_max > 0 else None)
+            pq = " ".join(f"q{q:.2f}:{r['bpp']:.3f}bpp/{r['psnr']:.2f}dB" for q, r in v["per_quality"].items())
+            log(f"\nstep {step} val_loss {v['loss']:.4f} {pq}")
+            with open(out_dir / "val.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": step, "time_s": time.monotonic() - t_start, **v}) + "\n")
+            if v["loss"] < best_val:
+                best_val = v["loss"]
+                save_training_checkpoint(out_dir / "best.pt", model, optimizer, aux_optimizer, state(), cfg)
+        if is_last or time.monotonic() - last_save > cfg.checkpoint_every_s:
+            save_training_checkpoint(out_dir / "last.pt", model, optimizer, aux_optimizer, state(), cfg)
+            last_save = time.monotonic()
+    bar.close()
+    log(f"done at step {step}; best held-out val loss {best_val:.4f}; checkpoints in {out_dir}")
+    return out_dir / "best.pt"

@@ -1,0 +1,117 @@
+"""What goes over the wire from sender to receiver: signed msgpack frames carrying codec bitstreams.
+
+A request body to ``POST /v1/frames`` (content type ``application/msgpack``) is one msgpack map::
+
+    wire      int   1                                  wire format version
+    frames    [frame, ...]                             1..max_batch frames
+    sig       bin   32 bytes                           HMAC-SHA256(secret, body_without_sig)
+
+where ``body_without_sig`` is ``msgpack.packb({"wire": 1, "frames": [...]})`` (same key order),
+i.e. the signature covers every byte that carries meaning. Each frame is a map::
+
+    id        str   32 lowercase hex digits            frame id = image id on both services
+    sent_at   float64                                  sender's UNIX time when it was first queued
+    stream    map                                      the codec bitstream (``shared.bitstream``:
+                                                       magic, version, model, weights, size,
+                                                       quality, y_shape, z_shape, strings, crc32)
+
+Receiver checks, in order, before allocating anything large: body size (``FrameTooLarge``, 413),
+msgpack structure with parser limits, wire version, signature (``BadSignature``, 401, compared in
+constant time), then per frame: id format, bitstream structure, version, model and weights
+(``ModelMismatch``, 409), declared sizes against limits, CRCs. Only then is any tensor made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+import msgpack
+
+from shared import bitstream as bs
+from shared.errors import BadSignature, FrameTooLarge, NotABitstream, UnsupportedVersion, WireError
+
+WIRE_VERSION = 1
+CONTENT_TYPE = "application/msgpack"
+DEFAULT_MAX_FRAME_BYTES = 16 << 20
+DEFAULT_MAX_BATCH = 64
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Frame:
+    id: str
+    sent_at: float
+    stream: bs.Bitstream
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "sent_at": float(self.sent_at), "stream": self.stream.to_dict()}
+
+
+def _body(frames: list[dict]) -> bytes:
+    return msgpack.packb({"wire": WIRE_VERSION, "frames": frames}, use_bin_type=True)
+
+
+def sign(body: bytes, secret: bytes) -> bytes:
+    return hmac.new(secret, body, hashlib.sha256).digest()
+
+
+def pack_frames(frames: list[Frame], secret: bytes) -> bytes:
+    """Frames -> one signed request body."""
+    if not secret:
+        raise ValueError("an empty secret cannot sign frames")
+    dicts = [f.to_dict() for f in frames]
+    body = _body(dicts)
+    return msgpack.packb({"wire": WIRE_VERSION, "frames": dicts, "sig": sign(body, secret)}, use_bin_type=True)
+
+
+def pack_stream_frame(frame_id: str, sent_at: float, stream_bytes: bytes, secret: bytes) -> bytes:
+    """One frame from an already-encoded ``.lw`` container (what the sender's outbox stores)."""
+    stream = bs.loads(stream_bytes)
+    return pack_frames([Frame(id=frame_id, sent_at=sent_at, stream=stream)], secret)
+
+
+def unpack_frames(data: bytes, secret: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                  max_batch: int = DEFAULT_MAX_BATCH) -> list[Frame]:
+    """Verify and parse a request body. Raises a ``WireError``/``BitstreamError`` subclass."""
+    if len(data) > max_frame_bytes:
+        raise FrameTooLarge(f"body of {len(data)} bytes exceeds the receiver's limit of {max_frame_bytes}; "
+                            "send fewer frames per request")
+    if not data:
+        raise WireError("empty body: POST a msgpack frame batch (see shared/wire.py)")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_frame_bytes,
+                              max_str_len=4096, max_array_len=max(max_batch, 64), max_map_len=64,
+                              max_ext_len=0)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise WireError(f"body is not a readable msgpack frame batch ({exc.__class__.__name__}); "
+                        f"send {CONTENT_TYPE} as written by shared.wire.pack_frames") from exc
+    if not isinstance(obj, dict) or set(obj) != {"wire", "frames", "sig"}:
+        raise WireError("a frame batch is a map with exactly the keys wire, frames, sig")
+    if obj["wire"] != WIRE_VERSION or isinstance(obj["wire"], bool):
+        raise UnsupportedVersion(f"wire version {obj['wire']!r}; this receiver speaks version {WIRE_VERSION}")
+    frames, sig = obj["frames"], obj["sig"]
+    if not isinstance(sig, bytes) or len(sig) != 32:
+        raise BadSignature("missing or malformed signature: frames must be signed with the shared LATENTWIRE_SECRET")
+    if not isinstance(frames, list):
+        raise WireError("frames must be a list")
+    expected = sign(_body(frames), secret)
+    if not hmac.compare_digest(expected, sig):
+        raise BadSignature("signature does not match: sender and receiver must share the same LATENTWIRE_SECRET")
+    if not 1 <= len(frames) <= max_batch:
+        raise WireError(f"a batch holds 1..{max_batch} frames, got {len(frames)}")
+    out = []
+    for f in frames:
+        if not isinstance(f, dict) or set(f) != {"id", "sent_at", "stream"}:
+            raise WireError("each frame is a map with exactly the keys id, sent_at, stream")
+        if not isinstance(f["id"], str) or not _ID.match(f["id"]):
+            raise WireError("frame id must be 32 lowercase hex digits")
+        sent_at = f["sent_at"]
+        if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
+            raise WireError("sent_at must be a number (UNIX seconds)")
+        if not isinstance(f["stream"], dict):
+            raise NotABitstream("frame stream must be a bitstream map")
+        out.append(Frame(id=f["id"], sent_at=float(sent_at), stream=bs.parse(f["stream"])))
+    return out

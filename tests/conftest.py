@@ -1,0 +1,58 @@
+"""Shared fixtures. Tiers are marked by folder: tests/unit -> unit, tests/service -> service,
+tests/e2e -> e2e. ``tiny_models_dir`` holds a randomly initialised small model exported exactly
+like a shipped one, so every code path (hashing, tables, container) is the real one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+TINY_MODEL = "lw-tiny"
+TINY_NETWORK = {"N": 16, "M": 24, "levels": 4, "lmbda_min": 0.001, "lmbda_max": 0.1}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in ("unit", "service", "e2e"):
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0) -> Path:
+    """Export a seeded random tiny model into ``models_dir`` (deterministic: same seed, same hash)."""
+    from shared.checkpoint import export_model
+    from shared.network import NetworkConfig, VariableRateHyperprior
+
+    torch.manual_seed(seed)
+    model = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK))
+    src = models_dir / f"{name}-train.ckpt"
+    torch.save({"network": model.config.to_dict(), "state_dict": model.state_dict(),
+                "train_config": {"note": "random init, for tests"}}, src)
+    path = export_model(src, name, models_dir)
+    src.unlink()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    make_tiny_model_file(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_codec(tiny_models_dir):
+    from shared.codec import Codec
+
+    return Codec.load(TINY_MODEL, tiny_models_dir)
+
+
+@pytest.fixture(scope="session")
+def sample_rgb():
+    from shared.images import load_image
+
+    return load_image(DATA / "crop_97x71.png").rgb

@@ -1,0 +1,91 @@
+"""One prepared GPU training run for a lent accelerator (see README "Training on a lent GPU").
+
+    python3 tests/gpu/train_on_device.py --data .data/train --out "$OUT" --time-budget-s 450
+
+Trains the shipped architecture from scratch (or ``--resume``) for a fixed wall-time budget,
+then writes what must come back in files under 16 MiB each: the best weights split in two
+``weights_partK.pt`` files (join with ``latentwire export --join``), the validation log, and
+``device_streams.msgpack``: held-out images encoded with g_a/h_a on CUDA, to be decoded on a CPU
+by ``tests/gpu/check_device_streams.py`` (the device policy's cross-device check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import msgpack  # noqa: E402
+import torch  # noqa: E402
+
+from shared.network import NetworkConfig, VariableRateHyperprior, pad_to_multiple  # noqa: E402
+from shared.train import TrainConfig, list_images, load_rgb, split_holdout, train  # noqa: E402
+
+
+def split_state_dict(state: dict, out: Path, max_bytes: int = 14 << 20) -> None:
+    parts, current, size = [], {}, 0
+    for k, v in state.items():
+        nbytes = v.numel() * v.element_size()
+        if current and size + nbytes > max_bytes:
+            parts.append(current)
+            current, size = {}, 0
+        current[k] = v
+        size += nbytes
+    parts.append(current)
+    for i, part in enumerate(parts):
+        torch.save(part, out / f"weights_part{i}.pt")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--time-budget-s", type=float, default=450)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--resume", default=None)
+    args = ap.parse_args()
+    out = Path(args.out)
+    work = Path("/tmp/latentwire-run")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    print(torch.__version__, torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", flush=True)
+    cfg = TrainConfig(data=args.data, out=str(work), batch_size=args.batch_size, crop=args.crop,
+                      lr=args.lr, val_every=2500, checkpoint_every_s=120, time_budget_s=args.time_budget_s,
+                      warmup_steps=300, steps=10**9)
+    t0 = time.time()
+    best = train(cfg, Path(args.resume) if args.resume else None)
+    print(f"training wall time {time.time() - t0:.0f} s", flush=True)
+    shutil.copy(work / "val.jsonl", out / "val.jsonl")
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    split_state_dict(ckpt["state_dict"], out)
+    torch.save({k: v for k, v in ckpt.items() if k in ("network", "train_config", "step", "best_val")},
+               out / "meta.pt")
+
+    model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    model.update(force=True)
+    model.g_a.to(dev)
+    model.h_a.to(dev)
+    _, val_files = split_holdout(list_images(Path(args.data)))
+    streams = []
+    with torch.no_grad():
+        for f in val_files[:6]:
+            x = load_rgb(f)[None].float() / 255.0
+            H, W = x.shape[-2:]
+            y, z = model.analysis(pad_to_multiple(x).to(dev))
+            for q in (0.1, 0.5, 0.9):
+                enc = model.compress_latents(y.cpu(), z.cpu(), q)
+                streams.append({"file": f.name, "quality": q, "height": H, "width": W,
+                                "y": enc["strings"][0][0], "z": enc["strings"][1][0], "shape": list(enc["shape"])})
+    (out / "device_streams.msgpack").write_bytes(msgpack.packb(streams))
+    print(f"wrote {len(streams)} CUDA-encoded streams", flush=True)
+
+
+if __name__ == "__main__":
+    main()
