@@ -102,10 +102,15 @@ def load_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) 
             "run `latentwire export` on it first"
         )
     digest = weights_hash(ckpt["state_dict"])
-    if digest != ckpt["weights"] or not path.stem.endswith(digest[:8]):
+    if digest != ckpt.get("weights"):
         raise CheckpointHashMismatch(
-            f"{path.name}: weights hash to {digest}, the file claims {ckpt['weights']}: "
+            f"{path.name}: weights hash to {digest}, the file claims {ckpt.get('weights')}: "
             "the file is damaged or was edited; restore it from the repository"
+        )
+    if not path.stem.endswith("-" + digest[:8]):
+        raise CheckpointHashMismatch(
+            f"{path.name}: the name must end in the weights hash prefix -{digest[:8]}: "
+            "the file was renamed; rename it back or export it again"
         )
     model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
     model.load_state_dict(ckpt["state_dict"])

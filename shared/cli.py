@@ -24,6 +24,8 @@ def _add_train(sub) -> None:
     p.add_argument("--data", required=True, help="folder of training images (every 25th is held out)")
     p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, val.jsonl")
     p.add_argument("--resume", type=Path, help="training checkpoint or exported model to continue from")
+    p.add_argument("--new-segment", action="store_true",
+                   help="start a new schedule from --resume even if its segment was interrupted")
     p.add_argument("--steps", type=int, default=100_000, help="steps in this segment")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=256)
@@ -54,7 +56,7 @@ def _cmd_train(args) -> int:
         seed=args.seed, bf16=not args.no_bf16, device=args.device, noise_sigma_max=args.noise,
         noise_jpeg_prob=args.noise_jpeg_prob, lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max,
     )
-    train(cfg, args.resume)
+    train(cfg, args.resume, new_segment=args.new_segment)
     return 0
 
 
@@ -145,6 +147,7 @@ _PLUGINS = (
     ("shared.benchmark", "add_parser"),    # latentwire bench
     ("receiver.cli", "add_parser"),        # latentwire receiver
     ("sender.cli", "add_parser"),          # latentwire sender
+    ("shared.demo", "add_parser"),         # latentwire demo
 )
 
 

@@ -86,10 +86,13 @@ class Codec:
         if (quality is None) == (max_bytes is None):
             raise QualityOutOfRange("give exactly one of quality (0..1) or max_bytes")
         self._check_image(rgb)
+        if quality is not None:
+            quality = check_quality(quality)  # before the expensive analysis
+        elif max_bytes <= 0:
+            raise QualityOutOfRange(f"max_bytes must be positive, got {max_bytes}")
         with self._lock, torch.inference_mode():
             y, z = self._analysis(rgb)
             if quality is not None:
-                quality = check_quality(quality)
                 return self._code(rgb.shape, y, z, quality)
             return self._fit_budget(rgb.shape, y, z, int(max_bytes))
 
@@ -185,13 +188,8 @@ class Codec:
         return (x_hat.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
     def _synthesis(self, stream: bs.Bitstream) -> torch.Tensor:
-        m = self.model
-        q = torch.full((1,), stream.quality, dtype=torch.float64)
-        z_hat_s = m.entropy_bottleneck.decompress([stream.strings[1]], stream.z_shape[1:]).to(torch.float64)
-        indexes, means_s, g = m.entropy_parameters(z_hat_s, q)
-        y_hat_s = m.gaussian_conditional.decompress([stream.strings[0]], indexes, dtype=torch.float64, means=means_s)
-        y_hat = (y_hat_s / g).to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
-        return m.g_s(y_hat).clamp_(0, 1).float().cpu()
+        out = self.model.decompress([[stream.strings[0]], [stream.strings[1]]], stream.z_shape[1:], stream.quality)
+        return out["x_hat"].float().cpu()
 
     def info(self) -> dict:
         return {"name": self.name, "weights": self.weights, "device": str(self.device),

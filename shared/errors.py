@@ -18,13 +18,16 @@
     ├── WireError                        400 a transmission frame that cannot be accepted
     │   ├── FrameTooLarge                413 over the receiver's frame size limit
     │   └── BadSignature                 401 HMAC missing or wrong
+    ├── InvalidImageId                   400 an image id that is not 32 lowercase hex digits
+    ├── ImageNotFound                    404 no image with that id (either service)
     ├── CheckpointError                  500 a model file that cannot be served
     │   ├── CheckpointNotFound           500 no such file / no model of that name
     │   └── CheckpointHashMismatch       500 weights do not hash to what the file claims
     └── StoreError                       503 the receiver cannot persist right now
         └── StoreFull                    507 the store's disk is full
 
-Messages say what to do next. Foreign exceptions (Pillow, msgpack, torch.load, sqlite, httpx) are
+Each service adds its own leaves (``sender/errors.py``, ``receiver/errors.py``); one exception
+handler per service maps ``status``. Messages say what to do next. Foreign exceptions (Pillow, msgpack, torch.load, sqlite, httpx) are
 translated where they cross into our code, with ``raise ... from exc``.
 """
 
@@ -111,6 +114,14 @@ class FrameTooLarge(WireError):
 
 class BadSignature(WireError):
     status = 401
+
+
+class InvalidImageId(LatentwireError):
+    status = 400
+
+
+class ImageNotFound(LatentwireError):
+    status = 404
 
 
 class CheckpointError(LatentwireError):

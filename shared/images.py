@@ -24,6 +24,7 @@ applied, and the mode is converted to RGB:
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,11 @@ DEFAULT_MAX_SIDE = 4096
 # Our own size check runs first; Pillow's bomb guard would otherwise warn or raise with a
 # message that does not say which limit applies here.
 Image.MAX_IMAGE_PIXELS = None
+# What Pillow's plugins raise on malformed files: its own Image.open treats SyntaxError,
+# IndexError, TypeError and struct.error as "not this format"; the TIFF plugin also raises
+# KeyError and the AVIF plugin RuntimeError (all found by tests/unit/test_fuzz.py).
+_PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError,
+                  RuntimeError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def load_image(data: bytes | Path | str, max_side: int = DEFAULT_MAX_SIDE) -> Lo
         raise NotAnImage(
             "not an image Pillow can read: send PNG, JPEG, WebP, AVIF, GIF, BMP or TIFF"
         ) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except _PILLOW_ERRORS as exc:
         raise NotAnImage(f"the image header is unreadable ({exc}): re-export the file") from exc
     with im:
         width, height = im.size
@@ -80,17 +86,25 @@ def load_image(data: bytes | Path | str, max_side: int = DEFAULT_MAX_SIDE) -> Lo
                 f"the image declares {width}x{height} pixels; this service accepts at most "
                 f"{max_side}x{max_side}: downscale it first"
             )
-        if getattr(im, "n_frames", 1) > 1:
-            raise UnsupportedImage(
-                f"animated or multi-frame {im.format} images ({im.n_frames} frames) are not "
-                "supported: send each frame as its own image"
-            )
         fmt, mode = im.format or "unknown", im.mode
         try:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            rgb = to_rgb(im)
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            n_frames = getattr(im, "n_frames", 1)  # reads every frame header: may hit bad data
+        except _PILLOW_ERRORS as exc:
+            raise TruncatedImage(
+                f"the {fmt} frame data is truncated or corrupt ({exc}): upload the complete file"
+            ) from exc
+        if n_frames > 1:
+            raise UnsupportedImage(
+                f"animated or multi-frame {im.format} images ({n_frames} frames) are not "
+                "supported: send each frame as its own image"
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "Truncated File Read": the error below says it
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = to_rgb(im)
+        except _PILLOW_ERRORS as exc:
             raise TruncatedImage(
                 f"the {fmt} data is truncated or corrupt ({exc}): upload the complete file"
             ) from exc

@@ -140,8 +140,8 @@ class VariableRateHyperprior(CompressionModel):
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     # ---- coding ---------------------------------------------------------------------------
-    def entropy_parameters(self, z_hat_s: Tensor, quality: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """From the decoded scaled hyper-latent to (scale indexes, means_s, y gain), deterministically.
+    def entropy_parameters(self, z_hat_s: Tensor, quality: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Decoded scaled hyper-latent -> (scale indexes, means_s, y gain, scales_s), deterministically.
 
         Runs h_s on the CPU in float64 whatever device the caller uses: the indexes choose the
         entropy coder's tables, so encoder and decoder must compute them bit-identically.
@@ -152,8 +152,8 @@ class VariableRateHyperprior(CompressionModel):
         g, hg = g.cpu(), hg.cpu()
         z_hat = z_hat_s.detach().to("cpu", torch.float64) / hg
         scales, means = h_s64(z_hat).chunk(2, 1)
-        indexes = self.gaussian_conditional.build_indexes(scales * g)
-        return indexes, means * g, g
+        scales_s = scales * g
+        return self.gaussian_conditional.build_indexes(scales_s), means * g, g, scales_s
 
     def analysis(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The quality-independent part of encoding: (y, z) for x (B, 3, H, W), H and W multiples of 64."""
@@ -169,10 +169,27 @@ class VariableRateHyperprior(CompressionModel):
         z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
         z_strings = self.entropy_bottleneck.compress(z_s)
         z_hat_s = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:]).to(torch.float64)
-        indexes, means_s, g = self.entropy_parameters(z_hat_s, q)
+        indexes, means_s, g, _ = self.entropy_parameters(z_hat_s, q)
         y_s = y.detach().to("cpu", torch.float64) * g
         y_strings = self.gaussian_conditional.compress(y_s, indexes, means=means_s)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+
+    @torch.no_grad()
+    def estimate_bits(self, y: Tensor, z: Tensor, quality: float) -> float:
+        """The entropy models' own estimate, -log2 P(symbols), of what ``compress_latents``
+        codes for the same (y, z, quality): the yardstick for the coder's overhead."""
+        B = y.shape[0]
+        q = torch.full((B,), float(quality), dtype=torch.float64)
+        _, hg = self.gains(q, dtype=torch.float64)
+        z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
+        medians = self.entropy_bottleneck._get_medians().detach().to(torch.float64)
+        z_hat_s = torch.round(z_s - medians) + medians
+        _, z_lik = self.entropy_bottleneck(z_hat_s.float(), training=False)
+        _, means_s, g, scales_s = self.entropy_parameters(z_hat_s, q)
+        y_hat_s = torch.round(y.detach().to("cpu", torch.float64) * g - means_s) + means_s
+        y_lik = self.gaussian_conditional._likelihood(y_hat_s, scales_s, means_s)
+        y_lik = self.gaussian_conditional.likelihood_lower_bound(y_lik)
+        return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik.double()).sum()))
 
     def compress(self, x: Tensor, quality: float) -> dict:
         y, z = self.analysis(x)
@@ -183,12 +200,13 @@ class VariableRateHyperprior(CompressionModel):
         B = len(z_strings)
         q = torch.full((B,), float(quality), dtype=torch.float64)
         z_hat_s = self.entropy_bottleneck.decompress(z_strings, shape).to(torch.float64)
-        indexes, means_s, g = self.entropy_parameters(z_hat_s, q)
+        indexes, means_s, g, _ = self.entropy_parameters(z_hat_s, q)
         y_hat_s = self.gaussian_conditional.decompress(
             y_strings, indexes, dtype=torch.float64, means=means_s
         )
-        y_hat = (y_hat_s / g).to(self.log_gain.device, torch.float32)
-        x_hat = self.g_s(y_hat).clamp_(0, 1)
+        g_s_device = next(self.g_s.parameters()).device  # g_s may live on another device
+        y_hat = (y_hat_s / g).to(g_s_device, torch.float32).contiguous(memory_format=torch.channels_last)
+        x_hat = self.g_s(y_hat).clamp_(0, 1)  # (B, 3, H, W)
         return {"x_hat": x_hat}
 
     def update(self, scale_table: Tensor | None = None, force: bool = False, **kwargs) -> bool:

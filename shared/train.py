@@ -231,7 +231,7 @@ def save_training_checkpoint(path: Path, model, optimizer, aux_optimizer, state:
     os.replace(tmp, path)
 
 
-def train(cfg: TrainConfig, resume: Path | None = None, log=print) -> Path:
+def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: bool = False) -> Path:
     device = pick_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
@@ -275,7 +275,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print) -> Path:
         best_val = float(ckpt.get("best_val", float("inf")))
         prev_run = ckpt["train_config"]
         run_start = int(ckpt.get("run_start", 0))
-        if "optimizer" in ckpt and step - run_start < int(prev_run["steps"]):
+        if not new_segment and "optimizer" in ckpt and step - run_start < int(prev_run["steps"]):
             continuing = True  # an interrupted segment: same schedule, same optimiser state
             cfg.steps, cfg.lr, cfg.warmup_steps = int(prev_run["steps"]), float(prev_run["lr"]), int(prev_run["warmup_steps"])
             cfg.lr_final_fraction = float(prev_run["lr_final_fraction"])
@@ -286,7 +286,11 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print) -> Path:
             noise_gen.set_state(ckpt["noise_rng"])
             qgen.set_state(ckpt["quality_rng"])
         else:
-            run_start = step  # the previous segment finished: a new one from its weights
+            run_start = step  # the previous segment finished (or --new-segment): new schedule
+            if "optimizer" in ckpt:
+                optimizer.load_state_dict(ckpt["optimizer"])  # keep Adam's moments, not its lr
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr
             if "aux_optimizer" in ckpt:
                 aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         log(f"resumed from {resume} at step {step} ({'continuing its segment' if continuing else 'new segment'})")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from dataclasses import dataclass
 
@@ -109,9 +110,32 @@ def unpack_frames(data: bytes, secret: bytes, max_frame_bytes: int = DEFAULT_MAX
         if not isinstance(f["id"], str) or not _ID.match(f["id"]):
             raise WireError("frame id must be 32 lowercase hex digits")
         sent_at = f["sent_at"]
-        if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
-            raise WireError("sent_at must be a number (UNIX seconds)")
+        if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not math.isfinite(sent_at):
+            raise WireError("sent_at must be a finite number (UNIX seconds)")
         if not isinstance(f["stream"], dict):
             raise NotABitstream("frame stream must be a bitstream map")
         out.append(Frame(id=f["id"], sent_at=float(sent_at), stream=bs.parse(f["stream"])))
     return out
+
+
+# ---- the shared secret's policy (both services apply it at start-up) -------------------------
+MIN_SECRET_CHARS = 16
+# Public on purpose: it only lets a sender and a receiver both in insecure demo mode talk without
+# configuring anything. Both services substitute this same string for an empty secret.
+INSECURE_DEMO_SECRET = "latentwire-insecure-demo-secret"
+_PLACEHOLDERS = {"secret", "password", "changeme", "default", "example", "test", "demo", "placeholder",
+                 "yoursecret", "yoursecrethere", "mysecret", "sharedsecret", "latentwiresecret"}
+_PLACEHOLDER_PREFIXES = ("changeme", "replaceme", "setme", "yoursecret", "todo", "fixme", "xxx")
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why ``secret`` is not fit to sign frames (empty, short, a placeholder), or None when it is."""
+    if not secret:
+        return "LATENTWIRE_SECRET is empty"
+    if len(secret) < MIN_SECRET_CHARS:
+        return f"LATENTWIRE_SECRET has {len(secret)} characters; use at least {MIN_SECRET_CHARS}"
+    folded = re.sub(r"[^a-z0-9]", "", secret.lower())
+    if (folded in _PLACEHOLDERS or folded.startswith(_PLACEHOLDER_PREFIXES) or "placeholder" in folded
+            or len(set(secret)) < 4):
+        return "LATENTWIRE_SECRET is a placeholder"
+    return None

@@ -1,0 +1,43 @@
+# latentwire — `make demo` runs both services with sample images; `make test` runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast browser bench eval clean
+
+setup: $(STAMP)
+
+# torch is pinned to the build CompressAI 1.2.8 imports cleanly with (see pyproject.toml).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Headless Chromium for the browser test (Debian packages; Playwright's own download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  else sudo apt-get install -y -q chromium chromium-driver; fi; }
+
+demo: setup
+	$(BIN)/latentwire demo
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests/unit tests/service
+
+bench: setup
+	$(BIN)/latentwire bench codec
+	$(BIN)/latentwire bench e2e
+
+eval: setup
+	$(BIN)/latentwire eval ../shared/datasets/kodak --out results/kodak --reference-dir ../shared/reference/compressai_kodak
+
+clean:
+	rm -rf data/demo results .pytest_cache

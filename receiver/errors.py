@@ -1,0 +1,16 @@
+"""Errors only the receiver raises. They hang off ``shared.errors.LatentwireError`` so the one
+exception handler in ``receiver.app`` maps them like every other error::
+
+    LatentwireError
+    ├── (InvalidImageId 400, ImageNotFound 404: shared.errors)
+    └── DecoderBusy          503 the decode queue is full; retry after ``retry_after_s``
+"""
+
+from __future__ import annotations
+
+from shared.errors import ImageNotFound, InvalidImageId, LatentwireError  # noqa: F401 (re-exported)
+
+
+class DecoderBusy(LatentwireError):
+    status = 503
+    retry_after_s = 1

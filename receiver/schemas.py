@@ -1,0 +1,54 @@
+"""JSON shapes the receiver answers with (they also document the API at /docs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class FrameResult(BaseModel):
+    id: str
+    status: Literal["stored", "duplicate"]
+
+
+class FramesResponse(BaseModel):
+    results: list[FrameResult] = Field(description="one entry per frame, in the request's order")
+
+
+class ImageMeta(BaseModel):
+    id: str = Field(description="32 lowercase hex digits, the sender's frame id")
+    width: int
+    height: int
+    stream_bytes: int = Field(description="size of the .lw bitstream that crossed the wire")
+    bpp: float = Field(description="stream_bytes * 8 / (width * height)")
+    quality: float = Field(description="the rate the stream was coded at, 0..1")
+    model: str
+    weights: str
+    sent_at: float = Field(description="sender's UNIX time when the frame was queued")
+    received_at: float = Field(description="receiver's UNIX time when the image was stored; the list cursor")
+    decode_ms: float
+    psnr: float | None = Field(description="always null here: the receiver never sees the original")
+    latency_ms: float = Field(description="received_at - sent_at, in ms (includes clock skew)")
+    png_url: str
+
+
+class ImagePage(BaseModel):
+    items: list[ImageMeta] = Field(description="newest first")
+    next: float | None = Field(description="pass as ?before= for the next page; null at the end")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    reasons: list[str]
+    model: str | None
+    insecure_demo: bool
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="stable error code, e.g. BadSignature, ModelMismatch")
+    message: str = Field(description="what went wrong and what to do next")

@@ -1,0 +1,154 @@
+"""The sender service: ``create_app(settings)`` builds it, ``lifespan`` owns everything with a lifetime.
+
+    uvicorn --factory sender.app:create_app          (settings from the environment)
+    latentwire sender --receiver-url http://127.0.0.1:8001
+
+The lifespan loads the codec, opens the outbox, starts the encoder thread and the delivery task,
+and opens the app's one ``httpx.AsyncClient`` (to the receiver). Tests pass ``transport=`` (an
+``httpx.MockTransport`` or ``httpx.ASGITransport`` around a receiver app) to talk to a receiver
+in process. Errors: one handler maps every ``LatentwireError`` to its ``.status`` with the body
+``{"error", "message"}`` (plus ``file``, ``min_bytes`` where they apply, and ``Retry-After`` on
+503s); request validation errors get the same shape with 422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+import anyio
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from sender import routes
+from sender.dependencies import Services
+from sender.encoder import Encoder
+from sender.errors import InvalidParameters, OutboxError
+from sender.metrics import Metrics
+from sender.outbox import Outbox
+from sender.previews import PreviewStore
+from sender.settings import Settings, get_settings
+from sender.transmit import Deliverer
+from shared.codec import Codec
+from shared.errors import BudgetTooSmall, LatentwireError
+
+log = logging.getLogger("latentwire.sender")
+HERE = Path(__file__).resolve().parent
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The sender app. ``transport`` replaces the network under the receiver client (tests)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="latentwire sender",
+        version=VERSION,
+        summary="Encodes uploaded images into latent bitstreams and delivers them to the receiver",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.transport = transport
+    app.include_router(routes.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_exception_handler(LatentwireError, _latentwire_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    weak = settings.weak_secret()
+    if weak:
+        log.warning("!!! INSECURE DEMO MODE: %s. Frames are signed with a weak or public key that anyone "
+                    "can forge: never run like this outside a local demo. !!!", weak)
+    async with AsyncExitStack() as stack:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(_exclusive(settings.data_dir / "sender.lock"))
+        codec = await asyncio.to_thread(Codec.load, settings.model, settings.models_dir,
+                                        device=settings.device, max_side=settings.max_side)
+        outbox = Outbox(settings.data_dir / "outbox.sqlite3")
+        stack.push_async_callback(outbox.close)
+        await outbox.open()
+        # trust_env=False: the receiver URL is configured explicitly; a stray HTTP(S)_PROXY in the
+        # environment must not reroute signed frames.
+        client = httpx.AsyncClient(transport=app.state.transport, trust_env=False,
+                                   timeout=httpx.Timeout(settings.request_timeout_s),
+                                   headers={"User-Agent": f"latentwire-sender/{VERSION}"})
+        stack.push_async_callback(client.aclose)
+        metrics = Metrics()
+        # Batching pays only where one g_a pass over several images costs about as much as one.
+        batch_max = settings.batch_max if codec.device.type == "cuda" else 1
+        encoder = Encoder(codec, settings.encode_queue_size, batch_max, settings.batch_wait_ms / 1000)
+        encoder.start()
+        stack.push_async_callback(encoder.stop)
+        deliverer = Deliverer(outbox, client, settings, metrics)
+        await outbox.retry_now(time.time())
+        deliverer.start()
+        stack.push_async_callback(deliverer.stop)  # stops first: nothing sends once shutdown begins
+        app.state.services = Services(
+            settings=settings, codec=codec, outbox=outbox, encoder=encoder, deliverer=deliverer,
+            previews=PreviewStore(settings.data_dir / "previews", settings.previews_keep), client=client,
+            metrics=metrics, pixel_limiter=anyio.CapacityLimiter(2),
+        )
+        log.info("sender ready: model %s@%s on %s, batch_max %d, delivering to %s, outbox %s (%d queued)",
+                 codec.name, codec.weights, codec.device, batch_max, settings.frames_url, outbox.path,
+                 await outbox.pending())
+        yield
+
+
+class _exclusive:
+    """An flock on ``data_dir/sender.lock``: two senders on one outbox would both deliver it.
+    The kernel drops the lock when the process dies, so a SIGKILL never leaves it stale."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self.fd)
+            raise OutboxError(f"another sender is running on {self.path.parent}; stop it or give this one "
+                              "its own --data-dir") from exc
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+async def _latentwire_error(request: Request, exc: LatentwireError) -> JSONResponse:
+    body: dict = {"error": exc.code, "message": str(exc)}
+    file = getattr(exc, "file", None)
+    if file is not None:
+        body["file"] = file
+        body["message"] = f"{file}: {exc} (the whole request was rejected; nothing was queued)"
+    if isinstance(exc, BudgetTooSmall):
+        body["min_bytes"] = exc.min_bytes
+    headers = {}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(int(retry_after))
+    if exc.status >= 500:
+        log.error("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc)
+    services = getattr(request.app.state, "services", None)
+    if services is not None and request.url.path == "/v1/images" and request.method == "POST":
+        services.metrics.upload_errors.labels(exc.code).inc()
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                         for e in exc.errors())
+    return await _latentwire_error(request, InvalidParameters(f"invalid request parameters ({problems})"))

@@ -1,0 +1,139 @@
+"""From uploaded files to durably queued frames: the work behind POST /v1/images.
+
+    uploads ─ load_image (threads) ─ Encoder (torch thread: encode, decode, PSNR)
+            ─ JPEG at the same bytes + reconstruction PNG (threads)
+            ─ Outbox.add (one fsync'd transaction) ─ previews on disk ─ wake the deliverer ─ 202
+
+A request is all or nothing: every file is checked and encoded before any is queued, and the
+first bad file fails the whole request with its name attached (``exc.file``). Nothing is
+answered 202 before its frame is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import anyio
+import numpy as np
+
+from sender.comparison import JpegComparison, finite, jpeg_same_bytes
+from sender.dependencies import Services
+from sender.errors import InvalidParameters, OutboxFull, UploadTooLarge
+from sender.outbox import FrameRecord, NewFrame
+from sender.uploads import Upload
+from shared.codec import check_quality
+from shared.errors import LatentwireError, QualityOutOfRange
+from shared.images import LoadedImage, encode_png, load_image
+
+log = logging.getLogger("latentwire.sender.intake")
+MODES = ("standard",)  # "denoise" comes with the denoising model
+MAX_REQUEST_FULL_IMAGES = 4  # decoded pixels per request: this many max_side x max_side images
+
+
+@dataclass(frozen=True)
+class Rate:
+    quality: float | None
+    max_bytes: int | None
+    mode: str
+
+
+def parse_rate(quality: float | None, max_bytes: int | None, mode: str, default_quality: float) -> Rate:
+    """The query's rate request, checked (422s): exactly one of quality / max_bytes, or neither."""
+    if mode not in MODES:
+        raise InvalidParameters(f"mode {mode!r} is not available; allowed modes: {', '.join(MODES)}")
+    if quality is not None and max_bytes is not None:
+        raise InvalidParameters("give quality (0..1) or max_bytes, not both")
+    if max_bytes is not None:
+        if max_bytes < 1:
+            raise QualityOutOfRange(f"max_bytes must be a positive number of bytes, got {max_bytes}")
+        return Rate(None, max_bytes, mode)
+    return Rate(check_quality(default_quality if quality is None else quality), None, mode)
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    frame: NewFrame
+    png: bytes
+    jpeg: JpegComparison
+
+
+async def accept(uploads: list[Upload], rate: Rate, svc: Services) -> list[FrameRecord]:
+    """Encode and queue every upload (see the module docstring); returns their records."""
+    s = svc.settings
+    pending = await svc.outbox.pending()
+    if pending + len(uploads) > s.outbox_max_pending:  # cheap early refusal; add() checks again
+        retry = svc.deliverer.retry_after_s()
+        raise OutboxFull(f"{pending} images are waiting for the receiver (limit {s.outbox_max_pending}); "
+                         f"retry in {retry} s, once the receiver has caught up", retry_after_s=retry)
+
+    images: list[LoadedImage] = []
+    # A 50 KB PNG can decode to 48 MiB of pixels: bound what one request may hold decoded at once.
+    max_pixels, pixels = MAX_REQUEST_FULL_IMAGES * s.max_side**2, 0
+    for up in uploads:
+        with _naming(up):
+            im = await anyio.to_thread.run_sync(load_image, up.data, s.max_side, limiter=svc.pixel_limiter)
+            pixels += im.width * im.height
+            if pixels > max_pixels:
+                raise UploadTooLarge(f"the images of this request hold over {max_pixels / 1e6:.0f} megapixels "
+                                     "together: send them in several requests")
+            images.append(im)
+
+    results = await svc.encoder.encode_many([(im.rgb, rate.quality, rate.max_bytes) for im in images])
+    for up, result in zip(uploads, results):
+        if isinstance(result, BaseException):
+            with _naming(up):
+                raise result
+
+    created_at = time.time()
+    accepted = []
+    for up, im, result in zip(uploads, images, results):
+        enc = result.encoded
+        jpeg, png = await anyio.to_thread.run_sync(_pixels_out, im.rgb, result.reconstruction, enc.nbytes,
+                                                   limiter=svc.pixel_limiter)
+        frame = NewFrame(
+            id=uuid.uuid4().hex, created_at=created_at, stream=enc.data, filename=up.filename[:255],
+            mode=rate.mode, width=im.width, height=im.height, original_bytes=len(up.data), nbytes=enc.nbytes,
+            bpp=enc.bpp, psnr=finite(result.psnr), quality=enc.quality, jpeg=jpeg.summary(),
+        )
+        accepted.append(_Accepted(frame, png, jpeg))
+        svc.metrics.encode_seconds.observe(result.encode_s)
+
+    await svc.outbox.add([a.frame for a in accepted], s.outbox_max_pending, svc.deliverer.retry_after_s())
+    svc.deliverer.notify()
+    for a in accepted:
+        svc.metrics.images.inc()
+        svc.metrics.stream_bytes.inc(a.frame.nbytes)
+        svc.metrics.bpp.observe(a.frame.bpp)
+        try:
+            await anyio.to_thread.run_sync(svc.previews.save, a.frame.id, a.png, a.jpeg.data)
+        except OSError as exc:  # the frame is queued: a lost preview must not turn that into a 500
+            log.warning("preview of %s not saved: %s", a.frame.id, exc)
+    return [_record(a.frame) for a in accepted]
+
+
+def _pixels_out(rgb: np.ndarray, reconstruction: np.ndarray, nbytes: int) -> tuple[JpegComparison, bytes]:
+    return jpeg_same_bytes(rgb, nbytes), encode_png(reconstruction)
+
+
+@contextmanager
+def _naming(upload: Upload):
+    """Attach the file's name to an error about it, so a multi-file upload says which file."""
+    try:
+        yield
+    except LatentwireError as exc:
+        exc.file = upload.filename  # type: ignore[attr-defined]
+        raise
+
+
+def _record(f: NewFrame) -> FrameRecord:
+    return FrameRecord(
+        id=f.id, created_at=f.created_at, status="queued", filename=f.filename, mode=f.mode, width=f.width,
+        height=f.height, original_bytes=f.original_bytes, nbytes=f.nbytes, bpp=f.bpp, psnr=f.psnr,
+        quality=f.quality, jpeg=f.jpeg, attempts=0, next_attempt_at=f.created_at, last_error=None,
+        delivered_at=None, receiver_status=None,
+    )
+

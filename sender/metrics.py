@@ -1,0 +1,52 @@
+"""Prometheus metrics of one sender app, in a registry of its own (two apps in one test process,
+or an app and a library user, never share or collide on the global registry).
+
+    latentwire_sender_encode_seconds            histogram  encoder time per image (batch time / size)
+    latentwire_sender_bpp                       histogram  bits per pixel of accepted images
+    latentwire_sender_images_total              counter    images accepted (queued)
+    latentwire_sender_stream_bytes_total        counter    bitstream bytes of accepted images
+    latentwire_sender_upload_errors_total       counter    rejected uploads, by error code
+    latentwire_sender_transmit_seconds          histogram  one POST to the receiver, by outcome
+    latentwire_sender_wire_bytes_total          counter    request body bytes POSTed to the receiver
+    latentwire_sender_delivery_attempts_total   counter    POSTs, by outcome: delivered | retry | failed |
+                                                           split (a refused batch resent frame by frame)
+    latentwire_sender_delivery_errors_total     counter    failed POSTs, by kind: timeout | connect |
+                                                           http_429 | http_503 | http_507 | http_5xx |
+                                                           http_4xx | bad_reply
+    latentwire_sender_frames_total              counter    frames settled, by result: stored | duplicate | failed
+    latentwire_sender_outbox_depth              gauge      frames queued for delivery (refreshed per scrape)
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.encode_seconds = Histogram("latentwire_sender_encode_seconds", "Encoder time per image",
+                                        buckets=_SECONDS, registry=r)
+        self.bpp = Histogram("latentwire_sender_bpp", "Bits per pixel of accepted images",
+                             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0), registry=r)
+        self.images = Counter("latentwire_sender_images", "Images accepted and queued", registry=r)
+        self.stream_bytes = Counter("latentwire_sender_stream_bytes", "Bitstream bytes of accepted images",
+                                    registry=r)
+        self.upload_errors = Counter("latentwire_sender_upload_errors", "Rejected uploads by error code",
+                                     ["error"], registry=r)
+        self.transmit_seconds = Histogram("latentwire_sender_transmit_seconds", "One POST to the receiver",
+                                          ["outcome"], buckets=_SECONDS, registry=r)
+        self.wire_bytes = Counter("latentwire_sender_wire_bytes", "Request body bytes POSTed to the receiver",
+                                  registry=r)
+        self.delivery_attempts = Counter("latentwire_sender_delivery_attempts", "POSTs to the receiver by outcome",
+                                         ["outcome"], registry=r)
+        self.delivery_errors = Counter("latentwire_sender_delivery_errors", "Failed POSTs by kind", ["kind"],
+                                       registry=r)
+        self.frames = Counter("latentwire_sender_frames", "Frames settled, by result", ["result"], registry=r)
+        self.outbox_depth = Gauge("latentwire_sender_outbox_depth", "Frames queued for delivery", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,310 @@
+"""The outbox: every accepted image's bitstream and status, durable before the upload is answered.
+
+One SQLite file, ``<data_dir>/outbox.sqlite3``, in WAL mode with ``synchronous=FULL``, so a
+commit is fsync'd before ``add`` returns: a sender killed with SIGKILL right after its 202 still
+holds the frame and delivers it when it starts again. A frame's life::
+
+    add() ─> queued ──POST 200 stored/duplicate──> delivered  (stream dropped, numbers kept)
+               │  ▲
+               │  └── transient failure: attempts+1, next_attempt_at = now + backoff
+               └───── permanent 4xx ───────────────> failed     (receiver's error kept)
+
+All database work runs on one dedicated thread (sqlite3 calls block, and a commit waits for the
+disk): the event loop only awaits it. One thread also means one connection and no lock contention
+inside this process; a second sender on the same data_dir is refused by ``sender.lock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sender.errors import OutboxError, OutboxFull
+
+SCHEMA_VERSION = 1
+STATUSES = ("queued", "delivered", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    id              TEXT PRIMARY KEY,           -- 32 lowercase hex, the wire frame id
+    created_at      REAL NOT NULL,              -- UNIX s when queued; the wire's sent_at
+    status          TEXT NOT NULL CHECK (status IN ('queued', 'delivered', 'failed')),
+    stream          BLOB,                       -- the .lw container; NULL once delivered
+    filename        TEXT NOT NULL,
+    mode            TEXT NOT NULL,
+    width           INTEGER NOT NULL,
+    height          INTEGER NOT NULL,
+    original_bytes  INTEGER NOT NULL,           -- size of the uploaded file
+    bytes           INTEGER NOT NULL,           -- size of the stream on the wire
+    bpp             REAL NOT NULL,
+    psnr            REAL,                       -- NULL when lossless (infinite)
+    quality         REAL NOT NULL,
+    jpeg            TEXT,                       -- JSON {"bytes","psnr","quality","fits"}
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT,                       -- JSON {"error","message",("http_status")}
+    delivered_at    REAL,
+    receiver_status TEXT                        -- "stored" | "duplicate"
+);
+CREATE INDEX IF NOT EXISTS frames_due ON frames (next_attempt_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS frames_created ON frames (created_at);
+"""
+
+
+@dataclass(frozen=True)
+class NewFrame:
+    """An encoded image ready to be queued."""
+
+    id: str
+    created_at: float
+    stream: bytes
+    filename: str
+    mode: str
+    width: int
+    height: int
+    original_bytes: int
+    nbytes: int
+    bpp: float
+    psnr: float | None
+    quality: float
+    jpeg: dict | None
+
+
+@dataclass(frozen=True)
+class PendingFrame:
+    """What the delivery worker needs to send one frame."""
+
+    id: str
+    created_at: float
+    stream: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """A frame's row, as GET /v1/images/{id} shows it."""
+
+    id: str
+    created_at: float
+    status: str
+    filename: str
+    mode: str
+    width: int
+    height: int
+    original_bytes: int
+    nbytes: int
+    bpp: float
+    psnr: float | None
+    quality: float
+    jpeg: dict | None
+    attempts: int
+    next_attempt_at: float | None
+    last_error: dict | None
+    delivered_at: float | None
+    receiver_status: str | None
+
+
+_RECORD_COLUMNS = ("id, created_at, status, filename, mode, width, height, original_bytes, bytes, bpp, psnr, "
+                   "quality, jpeg, attempts, next_attempt_at, last_error, delivered_at, receiver_status")
+
+
+def _record(row: tuple) -> FrameRecord:
+    (id_, created_at, status, filename, mode, width, height, original_bytes, nbytes, bpp, psnr, quality, jpeg,
+     attempts, next_attempt_at, last_error, delivered_at, receiver_status) = row
+    return FrameRecord(
+        id=id_, created_at=created_at, status=status, filename=filename, mode=mode, width=width, height=height,
+        original_bytes=original_bytes, nbytes=nbytes, bpp=bpp, psnr=psnr, quality=quality,
+        jpeg=json.loads(jpeg) if jpeg else None, attempts=attempts,
+        next_attempt_at=next_attempt_at if status == "queued" else None,
+        last_error=json.loads(last_error) if last_error else None, delivered_at=delivered_at,
+        receiver_status=receiver_status,
+    )
+
+
+class Outbox:
+    """The frames table behind async methods; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentwire-outbox")
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, fn, args)
+
+    def _guarded(self, fn: Callable[..., Any], args: tuple) -> Any:
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"the outbox database {self.path} cannot be used ({exc}); check the disk space "
+                "and permissions of the sender's data_dir"
+            ) from exc
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every transaction is explicit.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # WAL + FULL: each COMMIT is fsync'd
+        conn.execute("PRAGMA busy_timeout=5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            conn.close()
+            raise OutboxError(f"{self.path} has outbox schema {version}; this sender reads {SCHEMA_VERSION}: "
+                              "deliver or move the old outbox with the sender version that wrote it")
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError("the outbox is not open")
+        return self._conn
+
+    # ---- writes -------------------------------------------------------------------------
+    async def add(self, frames: list[NewFrame], max_pending: int, retry_after_s: int) -> int:
+        """Queue all ``frames`` in one fsync'd transaction, or none (``OutboxFull``). Returns the
+        number of queued frames afterwards."""
+        return await self._run(self._add, frames, max_pending, retry_after_s)
+
+    def _add(self, frames: list[NewFrame], max_pending: int, retry_after_s: int) -> int:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            pending = c.execute("SELECT count(*) FROM frames WHERE status = 'queued'").fetchone()[0]
+            if pending + len(frames) > max_pending:
+                raise OutboxFull(
+                    f"{pending} images are waiting for the receiver (limit {max_pending}); "
+                    f"retry in {retry_after_s} s, once the receiver has caught up",
+                    retry_after_s=retry_after_s,
+                )
+            c.executemany(
+                "INSERT INTO frames (id, created_at, status, stream, filename, mode, width, height, original_bytes, "
+                "bytes, bpp, psnr, quality, jpeg, next_attempt_at) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(f.id, f.created_at, f.stream, f.filename, f.mode, f.width, f.height, f.original_bytes, f.nbytes,
+                  f.bpp, f.psnr, f.quality, json.dumps(f.jpeg) if f.jpeg else None, f.created_at) for f in frames],
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return pending + len(frames)
+
+    async def mark_delivered(self, results: dict[str, str], now: float) -> None:
+        """``results``: frame id -> the receiver's "stored" or "duplicate"."""
+        await self._run(self._write_many,
+                        "UPDATE frames SET status = 'delivered', stream = NULL, attempts = attempts + 1, "
+                        "delivered_at = ?, receiver_status = ?, last_error = NULL WHERE id = ? AND status = 'queued'",
+                        [(now, result, id_) for id_, result in results.items()])
+
+    async def mark_failed(self, ids: list[str], error: dict) -> None:
+        """Permanent failure: the stream is kept (a later version may offer a resend)."""
+        await self._run(self._write_many,
+                        "UPDATE frames SET status = 'failed', attempts = attempts + 1, last_error = ? "
+                        "WHERE id = ? AND status = 'queued'",
+                        [(json.dumps(error), id_) for id_ in ids])
+
+    async def schedule_retry(self, ids: list[str], error: dict, next_attempt_at: float) -> None:
+        await self._run(self._write_many,
+                        "UPDATE frames SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                        "WHERE id = ? AND status = 'queued'",
+                        [(json.dumps(error), next_attempt_at, id_) for id_ in ids])
+
+    async def retry_now(self, now: float) -> None:
+        """Make every queued frame due (at startup: a restart often follows a fix, so try at once)."""
+        await self._run(self._write_many,
+                        "UPDATE frames SET next_attempt_at = ? WHERE status = 'queued' AND next_attempt_at > ?",
+                        [(now, now)])
+
+    def _write_many(self, sql: str, rows: list[tuple]) -> None:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany(sql, rows)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    # ---- reads ----------------------------------------------------------------------------
+    async def due(self, now: float, limit: int, max_bytes: int) -> list[PendingFrame]:
+        """Queued frames whose time has come, oldest first: at most ``limit`` frames and, past the
+        first, at most ``max_bytes`` of streams."""
+        return await self._run(self._due, now, limit, max_bytes)
+
+    def _due(self, now: float, limit: int, max_bytes: int) -> list[PendingFrame]:
+        rows = self.conn.execute(
+            "SELECT id, length(stream) FROM frames WHERE status = 'queued' AND next_attempt_at <= ? "
+            "ORDER BY next_attempt_at, created_at LIMIT ?", (now, limit)).fetchall()
+        chosen, total = [], 0
+        for id_, size in rows:
+            if chosen and total + size > max_bytes:
+                break
+            chosen.append(id_)
+            total += size
+        out = []
+        for id_ in chosen:
+            row = self.conn.execute("SELECT id, created_at, stream, attempts FROM frames WHERE id = ?",
+                                    (id_,)).fetchone()
+            out.append(PendingFrame(id=row[0], created_at=row[1], stream=bytes(row[2]), attempts=row[3]))
+        return out
+
+    async def next_due_at(self) -> float | None:
+        return await self._run(lambda: self.conn.execute(
+            "SELECT min(next_attempt_at) FROM frames WHERE status = 'queued'").fetchone()[0])
+
+    async def get(self, id_: str) -> FrameRecord | None:
+        row = await self._run(lambda: self.conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM frames WHERE id = ?", (id_,)).fetchone())
+        return _record(row) if row else None
+
+    async def list(self, status: str | None, limit: int) -> list[FrameRecord]:
+        """Newest first."""
+        def query() -> list[tuple]:
+            if status is None:
+                return self.conn.execute(f"SELECT {_RECORD_COLUMNS} FROM frames ORDER BY created_at DESC LIMIT ?",
+                                         (limit,)).fetchall()
+            return self.conn.execute(f"SELECT {_RECORD_COLUMNS} FROM frames WHERE status = ? "
+                                     "ORDER BY created_at DESC LIMIT ?", (status, limit)).fetchall()
+        return [_record(r) for r in await self._run(query)]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._run(lambda: self.conn.execute(
+            "SELECT status, count(*) FROM frames GROUP BY status").fetchall())
+        out = dict.fromkeys(STATUSES, 0)
+        out.update(dict(rows))
+        return out
+
+    async def pending(self) -> int:
+        return await self._run(lambda: self.conn.execute(
+            "SELECT count(*) FROM frames WHERE status = 'queued'").fetchone()[0])
+
+    async def check_writable(self) -> None:
+        """Take the write lock and let go (readiness): proves the file is open, the tables exist
+        and nothing (read-only mount, another writer) blocks a write."""
+        def probe() -> None:
+            c = self.conn
+            c.execute("SELECT 1 FROM frames LIMIT 1").fetchall()
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("ROLLBACK")
+        await self._run(probe)
+

@@ -1,0 +1,151 @@
+"""Every sender endpoint. Handlers are thin: the work lives in intake, outbox, transmit.
+
+    GET  /                                   upload page (templates/index.html, static/)
+    POST /v1/images?quality=|max_bytes=&mode=   multipart ``file`` (repeatable) or a raw image body
+                                             -> 202 {"images": [ImageOut, ...]}, each queued on disk
+    GET  /v1/images?status=&limit=           newest first + counts per status
+    GET  /v1/images/{id}                     one image: numbers, status, attempts, last_error
+    GET  /v1/images/{id}/reconstruction.png  what the receiver will show (kept for the newest images)
+    GET  /v1/images/{id}/jpeg.jpg            Pillow JPEG at the same byte count
+    GET  /v1/models                          the loaded model, default quality, modes
+    GET  /healthz                            the process answers
+    GET  /readyz                             model loaded, outbox writable, workers running (503 if not)
+    GET  /metrics                            Prometheus text (sender/metrics.py lists the names)
+    GET  /docs, /openapi.json                OpenAPI
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from sender.dependencies import ServicesDep
+from sender.errors import ImageNotFound, InvalidImageId
+from sender.intake import MODES, accept, parse_rate
+from sender.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sender.schemas import ErrorOut, ImageList, ImageOut, ModelInfo, ModelsOut, UploadResponse
+from sender.uploads import read_uploads
+
+router = APIRouter()
+templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
+_ID = re.compile(r"[0-9a-f]{32}")
+_ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 422, 503)}
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+        }},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page(request: Request, svc: ServicesDep) -> HTMLResponse:
+    s = svc.settings
+    return templates.TemplateResponse(request, "index.html", {
+        "default_quality": s.default_quality, "max_upload_mib": s.max_upload_bytes / (1 << 20),
+        "max_files": s.max_files, "previews_keep": s.previews_keep, "model": f"{svc.codec.name}@{svc.codec.weights}",
+        "receiver_url": s.receiver_url,
+    })
+
+
+@router.post("/v1/images", status_code=202, response_model=UploadResponse, responses=_ERRORS,
+             openapi_extra={"requestBody": _UPLOAD_BODY})
+async def upload_images(
+    request: Request,
+    svc: ServicesDep,
+    quality: Annotated[float | None, Query(description="0 (fewest bytes) .. 1 (best); default from settings")] = None,
+    max_bytes: Annotated[int | None, Query(description="best quality whose stream fits this many bytes")] = None,
+    mode: Annotated[str, Query(description=f"one of: {', '.join(MODES)}")] = "standard",
+) -> UploadResponse:
+    """Encode each image, queue its frame durably, answer 202; delivery to the receiver follows."""
+    rate = parse_rate(quality, max_bytes, mode, svc.settings.default_quality)
+    uploads = await read_uploads(request, svc.settings.max_upload_bytes, svc.settings.max_files)
+    records = await accept(uploads, rate, svc)
+    return UploadResponse(images=[ImageOut.from_record(r) for r in records])
+
+
+@router.get("/v1/images", response_model=ImageList)
+async def list_images(
+    svc: ServicesDep,
+    status: Literal["queued", "delivered", "failed"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ImageList:
+    records = await svc.outbox.list(status, limit)
+    return ImageList(images=[ImageOut.from_record(r) for r in records], counts=await svc.outbox.counts())
+
+
+@router.get("/v1/images/{image_id}", response_model=ImageOut, responses={400: {"model": ErrorOut},
+                                                                          404: {"model": ErrorOut}})
+async def get_image(image_id: str, svc: ServicesDep) -> ImageOut:
+    record = await svc.outbox.get(_checked_id(image_id))
+    if record is None:
+        raise ImageNotFound(f"no image {image_id} in this sender's outbox")
+    return ImageOut.from_record(record)
+
+
+@router.get("/v1/images/{image_id}/reconstruction.png", response_class=FileResponse,
+            responses={404: {"model": ErrorOut}})
+async def reconstruction(image_id: str, svc: ServicesDep) -> FileResponse:
+    return _preview(svc, _checked_id(image_id), "png", "image/png")
+
+
+@router.get("/v1/images/{image_id}/jpeg.jpg", response_class=FileResponse, responses={404: {"model": ErrorOut}})
+async def jpeg(image_id: str, svc: ServicesDep) -> FileResponse:
+    return _preview(svc, _checked_id(image_id), "jpg", "image/jpeg")
+
+
+@router.get("/v1/models", response_model=ModelsOut)
+async def models(svc: ServicesDep) -> ModelsOut:
+    return ModelsOut(models=[ModelInfo(**svc.codec.info())], default_quality=svc.settings.default_quality,
+                     modes=list(MODES))
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "not ready; checks says what is missing"}})
+async def readyz(request: Request) -> JSONResponse:
+    svc = getattr(request.app.state, "services", None)
+    checks = {"model": svc is not None and svc.codec is not None, "outbox": False,
+              "encoder": svc is not None and svc.encoder.alive, "delivery": svc is not None and svc.deliverer.alive}
+    if svc is not None:
+        try:
+            await svc.outbox.check_writable()
+            checks["outbox"] = True
+        except Exception:  # any failure is "not ready"; the outbox logs nothing secret
+            checks["outbox"] = False
+    ready = all(checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(svc: ServicesDep) -> Response:
+    svc.metrics.outbox_depth.set(await svc.outbox.pending())
+    return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+def _checked_id(image_id: str) -> str:
+    if not _ID.fullmatch(image_id):
+        raise InvalidImageId(f"{image_id!r} is not an image id: ids are 32 lowercase hex digits, as returned "
+                             "by POST /v1/images")
+    return image_id
+
+
+def _preview(svc: ServicesDep, image_id: str, kind: str, media_type: str) -> FileResponse:
+    path = svc.previews.path(image_id, kind)
+    if not path.is_file():
+        raise ImageNotFound(f"no preview for {image_id}: this sender keeps previews of its newest "
+                            f"{svc.settings.previews_keep} images only (GET /v1/images/{image_id} has its numbers)")
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})

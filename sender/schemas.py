@@ -1,0 +1,88 @@
+"""The sender's JSON shapes (response models, so /docs shows them exactly)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from sender.outbox import FrameRecord
+
+
+class JpegSameBytes(BaseModel):
+    """Pillow JPEG at the largest quality whose size fits our stream's bytes (see sender/comparison.py)."""
+
+    bytes: int
+    psnr: float | None = Field(description="dB; null when exact")
+    quality: int = Field(description="Pillow JPEG quality 1..95")
+    fits: bool = Field(description="false: even quality 1 is larger than our stream (tiny images)")
+
+
+class DeliveryError(BaseModel):
+    error: str = Field(description="the receiver's error code, or the transport failure kind")
+    message: str
+    http_status: int | None = None
+
+
+class ImageOut(BaseModel):
+    id: str = Field(description="32 lowercase hex; the frame id the receiver stores it under")
+    filename: str
+    mode: str
+    status: str = Field(description="queued | delivered | failed")
+    width: int
+    height: int
+    original_bytes: int = Field(description="size of the uploaded file")
+    bytes: int = Field(description="size of the bitstream on the wire")
+    bpp: float = Field(description="bits per pixel on the wire")
+    ratio: float = Field(description="original_bytes / bytes")
+    psnr: float | None = Field(description="dB of the reconstruction the receiver will show; null when exact")
+    quality: float = Field(description="the quality the stream was coded at (the one found for max_bytes)")
+    jpeg_same_bytes: JpegSameBytes | None
+    attempts: int = Field(description="POSTs that carried this frame")
+    last_error: DeliveryError | None
+    created_at: float
+    next_attempt_at: float | None = Field(description="UNIX s of the next delivery try (queued only)")
+    delivered_at: float | None
+    receiver_status: str | None = Field(description="stored | duplicate, once delivered")
+    reconstruction_url: str
+    jpeg_url: str
+
+    @classmethod
+    def from_record(cls, r: FrameRecord) -> "ImageOut":
+        return cls(
+            id=r.id, filename=r.filename, mode=r.mode, status=r.status, width=r.width, height=r.height,
+            original_bytes=r.original_bytes, bytes=r.nbytes, bpp=round(r.bpp, 5),
+            ratio=round(r.original_bytes / r.nbytes, 3), psnr=r.psnr, quality=r.quality,
+            jpeg_same_bytes=JpegSameBytes(**r.jpeg) if r.jpeg else None, attempts=r.attempts,
+            last_error=DeliveryError(**r.last_error) if r.last_error else None, created_at=r.created_at,
+            next_attempt_at=r.next_attempt_at, delivered_at=r.delivered_at, receiver_status=r.receiver_status,
+            reconstruction_url=f"/v1/images/{r.id}/reconstruction.png", jpeg_url=f"/v1/images/{r.id}/jpeg.jpg",
+        )
+
+
+class UploadResponse(BaseModel):
+    images: list[ImageOut]
+
+
+class ImageList(BaseModel):
+    images: list[ImageOut] = Field(description="newest first")
+    counts: dict[str, int] = Field(description="frames per status in the whole outbox")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="stable error name, e.g. NotAnImage, BudgetTooSmall")
+    message: str = Field(description="what went wrong and what to do")
+    file: str | None = Field(None, description="the file of a multi-file upload the error is about")
+    min_bytes: int | None = Field(None, description="BudgetTooSmall: the smallest max_bytes that works")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    weights: str
+    device: str
+    network: dict
+    max_side: int
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelInfo]
+    default_quality: float
+    modes: list[str]

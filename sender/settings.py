@@ -1,0 +1,134 @@
+"""Every sender setting, and the only place the sender reads the environment.
+
+    env var                                   default            meaning
+    LATENTWIRE_SENDER_RECEIVER_URL            (required)         receiver base URL, e.g. http://127.0.0.1:8001
+    LATENTWIRE_SECRET                         (required, below)  HMAC key shared with the receiver
+    LATENTWIRE_INSECURE_DEMO                  0                  accept a weak/empty secret (demo only);
+                                                                 LATENTWIRE_SENDER_INSECURE_DEMO works too
+    LATENTWIRE_SENDER_HOST                    127.0.0.1          bind address
+    LATENTWIRE_SENDER_PORT                    8000               bind port
+    LATENTWIRE_SENDER_DATA_DIR                data/sender        outbox.sqlite3, previews/, sender.lock
+    LATENTWIRE_SENDER_MODEL                   lw-vr-hyperprior   model name in MODELS_DIR, or a .pt path
+    LATENTWIRE_SENDER_MODELS_DIR              <repo>/models      where exported models live
+    LATENTWIRE_SENDER_DEVICE                  auto               auto | cpu | cuda[:N] (encoder transforms)
+    LATENTWIRE_SENDER_MAX_SIDE                4096               largest width/height accepted (413 above)
+    LATENTWIRE_SENDER_DEFAULT_QUALITY         0.5                quality when the upload names neither
+                                                                 quality nor max_bytes
+    LATENTWIRE_SENDER_MAX_UPLOAD_BYTES        52428800           request body limit, 50 MiB (413 above,
+                                                                 enforced while the body streams in)
+    LATENTWIRE_SENDER_MAX_FILES               32                 images in one multipart request (413 above)
+    LATENTWIRE_SENDER_OUTBOX_MAX_PENDING      10000              queued frames before uploads get 503 +
+                                                                 Retry-After
+    LATENTWIRE_SENDER_ENCODE_QUEUE_SIZE       32                 images waiting for the encoder (503 above)
+    LATENTWIRE_SENDER_BATCH_MAX               8                  CUDA only: images per encode_batch call
+    LATENTWIRE_SENDER_BATCH_WAIT_MS           5                  CUDA only: how long a batch waits to fill
+    LATENTWIRE_SENDER_DELIVERY_BATCH_MAX      16                 frames per POST to the receiver
+    LATENTWIRE_SENDER_DELIVERY_BATCH_MAX_BYTES 8388608           stream bytes per POST (receiver takes 16 MiB)
+    LATENTWIRE_SENDER_REQUEST_TIMEOUT_S       10                 timeout of one POST to the receiver
+    LATENTWIRE_SENDER_RETRY_BASE_S            0.5                first retry delay (doubles per failure)
+    LATENTWIRE_SENDER_RETRY_MAX_S             60                 longest retry delay
+    LATENTWIRE_SENDER_PREVIEWS_KEEP           200                reconstruction/JPEG previews kept on disk
+
+``latentwire sender --flag`` overrides the matching env var (the secret has no flag: command lines
+are visible to every user in ``ps``). The secret policy is the receiver's: refuse an empty secret,
+one shorter than 16 characters, or a placeholder ("change-me", "secret", ...), unless insecure demo
+mode is on; then an empty secret becomes ``INSECURE_DEMO_SECRET`` (a public string the receiver
+substitutes the same way) and the service logs a loud warning. The secret is never logged or
+returned: it is a ``SecretStr`` and only ``secret_bytes()`` reveals it, to the signer.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.checkpoint import DEFAULT_MODELS_DIR
+from shared.codec import DEFAULT_MODEL
+from shared.wire import DEFAULT_MAX_BATCH, INSECURE_DEMO_SECRET, secret_problem
+
+
+class Settings(BaseSettings):
+    """Sender configuration; see the module docstring for every env var."""
+
+    model_config = SettingsConfigDict(env_prefix="LATENTWIRE_SENDER_", extra="ignore",
+                                      populate_by_name=True, frozen=True,
+                                      # a model-level error would otherwise print every input, the secret too
+                                      hide_input_in_errors=True)
+
+    receiver_url: str = Field(description="receiver base URL; frames go to {receiver_url}/v1/frames")
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    data_dir: Path = Field(Path("data/sender"), description="outbox database, previews and lock file")
+    model: str = DEFAULT_MODEL
+    models_dir: Path = DEFAULT_MODELS_DIR
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    max_side: Annotated[int, Field(ge=64, le=16384)] = 4096
+    default_quality: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    max_upload_bytes: Annotated[int, Field(ge=1024, description="request body limit (413 above)")] = 50 << 20
+    max_files: Annotated[int, Field(ge=1, le=1000, description="images per multipart request")] = 32
+    outbox_max_pending: Annotated[int, Field(ge=1, description="queued frames before 503 + Retry-After")] = 10_000
+    # Each waiting image holds its decoded pixels (up to 48 MiB at 4096x4096): 32 bounds that
+    # memory to ~1.5 GiB, and past it a client is better served by 503 + Retry-After than by a
+    # queue whose wait exceeds its own timeout.
+    encode_queue_size: Annotated[int, Field(ge=1, le=10_000)] = 32
+    batch_max: Annotated[int, Field(ge=1, le=256, description="CUDA only: images per encode_batch")] = 8
+    batch_wait_ms: Annotated[float, Field(ge=0, le=1000, description="CUDA only: wait for a batch to fill")] = 5.0
+    delivery_batch_max: Annotated[int, Field(ge=1, le=DEFAULT_MAX_BATCH)] = 16
+    # Half the receiver's default 16 MiB body limit, so one POST never trips its 413.
+    delivery_batch_max_bytes: Annotated[int, Field(ge=1024)] = 8 << 20
+    request_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    retry_base_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
+    retry_max_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    previews_keep: Annotated[int, Field(ge=0, le=100_000, description="previews kept on disk")] = 200
+
+    # Shared by both services, hence no LATENTWIRE_SENDER_ prefix. Never logged or returned.
+    secret: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("LATENTWIRE_SECRET"))
+    insecure_demo: bool = Field(False, validation_alias=AliasChoices(
+        "LATENTWIRE_INSECURE_DEMO", "LATENTWIRE_SENDER_INSECURE_DEMO"))
+
+    @field_validator("receiver_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = httpx.URL(value.strip())
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"receiver_url must be an http(s) URL like http://127.0.0.1:8001, got {value!r}")
+        return str(url).rstrip("/")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.retry_max_s < self.retry_base_s:
+            raise ValueError("retry_max_s must be >= retry_base_s")
+        problem = secret_problem(self.secret.get_secret_value())
+        if problem and not self.insecure_demo:
+            raise ValueError(
+                f"{problem}. Set the same random LATENTWIRE_SECRET on sender and receiver "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+                "or run a local demo with LATENTWIRE_INSECURE_DEMO=1 / --insecure-demo"
+            )
+        return self
+
+    @property
+    def frames_url(self) -> str:
+        return f"{self.receiver_url}/v1/frames"
+
+    def weak_secret(self) -> str | None:
+        """Why the configured secret is weak (only non-None in insecure demo mode)."""
+        return secret_problem(self.secret.get_secret_value())
+
+    def secret_bytes(self) -> bytes:
+        """The HMAC key: the configured secret, or the public demo key when demo mode has none."""
+        value = self.secret.get_secret_value()
+        if not value and self.insecure_demo:
+            value = INSECURE_DEMO_SECRET
+        return value.encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once (tests build ``Settings(...)`` directly instead)."""
+    return Settings()

@@ -1,0 +1,146 @@
+"""Start the receiver and sender as real processes on loopback ports, and stop them.
+
+Used by ``latentwire demo``, ``latentwire bench e2e`` and the end-to-end tests: each service is
+its own ``python -m shared.cli ...`` process, talking real HTTP, with its own store on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Poll ``url`` until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            r = httpx.get(url, timeout=2.0)
+            if r.status_code == 200:
+                return
+            last = f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s (last answer: {last})")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *self.args], env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        wait_ready(self.url + "/readyz", self.proc, ready_timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case (nothing flushed, no shutdown hooks)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class ServicePair:
+    """Receiver + sender on loopback with a shared secret and stores under ``work_dir``."""
+
+    work_dir: Path
+    secret: str
+    model: str | None = None
+    models_dir: Path | None = None
+    device: str = "cpu"
+    receiver_port: int = 0
+    sender_port: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.work_dir = Path(self.work_dir)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTWIRE_")}
+        env.update({"LATENTWIRE_SECRET": self.secret, "PYTHONUNBUFFERED": "1"}, **self.extra_env)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        model_args = []
+        if self.model:
+            model_args += ["--model", self.model]
+        if self.models_dir:
+            model_args += ["--models-dir", str(self.models_dir)]
+        rport = self.receiver_port or free_port()
+        sport = self.sender_port or free_port()
+        self.receiver = ServiceProcess(
+            "receiver",
+            ["receiver", "--host", "127.0.0.1", "--port", str(rport),
+             "--store-dir", str(self.work_dir / "receiver"), "--device", self.device, *model_args],
+            env, rport, self.work_dir / "logs" / "receiver.log",
+        )
+        self.sender = ServiceProcess(
+            "sender",
+            ["sender", "--host", "127.0.0.1", "--port", str(sport), "--receiver-url", f"http://127.0.0.1:{rport}",
+             "--data-dir", str(self.work_dir / "sender"), "--device", self.device, *model_args],
+            env, sport, self.work_dir / "logs" / "sender.log",
+        )
+
+    def start(self) -> "ServicePair":
+        self.receiver.start()
+        self.sender.start()
+        return self
+
+    def stop(self) -> None:
+        self.sender.stop()
+        self.receiver.stop()
+
+    def __enter__(self) -> "ServicePair":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

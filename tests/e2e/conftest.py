@@ -1,0 +1,65 @@
+"""End-to-end fixtures: receiver and sender as real processes on loopback ports (tiny model)."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.launcher import ServicePair
+from tests.conftest import TINY_MODEL
+
+
+@pytest.fixture
+def services(tmp_path, tiny_models_dir):
+    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32),
+                       model=TINY_MODEL, models_dir=tiny_models_dir)
+    try:
+        pair.start()
+    except Exception:
+        pair.stop()
+        raise RuntimeError(f"services did not start:\nreceiver:\n{pair.receiver.log_tail()}\n"
+                           f"sender:\n{pair.sender.log_tail()}")
+    yield pair
+    pair.stop()
+
+
+def png_bytes(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    # Smooth gradients plus a little texture: compressible, but not constant.
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([(xx * 255 / max(1, width - 1)), (yy * 255 / max(1, height - 1)),
+                     np.full_like(xx, seed * 37 % 256)], axis=2)
+    arr = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def receiver_ids(client: httpx.Client) -> list[str]:
+    """Every stored id, following the receiver's pagination."""
+    ids, cursor = [], None
+    while True:
+        params = {"limit": 200}
+        if cursor is not None:
+            params["before"] = cursor
+        page = client.get("/v1/images", params=params).json()
+        ids += [item["id"] for item in page["items"]]
+        cursor = page.get("next")
+        if not cursor:
+            return ids

@@ -1,0 +1,66 @@
+"""Headless Chromium: the receiver's live page shows a new reconstruction without a reload."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.e2e.conftest import png_bytes
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_live_gallery_updates_without_reload(services, browser):
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(services.receiver.url + "/")
+    page.wait_for_selector("#gallery", state="attached", timeout=15_000)
+    # Mark this document: a reload would create a new one without the marker.
+    page.evaluate("window.__latentwire_marker = 42")
+    before = page.locator("#gallery [data-id]").count()
+
+    with httpx.Client(base_url=services.sender.url, timeout=60) as sender:
+        r = sender.post("/v1/images", params={"quality": 0.5},
+                        files={"file": ("live.png", png_bytes(96, 64, seed=5), "image/png")})
+    assert r.status_code == 202, r.text
+    image_id = r.json()["images"][0]["id"]
+
+    page.wait_for_selector(f'#gallery [data-id="{image_id}"]', timeout=30_000)
+    assert page.evaluate("window.__latentwire_marker") == 42
+    assert page.locator("#gallery [data-id]").count() == before + 1
+    img = page.locator(f'#gallery [data-id="{image_id}"] img')
+    img.wait_for(timeout=10_000)
+    page.wait_for_function(
+        "el => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=10_000)
+    assert img.evaluate("el => [el.naturalWidth, el.naturalHeight]") == [96, 64]
+    assert errors == []
+    page.close()
+
+
+def test_sender_upload_page_shows_comparison(services, browser, tmp_path):
+    """The upload page posts a file and shows original, reconstruction and same-size JPEG."""
+    page = browser.new_page()
+    page.goto(services.sender.url + "/")
+    path = tmp_path / "upload.png"
+    path.write_bytes(png_bytes(80, 60, seed=9))
+    page.set_input_files("input[type=file]", str(path))
+    page.locator("form [type=submit], form button").first.click()
+    # Three images per result: original, reconstruction, JPEG at the same byte count.
+    page.wait_for_function("document.querySelectorAll('[data-id] img').length >= 3", timeout=30_000)
+    text = page.locator("[data-id]").first.inner_text()
+    assert "PSNR" in text or "dB" in text
+    page.close()

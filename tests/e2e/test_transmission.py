@@ -1,0 +1,56 @@
+"""Both services as real uvicorn processes on loopback: upload -> only codes cross -> stored."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from shared.codec import Codec
+from shared.images import load_image
+from tests.conftest import TINY_MODEL
+from tests.e2e.conftest import png_bytes, receiver_ids, wait_until
+
+
+def _stored(client: httpx.Client, image_id: str):
+    r = client.get(f"/v1/images/{image_id}")
+    return r.json() if r.status_code == 200 else None
+
+
+def test_upload_arrives_at_receiver_with_original_size(services):
+    upload = png_bytes(75, 41, seed=3)
+    with httpx.Client(base_url=services.sender.url, timeout=60) as sender, \
+            httpx.Client(base_url=services.receiver.url, timeout=60) as receiver:
+        r = sender.post("/v1/images", params={"quality": 0.7},
+                        files={"file": ("gradient.png", upload, "image/png")})
+        assert r.status_code == 202, r.text
+        (img,) = r.json()["images"]
+        assert (img["width"], img["height"]) == (75, 41)
+        assert 0 < img["bytes"] < len(upload)
+
+        meta = wait_until(lambda: _stored(receiver, img["id"]), 30, what="the frame to be stored")
+        assert (meta["width"], meta["height"]) == (75, 41)
+        assert img["id"] in receiver_ids(receiver)
+        png = receiver.get(f"/v1/images/{img['id']}.png")
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(png.content)).size == (75, 41)
+        status = wait_until(lambda: sender.get(f"/v1/images/{img['id']}").json()["status"] == "delivered",
+                            30, what="the sender to record delivery")
+        assert status
+
+
+def test_receiver_pixels_equal_a_local_decode_of_the_same_stream(services, tiny_models_dir):
+    """What the receiver stores is exactly what this codec decodes: determinism end to end."""
+    upload = png_bytes(64, 48, seed=11)
+    codec = Codec.load(TINY_MODEL, tiny_models_dir)
+    expected = codec.decode(codec.encode(load_image(upload).rgb, quality=0.4).data)
+    with httpx.Client(base_url=services.sender.url, timeout=60) as sender, \
+            httpx.Client(base_url=services.receiver.url, timeout=60) as receiver:
+        (img,) = sender.post("/v1/images", params={"quality": 0.4}, content=upload,
+                             headers={"content-type": "image/png"}).json()["images"]
+        wait_until(lambda: _stored(receiver, img["id"]), 30, what="the frame to be stored")
+        got = np.asarray(Image.open(io.BytesIO(receiver.get(f"/v1/images/{img['id']}.png").content)).convert("RGB"))
+    assert hashlib.sha256(got.tobytes()).hexdigest() == hashlib.sha256(expected.tobytes()).hexdigest()

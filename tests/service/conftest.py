@@ -1,0 +1,96 @@
+"""Service-tier fixtures. Receiver fixtures are named ``receiver_*``: a receiver app in process on
+the tiny model with its store under tmp_path, and signed frame batches built with the real
+codec and wire format (``tiny_codec.encode`` + ``shared.wire.pack_frames``)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers the httpx2 package for its TestClient and warns once, at import, when
+    # only httpx is installed; the client works the same with httpx (pyproject makes warnings errors).
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from fastapi.testclient import TestClient
+
+from tests.conftest import TINY_MODEL
+
+RECEIVER_SECRET = "receiver-tests-5f1c0d9e7a2b4c68"
+
+
+def receiver_rgb(width: int = 40, height: int = 30, seed: int = 0) -> np.ndarray:
+    """A small smooth test image (gradients plus a little noise), (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 / max(width - 1, 1), yy * 255 / max(height - 1, 1),
+                     np.full_like(xx, 60 + 40 * seed % 150)], axis=-1)
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class ReceiverFrames:
+    """Builds signed request bodies from pre-encoded streams."""
+
+    codec: object
+    encoded: tuple  # shared.codec.Encoded, 40x30 at a few qualities
+
+    def body(self, ids: list[str] | None = None, n: int = 1, secret: str = RECEIVER_SECRET,
+             encoded=None) -> tuple[bytes, list[str]]:
+        from shared.wire import Frame, pack_frames
+
+        ids = ids or [uuid.uuid4().hex for _ in range(n)]
+        frames = [Frame(id=i, sent_at=time.time(), stream=(encoded or self.encoded[k % len(self.encoded)]).stream)
+                  for k, i in enumerate(ids)]
+        return pack_frames(frames, secret.encode()), ids
+
+
+@pytest.fixture(scope="session")
+def receiver_frames(tiny_codec) -> ReceiverFrames:
+    encoded = tuple(tiny_codec.encode(receiver_rgb(seed=s), quality=q) for s, q in ((0, 0.3), (1, 0.8)))
+    return ReceiverFrames(codec=tiny_codec, encoded=encoded)
+
+
+@pytest.fixture
+def receiver_env(monkeypatch):
+    """No LATENTWIRE_* variable of the developer's shell leaks into the settings under test."""
+    for key in list(os.environ):
+        if key.startswith("LATENTWIRE_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+@pytest.fixture
+def receiver_settings_factory(receiver_env, tmp_path, tiny_models_dir):
+    from receiver.settings import Settings
+
+    def make(**overrides):
+        values = dict(secret=RECEIVER_SECRET, store_dir=tmp_path / "store", model=TINY_MODEL,
+                      models_dir=tiny_models_dir, device="cpu", sse_heartbeat_s=0.2)
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def receiver_settings(receiver_settings_factory):
+    return receiver_settings_factory()
+
+
+@pytest.fixture
+def receiver_client(receiver_settings):
+    from receiver.app import create_app
+
+    with TestClient(create_app(receiver_settings)) as client:
+        yield client
+
+
+def receiver_post(client: TestClient, body: bytes):
+    return client.post("/v1/frames", content=body, headers={"Content-Type": "application/msgpack"})

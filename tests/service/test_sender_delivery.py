@@ -1,0 +1,232 @@
+"""Sender delivery in process: retries, permanent refusals, restarts, a full outbox. The receiver is
+an ``httpx.MockTransport`` whose answers each test scripts; it dedupes by id like the real one."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from sender.app import create_app
+from sender.errors import OutboxError
+from sender.settings import Settings
+from shared.wire import Frame, unpack_frames
+from tests.conftest import TINY_MODEL
+
+SECRET = "sender-tests-secret-5f2a9c41d07e"
+
+
+def make_settings(data_dir: Path, models_dir: Path, **overrides) -> Settings:
+    """Test settings; no LATENTWIRE_* variable of the developer's shell leaks in."""
+    values = dict(receiver_url="http://receiver.test", secret=SECRET, data_dir=data_dir, model=TINY_MODEL,
+                  models_dir=models_dir, device="cpu", retry_base_s=0.01, retry_max_s=0.05, request_timeout_s=2)
+    values.update(overrides)
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("LATENTWIRE_")]:
+            mp.delenv(key)
+        return Settings(**values)
+
+
+def png(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Receiver:
+    """Verifies signatures, dedupes by id. ``script`` answers the next requests in order (an
+    ``httpx.Response``, an exception to raise, or a function of the frames returning a response
+    or None for the normal answer); afterwards it stores and answers 200."""
+
+    def __init__(self, *script) -> None:
+        self.script = list(script)
+        self.stored: Counter[str] = Counter()  # id -> times stored (must never exceed 1)
+        self.received: Counter[str] = Counter()  # id -> times received
+        self.requests = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        frames = unpack_frames(request.content, SECRET.encode())
+        for f in frames:
+            self.received[f.id] += 1
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            response = step(frames) if callable(step) else step
+            if response is not None:
+                return response
+        return httpx.Response(200, json={"results": [self.store(f) for f in frames]})
+
+    def store(self, f: Frame) -> dict:
+        if f.id in self.stored:
+            return {"id": f.id, "status": "duplicate"}
+        self.stored[f.id] += 1
+        return {"id": f.id, "status": "stored"}
+
+
+def wait_status(client: TestClient, image_id: str, status: str, timeout_s: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = client.get(f"/v1/images/{image_id}").json()
+        if body["status"] == status:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{image_id} still {body['status']} after {timeout_s} s: {body}")
+        time.sleep(0.02)
+
+
+def upload(client: TestClient, *files: bytes) -> list[str]:
+    r = client.post("/v1/images", files=[("file", (f"f{i}.png", data)) for i, data in enumerate(files)])
+    assert r.status_code == 202, r.text
+    return [image["id"] for image in r.json()["images"]]
+
+
+def app_with(tmp_path: Path, models_dir: Path, receiver: Receiver | httpx.MockTransport, **overrides):
+    transport = receiver if isinstance(receiver, httpx.MockTransport) else httpx.MockTransport(receiver)
+    return TestClient(create_app(make_settings(tmp_path, models_dir, **overrides), transport=transport))
+
+
+def test_503_then_200_is_retried_and_delivered(tmp_path, tiny_models_dir):
+    receiver = Receiver(httpx.Response(503, json={"error": "StoreError", "message": "busy"}),
+                        httpx.ConnectError("refused"), httpx.ReadTimeout("slow"))
+    with app_with(tmp_path, tiny_models_dir, receiver) as client:
+        (image_id,) = upload(client, png(seed=1))
+        done = wait_status(client, image_id, "delivered")
+        assert done["attempts"] == 4 and done["receiver_status"] == "stored" and done["last_error"] is None
+        metrics = client.get("/metrics").text
+    assert receiver.stored[image_id] == 1 and receiver.received[image_id] == 4
+    for kind in ("http_503", "connect", "timeout"):
+        assert f'latentwire_sender_delivery_errors_total{{kind="{kind}"}} 1.0' in metrics
+
+
+def test_retry_after_is_honoured(tmp_path, tiny_models_dir):
+    receiver = Receiver(httpx.Response(429, headers={"Retry-After": "30"},
+                                       json={"error": "TooMany", "message": "slow down"}))
+    with app_with(tmp_path, tiny_models_dir, receiver) as client:
+        (image_id,) = upload(client, png(seed=2))
+        deadline = time.monotonic() + 5
+        while (body := client.get(f"/v1/images/{image_id}").json())["attempts"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert body["status"] == "queued" and body["last_error"]["http_status"] == 429
+        assert body["last_error"]["message"] == "slow down"
+        assert body["next_attempt_at"] - time.time() > 25  # not the 0.01 s backoff
+        time.sleep(0.2)
+        assert receiver.requests == 1  # paused, new uploads do not cut the pause short
+        upload(client, png(seed=3))
+        time.sleep(0.2)
+        assert receiver.requests == 1
+
+
+def test_409_fails_the_frame_and_keeps_the_receivers_message(tmp_path, tiny_models_dir):
+    refusal = {"error": "ModelMismatch", "message": "stream made by model lw-tiny@abc, this decoder serves X@Y"}
+    receiver = Receiver(httpx.Response(409, json=refusal))
+    with app_with(tmp_path, tiny_models_dir, receiver) as client:
+        (image_id,) = upload(client, png(seed=4))
+        failed = wait_status(client, image_id, "failed")
+        assert failed["last_error"] == {**refusal, "http_status": 409}
+        assert failed["attempts"] == 1 and failed["delivered_at"] is None
+        time.sleep(0.1)
+        assert receiver.requests == 1  # permanent: never retried
+        listed = client.get("/v1/images", params={"status": "failed"}).json()
+        assert [i["id"] for i in listed["images"]] == [image_id]
+
+
+def test_a_refused_batch_is_split_so_only_the_bad_frame_fails(tmp_path, tiny_models_dir):
+    def refuse_narrow(frames: list[Frame]):
+        if any(f.stream.width == 33 for f in frames):
+            return httpx.Response(400, json={"error": "NotABitstream", "message": "bad frame"})
+        return None
+
+    receiver = Receiver(*[refuse_narrow] * 3)
+    with app_with(tmp_path, tiny_models_dir, receiver) as client:
+        good, bad = upload(client, png(48, 40, seed=5), png(33, 40, seed=6))
+        assert wait_status(client, good, "delivered")["attempts"] == 2
+        assert wait_status(client, bad, "failed")["last_error"]["error"] == "NotABitstream"
+    assert receiver.stored == Counter({good: 1})
+
+
+def test_restart_delivers_everything_exactly_once(tmp_path, tiny_models_dir):
+    down = httpx.MockTransport(lambda request: (_ for _ in ()).throw(httpx.ConnectError("receiver down")))
+    with app_with(tmp_path, tiny_models_dir, down) as client:
+        ids = upload(client, png(seed=7), png(seed=8)) + upload(client, png(seed=9))
+        for image_id in ids:
+            deadline = time.monotonic() + 5
+            while client.get(f"/v1/images/{image_id}").json()["attempts"] == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    # Second life on the same data_dir: still down twice, then a reply gets lost (the receiver
+    # stores the frames but the sender sees a 503), then all is well.
+    receiver = Receiver(httpx.ConnectError("still down"), httpx.ConnectError("still down"),
+                        lambda frames: ([receiver.store(f) for f in frames], httpx.Response(503))[1])
+    with app_with(tmp_path, tiny_models_dir, receiver) as client:
+        done = [wait_status(client, image_id, "delivered") for image_id in ids]
+        assert client.get("/v1/images").json()["counts"] == {"queued": 0, "delivered": 3, "failed": 0}
+    assert receiver.stored == Counter(dict.fromkeys(ids, 1))  # exactly once in the receiver's store
+    assert {d["receiver_status"] for d in done} == {"duplicate"}
+    assert all(d["attempts"] >= 4 for d in done)
+
+
+def test_full_outbox_answers_503_with_retry_after(tmp_path, tiny_models_dir):
+    down = httpx.MockTransport(lambda request: httpx.Response(503, headers={"Retry-After": "30"}))
+    with app_with(tmp_path, tiny_models_dir, down, outbox_max_pending=2) as client:
+        upload(client, png(seed=10), png(seed=11))
+        r = client.post("/v1/images", files={"file": ("more.png", png(seed=12))})
+        assert r.status_code == 503 and r.json()["error"] == "OutboxFull"
+        assert int(r.headers["Retry-After"]) >= 1
+        assert client.get("/v1/images").json()["counts"]["queued"] == 2
+        metrics = client.get("/metrics").text.splitlines()
+        assert [ln for ln in metrics if ln.startswith("latentwire_sender_outbox_depth")] == [
+            "latentwire_sender_outbox_depth 2.0"]
+
+
+def test_full_encoder_queue_answers_503(tmp_path, tiny_models_dir):
+    with app_with(tmp_path, tiny_models_dir, Receiver(), encode_queue_size=1) as client:
+        r = client.post("/v1/images", files=[("file", ("a.png", png(seed=13))), ("file", ("b.png", png(seed=14)))])
+        assert r.status_code == 503 and r.json()["error"] == "EncoderBusy" and r.headers["Retry-After"] == "1"
+        assert client.post("/v1/images", files={"file": ("a.png", png(seed=13))}).status_code == 202
+
+
+def test_second_sender_on_the_same_data_dir_is_refused(tmp_path, tiny_models_dir):
+    with app_with(tmp_path, tiny_models_dir, Receiver()):
+        with pytest.raises(OutboxError, match="another sender"):
+            with app_with(tmp_path, tiny_models_dir, Receiver()):
+                pass
+
+
+def test_the_real_receiver_app_stores_what_the_sender_sends(tmp_path, tiny_models_dir, monkeypatch):
+    """Contract check against receiver.app in process (its own TestClient, so its lifespan runs);
+    the sender's transport forwards each POST to it."""
+    receiver_app = pytest.importorskip("receiver.app")
+    from receiver.settings import Settings as ReceiverSettings
+
+    for key in [k for k in os.environ if k.startswith("LATENTWIRE_")]:
+        monkeypatch.delenv(key)
+    settings = ReceiverSettings(secret=SECRET, store_dir=tmp_path / "store", model=TINY_MODEL,
+                                models_dir=tiny_models_dir, device="cpu")
+    with TestClient(receiver_app.create_app(settings)) as rc:
+        def forward(request: httpx.Request) -> httpx.Response:
+            r = rc.post(request.url.path, content=request.content,
+                        headers={"Content-Type": request.headers["content-type"]})
+            keep = {k: v for k, v in r.headers.items() if k in ("content-type", "retry-after")}
+            return httpx.Response(r.status_code, headers=keep, content=r.content)
+
+        with app_with(tmp_path / "sender", tiny_models_dir, httpx.MockTransport(forward)) as client:
+            ids = upload(client, png(48, 40, seed=20), png(33, 20, seed=21))
+            done = [wait_status(client, image_id, "delivered") for image_id in ids]
+        assert [d["receiver_status"] for d in done] == ["stored", "stored"]
+        for d in done:
+            meta = rc.get(f"/v1/images/{d['id']}")
+            assert meta.status_code == 200, meta.text
+            assert (meta.json()["width"], meta.json()["height"]) == (d["width"], d["height"])

@@ -1,0 +1,140 @@
+"""Exported model files (shared/checkpoint.py): loading re-hashes the weights and refuses edited,
+renamed, foreign or unsafe files with a CheckpointError."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.checkpoint import find_model, load_model, weights_hash
+from shared.errors import CheckpointError, CheckpointHashMismatch, CheckpointNotFound
+
+
+@pytest.fixture
+def tiny_file(tiny_models_dir, tmp_path) -> Path:
+    """A private copy of the tiny model file, free to damage."""
+    (original,) = tiny_models_dir.glob("lw-tiny-*.pt")
+    return Path(shutil.copy(original, tmp_path / original.name))
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle that would create ``marker`` if torch.load executed it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_load_model_returns_the_model_and_its_description(tiny_file):
+    model, meta = load_model(tiny_file)
+
+    assert meta["format"] == "latentwire-model"
+    assert meta["version"] == 1
+    assert meta["name"] == "lw-tiny"
+    assert re.fullmatch(r"[0-9a-f]{16}", meta["weights"])
+    assert tiny_file.name == f"lw-tiny-{meta['weights'][:8]}.pt"
+    assert weights_hash(model.state_dict()) == meta["weights"]
+    assert (meta["network"]["N"], meta["network"]["M"]) == (16, 24)
+    assert meta["path"] == str(tiny_file)
+    assert "state_dict" not in meta
+    assert not model.training
+
+
+def test_load_by_name_finds_the_hashed_file(tiny_file):
+    assert find_model("lw-tiny", tiny_file.parent) == tiny_file
+    assert load_model("lw-tiny", tiny_file.parent)[1]["name"] == "lw-tiny"
+
+
+def test_one_changed_weight_fails_the_hash(tiny_file):
+    ckpt = torch.load(tiny_file, weights_only=True)
+    ckpt["state_dict"]["g_a.0.weight"][0, 0, 0, 0] += 1e-3
+    torch.save(ckpt, tiny_file)  # same name, same claimed hash, other weights
+
+    with pytest.raises(CheckpointHashMismatch, match=ckpt["weights"]) as info:
+        load_model(tiny_file)
+    assert info.value.status == 500
+    with pytest.raises(CheckpointHashMismatch):
+        load_model("lw-tiny", tiny_file.parent)
+
+
+def test_a_file_renamed_to_another_hash_prefix_fails(tiny_file):
+    renamed = tiny_file.rename(tiny_file.with_name("lw-tiny-00000000.pt"))
+
+    with pytest.raises(CheckpointHashMismatch):
+        load_model(renamed)
+    with pytest.raises(CheckpointHashMismatch):
+        load_model("lw-tiny", renamed.parent)
+
+
+def test_a_claimed_hash_that_is_missing_fails_the_hash(tiny_file):
+    ckpt = torch.load(tiny_file, weights_only=True)
+    del ckpt["weights"]
+    torch.save(ckpt, tiny_file)
+
+    with pytest.raises(CheckpointHashMismatch):
+        load_model(tiny_file)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"weights": torch.zeros(3)},  # some other project's tensors
+        {"network": {"N": 16}, "state_dict": {}},  # a training checkpoint, never exported
+        {"format": "something-else", "version": 1, "network": {}, "state_dict": {}},
+        [torch.zeros(3)],
+    ],
+    ids=["foreign-dict", "training-checkpoint", "other-format", "list"],
+)
+def test_a_pt_file_that_is_not_a_latentwire_model(tmp_path, payload):
+    path = tmp_path / "lw-tiny-12345678.pt"
+    torch.save(payload, path)
+
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    assert type(info.value) is CheckpointError
+
+
+def test_a_file_that_is_not_a_torch_file(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"this is not a zip archive" * 10)
+
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_model(path)
+
+
+def test_a_pickle_that_would_run_code_is_refused_unexecuted(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": _RunsCodeWhenUnpickled(marker), "network": {}}, path)
+
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_an_unknown_name_lists_the_available_models(tiny_file):
+    with pytest.raises(CheckpointNotFound, match=r"no model named 'lw-huge'.*available: lw-tiny$"):
+        find_model("lw-huge", tiny_file.parent)
+
+
+def test_an_empty_models_dir_says_none_are_available(tmp_path):
+    with pytest.raises(CheckpointNotFound, match="available: none"):
+        find_model("lw-tiny", tmp_path)
+
+
+def test_a_missing_file_path_is_not_found(tmp_path):
+    with pytest.raises(CheckpointNotFound):
+        load_model(tmp_path / "lw-tiny-12345678.pt")
+
+
+def test_two_files_for_one_name_are_ambiguous(tiny_file):
+    shutil.copy(tiny_file, tiny_file.with_name("lw-tiny-abcdef12.pt"))
+
+    with pytest.raises(CheckpointError, match="several files"):
+        find_model("lw-tiny", tiny_file.parent)

@@ -1,0 +1,114 @@
+"""Rate control with the tiny model: ``encode(max_bytes=N)`` fits N, spends it, and is monotone;
+impossible requests are RateErrors that say what would work."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from shared.codec import RATE_SEARCH_STEPS, check_quality
+from shared.errors import BudgetTooSmall, QualityOutOfRange
+
+QUALITY_STEP = 2.0**-RATE_SEARCH_STEPS  # the resolution of the bisection
+
+
+@pytest.fixture(scope="module")
+def rate_range(tiny_codec, kodim_crop) -> tuple[int, int]:
+    """(bytes at quality 0, bytes at quality 1) for the 128x192 crop."""
+    lowest = tiny_codec.encode(kodim_crop, quality=0.0).nbytes
+    highest = tiny_codec.encode(kodim_crop, quality=1.0).nbytes
+    assert lowest < highest
+    return lowest, highest
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_codec, kodim_crop, rate_range) -> list[tuple[int, object]]:
+    """(budget, Encoded) for five budgets from the lowest to the highest rate."""
+    budgets = [int(n) for n in np.linspace(*rate_range, 5)]
+    return [(n, tiny_codec.encode(kodim_crop, max_bytes=n)) for n in budgets]
+
+
+def test_every_budget_is_met(fitted):
+    assert [enc.nbytes <= budget for budget, enc in fitted] == [True] * len(fitted)
+    assert all(enc.nbytes == len(enc.data) for _, enc in fitted)
+
+
+def test_a_larger_budget_never_gives_a_lower_quality(fitted):
+    qualities = [enc.quality for _, enc in fitted]
+
+    assert qualities == sorted(qualities)
+    assert qualities[0] < qualities[-1]
+
+
+def test_the_budget_is_spent_to_the_search_resolution(tiny_codec, kodim_crop, fitted):
+    # One quality step above the chosen one would no longer fit: nothing is left on the table.
+    for budget, enc in fitted[:-1]:
+        above = tiny_codec.encode(kodim_crop, quality=min(1.0, enc.quality + QUALITY_STEP))
+        assert above.nbytes > budget, f"budget {budget}: quality {enc.quality} left room"
+
+
+def test_the_highest_rate_budget_gives_quality_1(tiny_codec, kodim_crop, fitted, rate_range):
+    budget, enc = fitted[-1]
+
+    assert budget == rate_range[1]
+    assert enc.quality == 1.0
+    assert enc.data == tiny_codec.encode(kodim_crop, quality=1.0).data
+
+
+def test_the_lowest_rate_budget_fits_exactly(fitted, rate_range):
+    budget, enc = fitted[0]
+
+    assert budget == rate_range[0]
+    assert enc.nbytes == rate_range[0]
+
+
+@pytest.mark.parametrize("shortfall", [1, 50])
+def test_a_budget_below_the_lowest_rate_says_what_would_fit(tiny_codec, kodim_crop, rate_range, shortfall):
+    lowest = rate_range[0]
+
+    with pytest.raises(BudgetTooSmall) as info:
+        tiny_codec.encode(kodim_crop, max_bytes=lowest - shortfall)
+
+    assert info.value.min_bytes == lowest
+    assert f"at least {lowest}" in str(info.value)
+    assert info.value.status == 422
+
+
+@pytest.mark.parametrize("max_bytes", [0, -1])
+def test_a_budget_that_is_not_positive_is_out_of_range(tiny_codec, sample_rgb, max_bytes):
+    with pytest.raises(QualityOutOfRange, match="positive"):
+        tiny_codec.encode(sample_rgb, max_bytes=max_bytes)
+
+
+@pytest.mark.parametrize("quality", [-0.01, 1.01, -math.inf, math.inf, math.nan, "high", None],
+                         ids=["below-0", "above-1", "-inf", "inf", "nan", "text", "none"])
+def test_quality_outside_0_1_is_out_of_range(quality):
+    with pytest.raises(QualityOutOfRange) as info:
+        check_quality(quality)
+    assert info.value.status == 422
+
+
+@pytest.mark.parametrize("quality", [-0.01, 1.01, math.nan])
+def test_encode_refuses_quality_outside_0_1(tiny_codec, sample_rgb, quality):
+    with pytest.raises(QualityOutOfRange):
+        tiny_codec.encode(sample_rgb, quality=quality)
+    with pytest.raises(QualityOutOfRange):
+        tiny_codec.encode_batch([sample_rgb], quality=quality)
+
+
+@pytest.mark.parametrize("quality", [0, 0.0, 1, 1.0, np.float32(0.5)])
+def test_quality_bounds_are_inclusive(quality):
+    assert check_quality(quality) == float(quality)
+    assert type(check_quality(quality)) is float
+
+
+def test_both_quality_and_budget_is_out_of_range(tiny_codec, sample_rgb):
+    with pytest.raises(QualityOutOfRange, match="exactly one"):
+        tiny_codec.encode(sample_rgb, quality=0.5, max_bytes=10_000)
+
+
+def test_neither_quality_nor_budget_is_out_of_range(tiny_codec, sample_rgb):
+    with pytest.raises(QualityOutOfRange, match="exactly one"):
+        tiny_codec.encode(sample_rgb)

@@ -1,0 +1,57 @@
+"""The shipped checkpoint (models/lw-vr-hyperprior-*.pt) on one half-size Kodak image (384x256).
+
+The file is replaced whenever the model is retrained, so nothing here pins its hash or byte
+counts: only that it loads verified, that rate and PSNR rise with quality, and a PSNR floor at
+the middle quality (measured 32.4 dB at 0.66 bpp with lw-vr-hyperprior-ec3e223d).
+"""
+
+from __future__ import annotations
+
+import re
+import pytest
+
+from shared.checkpoint import find_model
+from shared.images import psnr
+
+QUALITIES = [0.0, 0.25, 0.5, 0.75, 1.0]
+MIN_PSNR_AT_HALF_QUALITY_DB = 30.0
+
+
+@pytest.fixture(scope="module")
+def ladder(shipped_codec, kodim_rgb) -> list[tuple[float, int, float]]:
+    """(quality, bytes, PSNR in dB) at each of QUALITIES."""
+    rows = []
+    for q in QUALITIES:
+        enc = shipped_codec.encode(kodim_rgb, quality=q)
+        rgb_hat = shipped_codec.decode(enc.data)
+        assert rgb_hat.shape == kodim_rgb.shape == (256, 384, 3)
+        rows.append((q, enc.nbytes, psnr(kodim_rgb, rgb_hat)))
+    return rows
+
+
+def test_shipped_model_file_is_named_by_its_weights_hash(shipped_codec):
+    path = find_model(shipped_codec.name)
+
+    assert shipped_codec.name == "lw-vr-hyperprior"
+    assert re.fullmatch(r"[0-9a-f]{16}", shipped_codec.weights)
+    assert path.name == f"lw-vr-hyperprior-{shipped_codec.weights[:8]}.pt"
+
+
+def test_bytes_strictly_increase_with_quality(ladder):
+    sizes = [nbytes for _, nbytes, _ in ladder]
+
+    assert all(a < b for a, b in zip(sizes, sizes[1:])), f"bytes per quality {QUALITIES}: {sizes}"
+
+
+def test_psnr_increases_with_quality(ladder):
+    psnrs = [round(db, 2) for _, _, db in ladder]
+
+    assert all(a < b for a, b in zip(psnrs, psnrs[1:])), f"PSNR per quality {QUALITIES}: {psnrs}"
+
+
+def test_psnr_band_at_half_quality(ladder):
+    (_, nbytes, db), = [row for row in ladder if row[0] == 0.5]
+    bpp = nbytes * 8 / (256 * 384)
+
+    assert MIN_PSNR_AT_HALF_QUALITY_DB < db < 50.0, f"{db:.2f} dB at {bpp:.3f} bpp"
+    assert 0.05 < bpp < 4.0
