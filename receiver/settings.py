@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.checkpoint import DEFAULT_MODELS_DIR
 from shared.codec import DEFAULT_MODEL
-from shared.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, INSECURE_DEMO_SECRET, secret_problem
+from shared.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, check_secret, secret_problem, signing_key
 
 
 class Settings(BaseSettings):
@@ -66,13 +66,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_weak_secret(self) -> "Settings":
-        problem = secret_problem(self.secret.get_secret_value())
-        if problem and not self.insecure_demo:
-            raise ValueError(
-                f"{problem}. Set the same random LATENTWIRE_SECRET on sender and receiver "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
-                "or run a local demo with LATENTWIRE_INSECURE_DEMO=1 / --insecure-demo"
-            )
+        check_secret(self.secret.get_secret_value(), self.insecure_demo)
         return self
 
     def weak_secret(self) -> str | None:
@@ -81,10 +75,7 @@ class Settings(BaseSettings):
 
     def secret_bytes(self) -> bytes:
         """The HMAC key: the configured secret, or the public demo key when demo mode has none."""
-        value = self.secret.get_secret_value()
-        if not value and self.insecure_demo:
-            value = INSECURE_DEMO_SECRET
-        return value.encode()
+        return signing_key(self.secret.get_secret_value(), self.insecure_demo)
 
 
 @lru_cache(maxsize=1)

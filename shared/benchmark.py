@@ -24,7 +24,7 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "sam
 def add_parser(sub) -> None:
     from shared.cli import _add_model_args
 
-    p = sub.add_parser("bench", help="benchmarks: codec latency against CompressAI")
+    p = sub.add_parser("bench", help="benchmarks: codec latency, coder overhead, end-to-end services")
     bench = p.add_subparsers(dest="bench", required=True)
     c = bench.add_parser("codec", help="encode/decode ms: ours vs CompressAI bmshj2018-hyperprior")
     c.add_argument("--image", type=Path, help=f"image to resize to {BENCH_SIZE[0]}x{BENCH_SIZE[1]} "
@@ -34,6 +34,61 @@ def add_parser(sub) -> None:
     c.add_argument("--quality", type=float, default=0.5, help="our quality for the timed encodes")
     _add_model_args(c)
     c.set_defaults(func=_cmd_codec)
+
+    e = bench.add_parser("e2e", help="images through real sender + receiver processes vs codec-only")
+    e.add_argument("--images", type=Path, default=None, help="folder of images (default: tests/data/samples)")
+    e.add_argument("-n", "--count", type=int, default=60, help="images to send")
+    e.add_argument("-c", "--concurrency", type=int, default=4, help="uploads in flight")
+    e.add_argument("--quality", type=float, default=0.5)
+    e.add_argument("--threads", type=int, default=2, help="torch threads in each process")
+    e.set_defaults(func=_cmd_e2e)
+
+    o = bench.add_parser("overhead", help="coded bytes vs the entropy model's own estimate")
+    o.add_argument("dir", type=Path, help="folder of images (e.g. Kodak)")
+    o.add_argument("--qualities", default="0,0.25,0.5,0.75,1")
+    _add_model_args(o)
+    o.set_defaults(func=_cmd_overhead)
+
+
+def _cmd_e2e(args) -> int:
+    from shared.e2e_bench import SAMPLES, print_report, run_e2e
+
+    report = run_e2e(args.images or SAMPLES, args.count, args.concurrency, args.quality, args.threads)
+    print_report(report)
+    return 0 if report["delivered"] == report["images"] else 1
+
+
+def _cmd_overhead(args) -> int:
+    """Acceptance check: container bytes <= 1.02 x the model's likelihood estimate + 100."""
+    import torch
+
+    from shared.cli import _load_codec
+    from shared.images import load_image
+
+    codec = _load_codec(args)
+    qualities = [float(q) for q in args.qualities.split(",")]
+    files = sorted(p for p in args.dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    print(f"{'quality':>7} {'images':>6} {'estimate B':>11} {'coded B':>9} {'container B':>11} "
+          f"{'coded/est':>9} {'worst slack B':>13}")
+    ok = True
+    for q in qualities:
+        est_total = coded_total = container_total = 0.0
+        worst = -float("inf")
+        for f in files:
+            rgb = load_image(f).rgb
+            with torch.inference_mode():
+                y, z = codec._analysis(rgb)
+                enc = codec._code(rgb.shape, y, z, q)
+                est = codec.model.estimate_bits(y, z, q) / 8
+            est_total += est
+            coded_total += enc.stream.payload_bytes
+            container_total += enc.nbytes
+            worst = max(worst, enc.nbytes - (1.02 * est + 100))
+        ok &= worst <= 0
+        print(f"{q:>7.2f} {len(files):>6} {est_total / len(files):>11.0f} {coded_total / len(files):>9.0f} "
+              f"{container_total / len(files):>11.0f} {coded_total / est_total:>9.4f} {worst:>13.0f}")
+    print("container bytes <= 1.02 x estimate + 100 for every image:", "yes" if ok else "NO")
+    return 0 if ok else 1
 
 
 def bench_image(path: Path | None = None):

@@ -58,16 +58,20 @@ def run_e2e(images_dir: Path, n: int, concurrency: int, quality: float, threads:
             ready = threading.Event()
 
             def listen() -> None:
-                with httpx.Client(timeout=None) as c, c.stream("GET", pair.receiver.url + "/v1/events") as r:
-                    ready.set()
-                    for line in r.iter_lines():
-                        if line.startswith("data:"):
-                            try:
-                                arrivals.setdefault(json.loads(line[5:])["id"], time.time())
-                            except (ValueError, KeyError):
-                                pass
-                        if stop.is_set():
-                            return
+                try:
+                    with httpx.Client(timeout=None) as c, c.stream("GET", pair.receiver.url + "/v1/events") as r:
+                        ready.set()
+                        for line in r.iter_lines():
+                            if line.startswith("data:"):
+                                try:
+                                    arrivals.setdefault(json.loads(line[5:])["id"], time.time())
+                                except (ValueError, KeyError):
+                                    pass
+                            if stop.is_set():
+                                return
+                except httpx.HTTPError:
+                    if not stop.is_set():
+                        raise  # the stream broke mid-run: arrivals would be missing
 
             listener = threading.Thread(target=listen, daemon=True)
             listener.start()

@@ -139,3 +139,19 @@ def secret_problem(secret: str) -> str | None:
             or len(set(secret)) < 4):
         return "LATENTWIRE_SECRET is a placeholder"
     return None
+
+
+def check_secret(secret: str, insecure_demo: bool) -> None:
+    """Refuse a weak secret at start-up unless insecure demo mode was asked for (ValueError)."""
+    problem = secret_problem(secret)
+    if problem and not insecure_demo:
+        raise ValueError(
+            f"{problem}. Set the same random LATENTWIRE_SECRET on sender and receiver "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+            "or run a local demo with LATENTWIRE_INSECURE_DEMO=1 / --insecure-demo"
+        )
+
+
+def signing_key(secret: str, insecure_demo: bool) -> bytes:
+    """The HMAC key: the configured secret, or the public demo key when demo mode has none."""
+    return (secret or (INSECURE_DEMO_SECRET if insecure_demo else "")).encode()

@@ -9,6 +9,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,3 +95,20 @@ def receiver_client(receiver_settings):
 
 def receiver_post(client: TestClient, body: bytes):
     return client.post("/v1/frames", content=body, headers={"Content-Type": "application/msgpack"})
+
+
+# ---- sender helpers (shared by test_sender_api.py and test_sender_delivery.py) ----
+SENDER_SECRET = "sender-tests-secret-5f2a9c41d07e"
+
+
+def sender_settings(data_dir: Path, models_dir: Path, **overrides):
+    """Sender test settings; no LATENTWIRE_* variable of the developer's shell leaks in."""
+    from sender.settings import Settings as SenderSettings
+
+    values = dict(receiver_url="http://receiver.test", secret=SENDER_SECRET, data_dir=data_dir, model=TINY_MODEL,
+                  models_dir=models_dir, device="cpu", retry_base_s=0.01, retry_max_s=0.05, request_timeout_s=2)
+    values.update(overrides)
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("LATENTWIRE_")]:
+            mp.delenv(key)
+        return SenderSettings(**values)

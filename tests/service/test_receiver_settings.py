@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from receiver.app import create_app
-from receiver.settings import INSECURE_DEMO_SECRET, Settings
+from receiver.settings import Settings
+from shared.wire import INSECURE_DEMO_SECRET
 from shared.wire import Frame, pack_frames
 from tests.service.conftest import RECEIVER_SECRET, TestClient, receiver_post
 

@@ -17,23 +17,10 @@ from PIL import Image
 
 from sender.app import create_app
 from sender.errors import OutboxError
-from sender.settings import Settings
 from shared.wire import Frame, unpack_frames
 from tests.conftest import TINY_MODEL
-
-SECRET = "sender-tests-secret-5f2a9c41d07e"
-
-
-def make_settings(data_dir: Path, models_dir: Path, **overrides) -> Settings:
-    """Test settings; no LATENTWIRE_* variable of the developer's shell leaks in."""
-    values = dict(receiver_url="http://receiver.test", secret=SECRET, data_dir=data_dir, model=TINY_MODEL,
-                  models_dir=models_dir, device="cpu", retry_base_s=0.01, retry_max_s=0.05, request_timeout_s=2)
-    values.update(overrides)
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("LATENTWIRE_")]:
-            mp.delenv(key)
-        return Settings(**values)
-
+from tests.service.conftest import SENDER_SECRET as SECRET
+from tests.service.conftest import sender_settings as make_settings
 
 def png(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from sender.app import create_app
 from sender.encoder import Encoder
 from sender.errors import EncoderBusy
-from sender.settings import INSECURE_DEMO_SECRET, Settings
+from sender.settings import Settings
+from shared.wire import INSECURE_DEMO_SECRET
 from shared.cli import main
 from shared.codec import DEFAULT_MODEL
 from tests.conftest import TINY_MODEL
