@@ -102,7 +102,7 @@ def bench_image(path: Path | None = None):
     if rgb.shape[1] < rgb.shape[0]:
         rgb = np.ascontiguousarray(rgb.transpose(1, 0, 2))  # portrait -> landscape
     if rgb.shape[:2] != (BENCH_SIZE[1], BENCH_SIZE[0]):
-        rgb = np.asarray(Image.fromarray(rgb).resize(BENCH_SIZE, Image.Resampling.BICUBIC))
+        rgb = np.array(Image.fromarray(rgb).resize(BENCH_SIZE, Image.Resampling.BICUBIC))  # writable
     return rgb
 
 

@@ -132,7 +132,7 @@ def _pillow(key: str, fmt: str, qualities, options: dict, description: str) -> C
 
         def decode(data):
             with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+                return np.array(im.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy warns otherwise
 
         return Setting(f"q={q}", encode, decode)
 
