@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.checkpoint import DEFAULT_MODELS_DIR
+from shared.checkpoint import DEFAULT_MODELS_DIR, safe_load
 from shared.errors import CheckpointError, CheckpointNotFound, CorruptBitstream, NotABitstream
 
 PATCH = 8
@@ -47,7 +47,7 @@ PATCH_DIM = PATCH * PATCH * 3  # 192
 PCA_FILE = "baseline-pca.npz"
 AE_LATENT_CHANNELS = (4, 12, 32)
 AE_CROP, AE_BATCH = 64, 8
-AE_STEPS, AE_CPU_BUDGET_S = 2000, 480.0  # about 1.5 min of one core; the cap only guards slow CPUs
+AE_STEPS, AE_CPU_BUDGET_S = 2000, 480.0  # ~1 CPU-minute each here; the 8-minute cap guards slow CPUs
 # (components kept, quantiser step on the 0-255 scale): one eval point each, low to high rate.
 # Components whose variance is far below step^2 quantise to zero anyway; dropping them saves the
 # (small) cost of coding those zeros.
@@ -276,13 +276,9 @@ class PlainAutoencoder(nn.Module):
     @classmethod
     def load(cls, channels: int, models_dir: Path = DEFAULT_MODELS_DIR) -> "PlainAutoencoder":
         path = Path(models_dir) / ae_file(channels)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError as exc:
-            raise CheckpointNotFound(f"{path} does not exist: run `latentwire eval --train-baselines DATA`") from exc
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-            raise CheckpointError(f"{path} cannot be loaded safely ({exc})") from exc
-        if not isinstance(ckpt, dict) or ckpt.get("format") != "latentwire-baseline-ae":
+        ckpt = safe_load(path, required=("state_dict", "config"),
+                         hint=": run `latentwire eval --train-baselines DATA`")
+        if ckpt.get("format") != "latentwire-baseline-ae":
             raise CheckpointError(f"{path} is not a plain-autoencoder baseline file")
         model = cls(AEConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["state_dict"])

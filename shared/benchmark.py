@@ -1,4 +1,10 @@
-"""``latentwire bench codec``: encode/decode latency of the shipped codec against CompressAI's
+"""``latentwire bench``: printed tables for the speed and size targets (never timed tests).
+
+    latentwire bench codec      encode/decode ms vs CompressAI (below)
+    latentwire bench overhead   rANS bytes and container vs the entropy model's own estimate
+    latentwire bench e2e        images through real sender + receiver processes (shared/e2e_bench.py)
+
+``latentwire bench codec``: encode/decode latency of the shipped codec against CompressAI's
 bmshj2018 hyperprior (quality 3: the same N=128, M=192 widths) on one 768x512 image, same run.
 
     latentwire bench codec [--image PATH] [--runs 7] [--threads 2] [--quality 0.5]

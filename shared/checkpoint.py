@@ -48,7 +48,7 @@ def weights_hash(state_dict: dict) -> str:
 def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
                  metrics: dict | None = None) -> Path:
     """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated."""
-    ckpt = _safe_load(source)
+    ckpt = safe_load(source)
     model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
     model.load_state_dict(ckpt["state_dict"])
     model.update(force=True)  # entropy-coder CDF tables from the trained densities
@@ -95,7 +95,7 @@ def find_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) 
 def load_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) -> tuple[VariableRateHyperprior, dict]:
     """Load and verify an exported model. Returns (model in eval mode on CPU, metadata)."""
     path = find_model(name_or_path, models_dir)
-    ckpt = _safe_load(path)
+    ckpt = safe_load(path)
     if ckpt.get("format") != FORMAT or ckpt.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} is not an exported latentwire model (format {ckpt.get('format')!r}): "
@@ -120,13 +120,14 @@ def load_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) 
     return model, meta
 
 
-def _safe_load(path: Path) -> dict:
+def safe_load(path: Path, required: tuple[str, ...] = ("state_dict", "network"), hint: str = "") -> dict:
+    """``torch.load(weights_only=True)`` of a dict holding ``required`` keys, or a clear error."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise CheckpointNotFound(f"model file {path} does not exist") from exc
+        raise CheckpointNotFound(f"model file {path} does not exist{hint}") from exc
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise CheckpointError(f"{path} cannot be loaded safely ({exc.__class__.__name__}: {exc})") from exc
-    if not isinstance(obj, dict) or "state_dict" not in obj or "network" not in obj:
-        raise CheckpointError(f"{path} holds no latentwire weights (missing state_dict/network)")
+    if not isinstance(obj, dict) or any(k not in obj for k in required):
+        raise CheckpointError(f"{path} holds no latentwire weights (missing {'/'.join(required)})")
     return obj
