@@ -112,3 +112,15 @@ def sender_settings(data_dir: Path, models_dir: Path, **overrides):
         for key in [k for k in os.environ if k.startswith("LATENTWIRE_")]:
             mp.delenv(key)
         return SenderSettings(**values)
+
+
+def wait_status(client: TestClient, image_id: str, status: str, timeout_s: float = 10.0) -> dict:
+    """Poll the sender until an image reaches ``status`` (AssertionError after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = client.get(f"/v1/images/{image_id}").json()
+        if body["status"] == status:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{image_id} still {body['status']} after {timeout_s} s: {body}")
+        time.sleep(0.02)

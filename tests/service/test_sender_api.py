@@ -5,7 +5,6 @@ with ``shared.wire.unpack_frames`` and answers like the real one."""
 from __future__ import annotations
 
 import io
-import time
 
 import httpx
 import numpy as np
@@ -19,6 +18,7 @@ from shared.wire import Frame, unpack_frames
 from tests.conftest import TINY_MODEL
 from tests.service.conftest import SENDER_SECRET as SECRET
 from tests.service.conftest import sender_settings as make_settings
+from tests.service.conftest import wait_status
 
 def png(width: int = 48, height: int = 40, seed: int = 0, fmt: str = "PNG") -> bytes:
     """A smooth image with a little texture (compressible, unlike noise)."""
@@ -48,17 +48,6 @@ class Receiver:
             results.append({"id": f.id, "status": "duplicate" if f.id in self.stored else "stored"})
             self.stored.setdefault(f.id, f)
         return httpx.Response(200, json={"results": results})
-
-
-def wait_status(client: TestClient, image_id: str, status: str, timeout_s: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        body = client.get(f"/v1/images/{image_id}").json()
-        if body["status"] == status:
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{image_id} still {body['status']} after {timeout_s} s: {body}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

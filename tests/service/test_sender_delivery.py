@@ -21,6 +21,7 @@ from shared.wire import Frame, unpack_frames
 from tests.conftest import TINY_MODEL
 from tests.service.conftest import SENDER_SECRET as SECRET
 from tests.service.conftest import sender_settings as make_settings
+from tests.service.conftest import wait_status
 
 def png(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
@@ -60,17 +61,6 @@ class Receiver:
             return {"id": f.id, "status": "duplicate"}
         self.stored[f.id] += 1
         return {"id": f.id, "status": "stored"}
-
-
-def wait_status(client: TestClient, image_id: str, status: str, timeout_s: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        body = client.get(f"/v1/images/{image_id}").json()
-        if body["status"] == status:
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{image_id} still {body['status']} after {timeout_s} s: {body}")
-        time.sleep(0.02)
 
 
 def upload(client: TestClient, *files: bytes) -> list[str]:
