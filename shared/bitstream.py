@@ -1,28 +1,72 @@
 """The codec's bitstream container: what a ``.lw`` file holds and what the sender transmits.
 
-Format version 1 is one msgpack map (bin for bytes, str for text, ints, one float64), with the
-keys in this order, so every stream begins with the same bytes (``\\x8a\\xa5magic\\xc4\\x04LWIC``)::
+Every stream is one msgpack object (bin for bytes, str for text) that begins with the magic
+bytes ``LWIC`` and then the format version, so a reader of any version can tell which layout
+follows. This build writes version 2 and reads versions 1 and 2; any other version is refused
+with ``UnsupportedVersion``.
 
-    magic     bin   b"LWIC"                       identifies a latentwire image code
-    version   int   1                              format version; readers refuse others
-    model     str   e.g. "lw-vr-hyperprior"        model name (checkpoint name without hash)
-    weights   str   16 hex digits                  SHA-256 prefix of the model's weights
-    size      [int, int]   [height, width]         the original image size, 1..max_side each
-    quality   float64 in [0, 1]                    the rate the stream was coded at
-    y_shape   [int, int, int]  [M, H/16, W/16]     latent shape after padding to 64
-    z_shape   [int, int, int]  [N, H/64, W/64]     hyper-latent shape
-    strings   [bin, bin]                           rANS-coded y then z (CompressAI's coder)
-    crc32     [int, int]                           zlib.crc32 of each string
+Version 2 is one msgpack array of 13 items, by position (71-74 bytes besides the two strings for
+a 768x512 image and the shipped model, where version 1 took 156-159), so every stream begins with
+the same bytes (``\\x9d\\xc4\\x04LWIC\\x02``)::
 
-Decoding checks, in order, before any tensor is allocated: total length, msgpack structure and
-types, magic, version, model and weights (``ModelMismatch`` names both), size and shapes against
-each other and the decoder's limits, then each string's CRC. Only then is the entropy decoder
-run. A golden stream (``tests/data/golden.lw``) pins this layout.
+     0  magic     bin 4     b"LWIC"                     identifies a latentwire image code
+     1  version   int       2                            format version
+     2  model     str       e.g. "lw-vr-hyperprior"      model name (checkpoint name without hash)
+     3  weights   bin 8     SHA-256 prefix of the model's weights (16 hex digits in APIs and errors)
+     4  height    int       1..max_side                  the original image size
+     5  width     int       1..max_side
+     6  quality   float32   in [0, 1]                    the rate the stream was coded at: the
+                                                         encoder rounds the requested quality to
+                                                         float32 *before* coding, and both sides
+                                                         compute the gains from this exact value
+     7  y_shape   [int, int, int]  [M, H/16, W/16]       latent shape after padding to 64
+     8  z_shape   [int, int, int]  [N, H/64, W/64]       hyper-latent shape
+     9  y         bin       rANS-coded y (CompressAI's coder)
+    10  z         bin       rANS-coded z
+    11  y_crc32   int       zlib.crc32 of y
+    12  z_crc32   int       zlib.crc32 of z
+
+Integers use msgpack's smallest encoding (as every msgpack writer does); the only float is the
+quality, packed as float32.
+
+Version 1 (written until the compact layout; still read, e.g. ``tests/data/golden.lw`` and
+streams in old outboxes) is one msgpack map with these keys in this order, beginning with
+``\\x8a\\xa5magic\\xc4\\x04LWIC``::
+
+    magic     bin   b"LWIC"
+    version   int   1
+    model     str
+    weights   str   16 hex digits
+    size      [int, int]   [height, width]
+    quality   float64 in [0, 1]     (coded with exactly this value)
+    y_shape   [int, int, int]
+    z_shape   [int, int, int]
+    strings   [bin, bin]            y then z
+    crc32     [int, int]            zlib.crc32 of each string
+
+A parsed stream remembers its version: ``Bitstream.to_bytes()`` writes it back in that layout,
+byte for byte, so a version 1 stream forwarded by a sender still decodes to the same pixels.
+
+Both strings come from CompressAI's 64-bit rANS coder, which writes 32-bit little-endian words
+back to front and finishes with its 8-byte state in front of them (where the decoder starts);
+so a string that can decode at all is a multiple of 4 bytes, at least 8, whose first 8 bytes
+(little-endian) hold a state in [2**31, 2**63).
+Anything else is refused as ``CorruptBitstream`` even when its CRC matches (an empty string
+with a valid CRC would otherwise make the rANS decoder read past the end of its buffer).
+
+Checks, in order, before any tensor is allocated. ``loads``/``parse``: total length, msgpack
+structure (with parser limits), magic, version, field types, size and latent shapes against each
+other, each string's CRC, then each string's rANS framing. ``check_model`` (which ``Codec.parse``
+and ``Codec.decode`` apply next): model and weights (``ModelMismatch`` names both), size against
+the decoder's limit, latent channels. Only then is the entropy decoder run. Golden streams
+(``tests/data/golden.lw``, version 1, and ``tests/data/golden-v2.lw``) pin both layouts.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import struct
 import zlib
 from dataclasses import dataclass
 
@@ -37,48 +81,76 @@ from shared.errors import (
 )
 
 MAGIC = b"LWIC"
-VERSION = 1
+VERSION = 2  # what this build writes
+READ_VERSIONS = (1, 2)
 # Largest possible stream: 4096x4096 at the top rate is well under 8 MB; anything bigger is not ours.
 MAX_STREAM_BYTES = 64 << 20
-_KEYS = ("magic", "version", "model", "weights", "size", "quality", "y_shape", "z_shape", "strings", "crc32")
+WEIGHTS_BYTES = 8  # 16 hex digits, as shared.checkpoint.weights_hash writes them
+_KEYS_V1 = ("magic", "version", "model", "weights", "size", "quality", "y_shape", "z_shape", "strings", "crc32")
+FIELDS_V2 = ("magic", "version", "model", "weights", "height", "width", "quality", "y_shape", "z_shape",
+             "y", "z", "y_crc32", "z_crc32")
+_HEX_WEIGHTS = re.compile(r"^[0-9a-f]{%d}$" % (2 * WEIGHTS_BYTES))
+# rANS framing (CompressAI's Rans64: 32-bit words, 8-byte final state in [RANS64_L, RANS64_L << 32)).
+RANS_WORD_BYTES = 4
+RANS_MIN_BYTES = 8
+_RANS64_L = 1 << 31
+
+
+def coded_quality(quality: float) -> float:
+    """``quality`` rounded to the nearest float32: the value a version 2 stream stores and the
+    encoder codes with, so that the decoder, which only sees the stored value, computes the same
+    gains bit for bit."""
+    return struct.unpack("<f", struct.pack("<f", float(quality)))[0]
 
 
 @dataclass(frozen=True)
 class Bitstream:
     model: str
-    weights: str
+    weights: str  # 16 lowercase hex digits
     height: int
     width: int
-    quality: float
+    quality: float  # exactly the value the strings were coded with
     y_shape: tuple[int, int, int]
     z_shape: tuple[int, int, int]
     strings: tuple[bytes, bytes]  # (y, z)
+    version: int = VERSION  # the layout ``to_bytes`` writes: the one it was parsed from, or VERSION
 
-    def to_dict(self) -> dict:
-        return {
-            "magic": MAGIC,
-            "version": VERSION,
-            "model": self.model,
-            "weights": self.weights,
-            "size": [self.height, self.width],
-            "quality": float(self.quality),
-            "y_shape": list(self.y_shape),
-            "z_shape": list(self.z_shape),
-            "strings": [bytes(s) for s in self.strings],
-            "crc32": [zlib.crc32(s) for s in self.strings],
-        }
+    def to_obj(self) -> list | dict:
+        """The msgpack object of this stream's version (a list for version 2, a map for 1)."""
+        y, z = (bytes(s) for s in self.strings)
+        if self.version == 1:
+            return {
+                "magic": MAGIC, "version": 1, "model": self.model, "weights": self.weights,
+                "size": [self.height, self.width], "quality": float(self.quality),
+                "y_shape": list(self.y_shape), "z_shape": list(self.z_shape),
+                "strings": [y, z], "crc32": [zlib.crc32(y), zlib.crc32(z)],
+            }
+        if self.version != 2:
+            raise ValueError(f"cannot write bitstream format version {self.version}")
+        if not _HEX_WEIGHTS.match(self.weights):
+            raise ValueError(f"weights must be {2 * WEIGHTS_BYTES} lowercase hex digits, got {self.weights!r}")
+        if coded_quality(self.quality) != self.quality:
+            raise ValueError(f"quality {self.quality!r} is not a float32: code with coded_quality(q)")
+        return [MAGIC, 2, self.model, bytes.fromhex(self.weights), self.height, self.width,
+                float(self.quality), list(self.y_shape), list(self.z_shape), y, z,
+                zlib.crc32(y), zlib.crc32(z)]
+
+    # Old name, kept for callers written before version 2 (it returns a list for version 2).
+    to_dict = to_obj
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb(self.to_dict(), use_bin_type=True)
+        # Version 2 holds one float, the quality, which is float32; version 1's is float64.
+        return msgpack.packb(self.to_obj(), use_bin_type=True, use_single_float=self.version >= 2)
 
     @property
     def payload_bytes(self) -> int:
-        """Bytes of entropy-coded data alone (the container adds a fixed ~100)."""
+        """Bytes of entropy-coded data alone. The version 2 container adds 55-75 more, mostly
+        the model name, the weights hash and the CRCs (72 on average over Kodak, shipped model)."""
         return sum(len(s) for s in self.strings)
 
 
-def unpack(data: bytes, max_bytes: int = MAX_STREAM_BYTES) -> dict:
-    """msgpack -> dict, with size limits applied by the parser itself."""
+def unpack(data: bytes, max_bytes: int = MAX_STREAM_BYTES) -> dict | list:
+    """msgpack -> the stream's object (list or map), with size limits applied by the parser itself."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise NotABitstream("a bitstream must be bytes")
     if len(data) > max_bytes:
@@ -95,46 +167,89 @@ def unpack(data: bytes, max_bytes: int = MAX_STREAM_BYTES) -> dict:
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise CorruptBitstream(f"not a readable msgpack bitstream ({exc.__class__.__name__}): "
                                "the stream is truncated or not a .lw file") from exc
-    if not isinstance(obj, dict):
-        raise NotABitstream("a bitstream is a msgpack map; this is a " + type(obj).__name__)
+    if not isinstance(obj, (dict, list)):
+        raise NotABitstream("a bitstream is a msgpack array (or a map, version 1); this is a "
+                            + type(obj).__name__)
     return obj
 
 
-def parse(obj: dict) -> Bitstream:
-    """Validate an unpacked map (from a file or a wire frame) into a ``Bitstream``.
+def parse(obj: dict | list) -> Bitstream:
+    """Validate an unpacked stream (a version 2 list or a version 1 map) into a ``Bitstream``.
 
     Checks structure, magic, version and internal consistency; not the model (see ``check_model``).
     """
-    if not isinstance(obj, dict):
-        raise NotABitstream("a bitstream is a msgpack map")
-    if obj.get("magic") != MAGIC:
+    if isinstance(obj, list):
+        magic, version = (obj + [None, None])[:2]
+        layout = 2
+    elif isinstance(obj, dict):
+        magic, version = obj.get("magic"), obj.get("version")
+        layout = 1
+    else:
+        raise NotABitstream("a bitstream is a msgpack array (or a map, version 1)")
+    if magic != MAGIC:
         raise NotABitstream("wrong magic bytes: this is not a latentwire image code (.lw)")
-    version = obj.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise NotABitstream("the bitstream's version field is missing or not an integer")
-    if version != VERSION:
+    if version not in READ_VERSIONS:
         raise UnsupportedVersion(
-            f"bitstream format version {version}; this build reads version {VERSION}: "
-            "upgrade latentwire (newer) or re-encode the image (older)"
+            f"bitstream format version {version}; this build reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}: upgrade latentwire (newer) or re-encode the image (older)"
         )
-    missing = [k for k in _KEYS if k not in obj]
+    if version != layout:
+        kinds = {1: "map", 2: "array"}
+        raise NotABitstream(f"a version {version} bitstream is a msgpack {kinds[version]}; "
+                            f"this one is a msgpack {kinds[layout]}")
+    fields = _fields_v1(obj) if version == 1 else _fields_v2(obj)
+    return _check(version=version, **fields)
+
+
+def _fields_v1(obj: dict) -> dict:
+    missing = [k for k in _KEYS_V1 if k not in obj]
     if missing:
         raise NotABitstream(f"bitstream lacks field(s): {', '.join(missing)}")
-    model, weights = obj["model"], obj["weights"]
-    if not isinstance(model, str) or not isinstance(weights, str):
-        raise NotABitstream("model and weights must be strings")
     height, width = _int_list(obj["size"], 2, "size")
-    y_shape = _int_list(obj["y_shape"], 3, "y_shape")
-    z_shape = _int_list(obj["z_shape"], 3, "z_shape")
-    quality = obj["quality"]
-    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not (0.0 <= quality <= 1.0) or math.isnan(quality):
-        raise NotABitstream("quality must be a number in [0, 1]")
     strings, crcs = obj["strings"], obj["crc32"]
     if (not isinstance(strings, list) or len(strings) != 2
             or not all(isinstance(s, bytes) for s in strings)):
         raise NotABitstream("strings must be a list of two byte strings (y, z)")
-    if not isinstance(crcs, list) or len(crcs) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) for c in crcs):
+    if not isinstance(crcs, list) or len(crcs) != 2 or not all(_is_int(c) for c in crcs):
         raise NotABitstream("crc32 must be a list of two integers")
+    if not isinstance(obj["weights"], str):
+        raise NotABitstream("weights must be a string")
+    return dict(model=obj["model"], weights=obj["weights"], height=height, width=width,
+                quality=obj["quality"], y_shape=obj["y_shape"], z_shape=obj["z_shape"],
+                strings=strings, crcs=crcs)
+
+
+def _fields_v2(obj: list) -> dict:
+    if len(obj) != len(FIELDS_V2):
+        raise NotABitstream(f"a version 2 bitstream has {len(FIELDS_V2)} fields, this one {len(obj)}")
+    f = dict(zip(FIELDS_V2, obj))
+    weights = f["weights"]
+    if not isinstance(weights, bytes) or len(weights) != WEIGHTS_BYTES:
+        raise NotABitstream(f"weights must be {WEIGHTS_BYTES} bytes")
+    height, width = _int_list([f["height"], f["width"]], 2, "height/width")
+    strings, crcs = [f["y"], f["z"]], [f["y_crc32"], f["z_crc32"]]
+    if not all(isinstance(s, bytes) for s in strings):
+        raise NotABitstream("y and z must be byte strings")
+    if not all(_is_int(c) for c in crcs):
+        raise NotABitstream("y_crc32 and z_crc32 must be integers")
+    quality = f["quality"]
+    if _is_number(quality) and not math.isnan(quality) and coded_quality(quality) != quality:
+        raise NotABitstream("quality must be a float32")
+    return dict(model=f["model"], weights=weights.hex(), height=height, width=width, quality=quality,
+                y_shape=f["y_shape"], z_shape=f["z_shape"], strings=strings, crcs=crcs)
+
+
+def _check(version: int, model, weights: str, height: int, width: int, quality, y_shape, z_shape,
+           strings: list[bytes], crcs: list[int]) -> Bitstream:
+    """The checks both versions share, in the order the module docstring gives."""
+    if not isinstance(model, str):
+        raise NotABitstream("model must be a string")
+    y_shape = _int_list(y_shape, 3, "y_shape")
+    z_shape = _int_list(z_shape, 3, "z_shape")
+    if not _is_number(quality) or math.isnan(quality) or not (0.0 <= quality <= 1.0):
+        raise NotABitstream("quality must be a number in [0, 1]")
     if height < 1 or width < 1:
         raise NotABitstream(f"declared size {height}x{width} is empty")
     pad_h, pad_w = -(-height // 64) * 64, -(-width // 64) * 64
@@ -148,8 +263,25 @@ def parse(obj: dict) -> Bitstream:
                 f"CRC mismatch in the {name} string: the stream was damaged in transit or storage; "
                 "ask the sender to send it again"
             )
+    for name, s in zip(("y", "z"), strings):
+        _check_rans_framing(name, s)
     return Bitstream(model=model, weights=weights, height=height, width=width, quality=float(quality),
-                     y_shape=tuple(y_shape), z_shape=tuple(z_shape), strings=(strings[0], strings[1]))
+                     y_shape=tuple(y_shape), z_shape=tuple(z_shape), strings=(strings[0], strings[1]),
+                     version=version)
+
+
+def _check_rans_framing(name: str, s: bytes) -> None:
+    """Refuse a string CompressAI's rANS coder cannot have written (see the module docstring)."""
+    if len(s) < RANS_MIN_BYTES or len(s) % RANS_WORD_BYTES:
+        raise CorruptBitstream(
+            f"the {name} string has {len(s)} bytes; an rANS string is a multiple of "
+            f"{RANS_WORD_BYTES} bytes and at least {RANS_MIN_BYTES}: the encoder that wrote it is broken"
+        )
+    state = int.from_bytes(s[:8], "little")
+    if not _RANS64_L <= state < _RANS64_L << 32:
+        raise CorruptBitstream(
+            f"the {name} string does not begin with a valid rANS state: the encoder that wrote it is broken"
+        )
 
 
 def check_model(bs: Bitstream, model: str, weights: str, latent_channels: tuple[int, int],
@@ -174,9 +306,16 @@ def loads(data: bytes, max_bytes: int = MAX_STREAM_BYTES) -> Bitstream:
     return parse(unpack(data, max_bytes))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _int_list(value, n: int, name: str) -> list[int]:
-    if (not isinstance(value, list) or len(value) != n
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if not isinstance(value, list) or len(value) != n or not all(_is_int(v) for v in value):
         raise NotABitstream(f"{name} must be a list of {n} integers")
     if any(v < 0 or v > 1 << 20 for v in value):
         raise NotABitstream(f"{name}={value} is out of range")

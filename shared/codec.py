@@ -10,7 +10,8 @@ DEVICE POLICY (what makes a stream portable across machines):
     computed on the CPU in float64 on both sides: the gains from the stored quality, z_hat,
     h_s(z_hat), the means and the scale indexes (``VariableRateHyperprior.entropy_parameters``).
     A one-ulp difference there would pick another CDF and desynchronise the rANS decoder, so
-    that path never runs on a GPU, in bf16, or with TF32.
+    that path never runs on a GPU, in bf16, or with TF32. For the same reason the encoder first
+    rounds the requested quality to the float32 the stream stores and codes with that value.
   * g_a and h_a (encoder side) may run on any device and precision: their outputs are rounded to
     integers and sent; the decoder never recomputes them. A GPU-encoded stream therefore decodes
     on a CPU receiver (``tests/gpu/check_device_streams.py`` checks streams made on an H200).
@@ -38,6 +39,7 @@ from shared.images import DEFAULT_MAX_SIDE
 from shared.network import DOWNSAMPLE, VariableRateHyperprior, pad_to_multiple
 
 DEFAULT_MODEL = "lw-vr-hyperprior"
+DEFAULT_DENOISE_MODEL = "lw-vr-denoise"  # the same codec fine-tuned on noisy inputs with clean targets
 # Rate control: bisection on quality over real coded sizes. 12 halvings resolve quality to
 # 1/4096, far below the step at which the coded size changes by more than a few bytes.
 RATE_SEARCH_STEPS = 12
@@ -47,6 +49,8 @@ RATE_SEARCH_STEPS = 12
 class Encoded:
     data: bytes  # the .lw container
     stream: bs.Bitstream
+    # The quality asked for (or found by rate control). ``stream.quality`` is the value actually
+    # coded and stored: the same rounded to float32 (``bitstream.coded_quality``).
     quality: float
 
     @property
@@ -132,9 +136,12 @@ class Codec:
 
     def _code(self, shape: tuple, y: torch.Tensor, z: torch.Tensor, quality: float) -> Encoded:
         H, W = shape[:2]
-        out = self.model.compress_latents(y, z, quality)
+        # Code with exactly the value the stream stores (float32): the decoder derives the gains,
+        # and so the entropy tables, from the stored value alone.
+        coded_quality = bs.coded_quality(quality)
+        out = self.model.compress_latents(y, z, coded_quality)
         stream = bs.Bitstream(
-            model=self.name, weights=self.weights, height=H, width=W, quality=quality,
+            model=self.name, weights=self.weights, height=H, width=W, quality=coded_quality,
             y_shape=tuple(y.shape[1:]), z_shape=tuple(z.shape[1:]),
             strings=(out["strings"][0][0], out["strings"][1][0]),
         )
@@ -166,19 +173,24 @@ class Codec:
         return best
 
     # ---- decoding ------------------------------------------------------------------------
-    def parse(self, data: bytes | dict) -> bs.Bitstream:
-        """Validate a stream for this decoder without decoding pixels (cheap; raises on any fault)."""
-        stream = bs.parse(data) if isinstance(data, dict) else bs.loads(data)
+    def parse(self, data: bytes | list | dict | bs.Bitstream) -> bs.Bitstream:
+        """Validate a stream for this decoder without decoding pixels (cheap; raises on any fault).
+
+        ``data``: the ``.lw`` bytes, their unpacked msgpack object (``Bitstream.to_obj()``), or an
+        already parsed ``Bitstream`` (then only the model and limits are checked)."""
+        if isinstance(data, bs.Bitstream):
+            stream = data
+        elif isinstance(data, (list, dict)):
+            stream = bs.parse(data)
+        else:
+            stream = bs.loads(data)
         bs.check_model(stream, self.name, self.weights,
                        (self.model.config.M, self.model.config.N), self.max_side)
         return stream
 
-    def decode(self, data: bytes | dict | bs.Bitstream) -> np.ndarray:
+    def decode(self, data: bytes | list | dict | bs.Bitstream) -> np.ndarray:
         """Bitstream -> (H, W, 3) uint8 at the original size."""
-        stream = data if isinstance(data, bs.Bitstream) else self.parse(data)
-        if not isinstance(data, (bytes, dict)):
-            bs.check_model(stream, self.name, self.weights,
-                           (self.model.config.M, self.model.config.N), self.max_side)
+        stream = self.parse(data)
         with self._lock, torch.inference_mode():
             try:
                 x_hat = self._synthesis(stream)
@@ -194,6 +206,20 @@ class Codec:
     def info(self) -> dict:
         return {"name": self.name, "weights": self.weights, "device": str(self.device),
                 "network": self.model.config.to_dict(), "max_side": self.max_side}
+
+
+def load_optional(name_or_path: str, models_dir: Path = DEFAULT_MODELS_DIR, device: str = "cpu",
+                  max_side: int = DEFAULT_MAX_SIDE) -> "Codec | None":
+    """An optional second model (the denoising one): None when it is not named or not installed.
+    A file that exists but fails its hash or format check still raises."""
+    from shared.errors import CheckpointNotFound
+
+    if not name_or_path:
+        return None
+    try:
+        return Codec.load(name_or_path, models_dir, device=device, max_side=max_side)
+    except CheckpointNotFound:
+        return None
 
 
 def check_quality(quality: float) -> float:
@@ -218,4 +244,5 @@ def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-__all__ = ["Codec", "Encoded", "DEFAULT_MODEL", "DOWNSAMPLE", "check_quality", "resolve_device"]
+__all__ = ["Codec", "Encoded", "DEFAULT_MODEL", "DEFAULT_DENOISE_MODEL", "DOWNSAMPLE", "check_quality", "load_optional",
+           "resolve_device"]

@@ -2,23 +2,29 @@
 
 A request body to ``POST /v1/frames`` (content type ``application/msgpack``) is one msgpack map::
 
-    wire      int   1                                  wire format version
+    wire      int   2                                  wire format version
     frames    [frame, ...]                             1..max_batch frames
     sig       bin   32 bytes                           HMAC-SHA256(secret, body_without_sig)
 
-where ``body_without_sig`` is ``msgpack.packb({"wire": 1, "frames": [...]})`` (same key order),
+where ``body_without_sig`` is ``msgpack.packb({"wire": 2, "frames": [...]})`` (same key order),
 i.e. the signature covers every byte that carries meaning. Each frame is a map::
 
     id        str   32 lowercase hex digits            frame id = image id on both services
     sent_at   float64                                  sender's UNIX time when it was first queued
-    stream    map                                      the codec bitstream (``shared.bitstream``:
-                                                       magic, version, model, weights, size,
-                                                       quality, y_shape, z_shape, strings, crc32)
+    stream    bin                                      the codec bitstream, the ``.lw`` container
+                                                       byte for byte (``shared.bitstream``: format
+                                                       version 2, or 1 for streams encoded before it)
+
+Wire version 1 (senders before the compact container) differs only in ``"wire": 1`` and in
+``stream``, which is the version 1 bitstream's map itself rather than its bytes. Receivers of
+this build accept both wire versions; a receiver that only speaks version 1 answers a version 2
+body with ``UnsupportedVersion`` (400) naming both versions, so upgrade the receiver first.
 
 Receiver checks, in order, before allocating anything large: body size (``FrameTooLarge``, 413),
 msgpack structure with parser limits, wire version, signature (``BadSignature``, 401, compared in
-constant time), then per frame: id format, bitstream structure, version, model and weights
-(``ModelMismatch``, 409), declared sizes against limits, CRCs. Only then is any tensor made.
+constant time), then per frame: id format, bitstream structure, version, internal consistency and
+CRCs (``shared.bitstream.parse``); the receiver then checks model and weights (``ModelMismatch``,
+409) and declared sizes against its limits. Only then is any tensor made.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import msgpack
 from shared import bitstream as bs
 from shared.errors import BadSignature, FrameTooLarge, NotABitstream, UnsupportedVersion, WireError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # what this build sends
+READ_WIRE_VERSIONS = (1, 2)
 CONTENT_TYPE = "application/msgpack"
 DEFAULT_MAX_FRAME_BYTES = 16 << 20
 DEFAULT_MAX_BATCH = 64
@@ -48,11 +55,11 @@ class Frame:
     stream: bs.Bitstream
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "sent_at": float(self.sent_at), "stream": self.stream.to_dict()}
+        return {"id": self.id, "sent_at": float(self.sent_at), "stream": self.stream.to_bytes()}
 
 
-def _body(frames: list[dict]) -> bytes:
-    return msgpack.packb({"wire": WIRE_VERSION, "frames": frames}, use_bin_type=True)
+def _body(frames: list[dict], wire_version: int = WIRE_VERSION) -> bytes:
+    return msgpack.packb({"wire": wire_version, "frames": frames}, use_bin_type=True)
 
 
 def sign(body: bytes, secret: bytes) -> bytes:
@@ -91,14 +98,16 @@ def unpack_frames(data: bytes, secret: bytes, max_frame_bytes: int = DEFAULT_MAX
                         f"send {CONTENT_TYPE} as written by shared.wire.pack_frames") from exc
     if not isinstance(obj, dict) or set(obj) != {"wire", "frames", "sig"}:
         raise WireError("a frame batch is a map with exactly the keys wire, frames, sig")
-    if obj["wire"] != WIRE_VERSION or isinstance(obj["wire"], bool):
-        raise UnsupportedVersion(f"wire version {obj['wire']!r}; this receiver speaks version {WIRE_VERSION}")
+    wire_version = obj["wire"]
+    if not isinstance(wire_version, int) or isinstance(wire_version, bool) or wire_version not in READ_WIRE_VERSIONS:
+        raise UnsupportedVersion(f"wire version {wire_version!r}; this receiver speaks versions "
+                                 f"{', '.join(map(str, READ_WIRE_VERSIONS))}: upgrade the receiver")
     frames, sig = obj["frames"], obj["sig"]
     if not isinstance(sig, bytes) or len(sig) != 32:
         raise BadSignature("missing or malformed signature: frames must be signed with the shared LATENTWIRE_SECRET")
     if not isinstance(frames, list):
         raise WireError("frames must be a list")
-    expected = sign(_body(frames), secret)
+    expected = sign(_body(frames, wire_version), secret)
     if not hmac.compare_digest(expected, sig):
         raise BadSignature("signature does not match: sender and receiver must share the same LATENTWIRE_SECRET")
     if not 1 <= len(frames) <= max_batch:
@@ -112,10 +121,19 @@ def unpack_frames(data: bytes, secret: bytes, max_frame_bytes: int = DEFAULT_MAX
         sent_at = f["sent_at"]
         if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not math.isfinite(sent_at):
             raise WireError("sent_at must be a finite number (UNIX seconds)")
-        if not isinstance(f["stream"], dict):
-            raise NotABitstream("frame stream must be a bitstream map")
-        out.append(Frame(id=f["id"], sent_at=float(sent_at), stream=bs.parse(f["stream"])))
+        out.append(Frame(id=f["id"], sent_at=float(sent_at), stream=_stream(f["stream"], wire_version)))
     return out
+
+
+def _stream(value, wire_version: int) -> bs.Bitstream:
+    """A frame's ``stream`` field -> Bitstream: bytes since wire version 2, the map in version 1."""
+    if wire_version == 1:
+        if not isinstance(value, dict):
+            raise NotABitstream("a wire version 1 frame's stream must be a bitstream map")
+        return bs.parse(value)
+    if not isinstance(value, bytes):
+        raise NotABitstream("a frame's stream must be the .lw container's bytes (msgpack bin)")
+    return bs.loads(value)
 
 
 # ---- the shared secret's policy (both services apply it at start-up) -------------------------

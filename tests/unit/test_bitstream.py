@@ -1,8 +1,10 @@
 """Damaged, truncated and foreign streams: each is refused with a specific BitstreamError before
-any pixel is decoded, never with another exception and never with pixels."""
+any pixel is decoded, never with another exception and never with pixels. Every check runs on
+the current container (format version 2) and on the version 1 container this build still reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import msgpack
@@ -19,12 +21,29 @@ from shared.errors import (
     UnsupportedVersion,
 )
 
+VERSIONS = [2, 1]
+# How each container spells "this is version N" right after the magic.
+VERSION_MARK = {2: b"LWIC\x02", 1: b"\xa7version\x01"}
 
-def _repack(stream: bs.Bitstream, **fields) -> bytes:
-    """The stream's container with some fields replaced (CRCs still those of its strings)."""
-    obj = stream.to_dict()
-    obj.update(fields)
-    return msgpack.packb(obj, use_bin_type=True)
+
+def _as_version(stream: bs.Bitstream, version: int) -> bs.Bitstream:
+    return dataclasses.replace(stream, version=version)
+
+
+def _container(stream: bs.Bitstream, version: int) -> bytes:
+    return _as_version(stream, version).to_bytes()
+
+
+def _repack(stream: bs.Bitstream, layout: int = 2, **fields) -> bytes:
+    """The stream's container in version ``layout`` with some fields replaced (CRCs still those
+    of its strings). Field names are version 2's (``bs.FIELDS_V2``) or version 1's map keys."""
+    obj = _as_version(stream, layout).to_obj()
+    for name, value in fields.items():
+        if layout == 2:
+            obj[bs.FIELDS_V2.index(name)] = value
+        else:
+            obj[name] = value
+    return msgpack.packb(obj, use_bin_type=True)  # floats as float64: a float32 value stays exact
 
 
 def _error_of(call, data) -> type[BitstreamError] | None:
@@ -45,33 +64,47 @@ def _string_span(data: bytes, string: bytes) -> range:
     return range(start, start + len(string))
 
 
+@pytest.fixture(params=VERSIONS, ids=lambda v: f"v{v}")
+def version(request) -> int:
+    return request.param
+
+
+@pytest.fixture
+def data(tiny_stream, version) -> bytes:
+    """The tiny stream's container in ``version``'s layout (same strings, quality 0.5)."""
+    return _container(tiny_stream.stream, version)
+
+
+def test_both_layouts_hold_the_same_stream(tiny_stream):
+    v1, v2 = (bs.loads(_container(tiny_stream.stream, v)) for v in (1, 2))
+
+    assert v2 == tiny_stream.stream
+    assert dataclasses.replace(v1, version=2) == v2
+    assert len(_container(tiny_stream.stream, 2)) == len(_container(tiny_stream.stream, 1)) - 85
+
+
 # ---- truncation ----------------------------------------------------------------------------
 
-def test_every_truncation_is_a_bitstream_error(tiny_codec, tiny_stream):
-    data = tiny_stream.data
-
+def test_every_truncation_is_a_bitstream_error(tiny_codec, data):
     outcomes = {n: _error_of(tiny_codec.decode, data[:n]) for n in range(len(data))}
 
     assert outcomes[0] is NotABitstream  # empty
     assert {outcomes[n] for n in range(1, len(data))} == {CorruptBitstream}
 
 
-def test_every_truncation_is_refused_by_the_parser_alone(tiny_stream):
-    data = tiny_stream.data
-
+def test_every_truncation_is_refused_by_the_parser_alone(data):
     assert {_error_of(bs.loads, data[:n]) for n in range(1, len(data))} == {CorruptBitstream}
 
 
-def test_trailing_bytes_are_refused(tiny_codec, tiny_stream):
+def test_trailing_bytes_are_refused(tiny_codec, data):
     with pytest.raises(NotABitstream, match="trailing bytes"):
-        tiny_codec.decode(tiny_stream.data + b"\x00")
+        tiny_codec.decode(data + b"\x00")
 
 
 # ---- damaged strings -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("which", [0, 1], ids=["y", "z"])
-def test_any_flipped_byte_in_a_string_fails_its_crc(tiny_codec, tiny_stream, which):
-    data = tiny_stream.data
+def test_any_flipped_byte_in_a_string_fails_its_crc(tiny_codec, tiny_stream, data, which):
     span = _string_span(data, tiny_stream.stream.strings[which])
     name = "yz"[which]
 
@@ -82,32 +115,74 @@ def test_any_flipped_byte_in_a_string_fails_its_crc(tiny_codec, tiny_stream, whi
     assert len(span) >= 8
 
 
+@pytest.mark.parametrize("which", [0, 1], ids=["y", "z"])
+@pytest.mark.parametrize(
+    ("string", "problem"),
+    [
+        (b"", "0 bytes"),
+        (b"\x00\x00\x00\x80", "4 bytes"),  # one word: less than the coder's final state
+        (b"\x00\x00\x00\x80\x00\x00\x00\x00\x00", "9 bytes"),  # not whole 32-bit words
+        (b"\x00" * 8, "valid rANS state"),  # state 0 < 2**31
+        (b"\xff\xff\xff\x7f\x00\x00\x00\x00", "valid rANS state"),  # 2**31 - 1
+        (b"\x00\x00\x00\x00\x00\x00\x00\x80", "valid rANS state"),  # 2**63
+    ],
+    ids=["empty", "one-word", "odd-length", "state-0", "state-below", "state-above"],
+)
+def test_crc_valid_strings_no_rans_coder_writes_are_corrupt(tiny_codec, tiny_stream, version, which,
+                                                            string, problem):
+    strings = list(tiny_stream.stream.strings)
+    strings[which] = string
+    damaged = _container(dataclasses.replace(tiny_stream.stream, strings=tuple(strings)), version)
+
+    with pytest.raises(CorruptBitstream, match=f"the {'yz'[which]} string .*{problem}"):
+        bs.loads(damaged)
+    assert _error_of(tiny_codec.decode, damaged) is CorruptBitstream
+
+
+def test_the_smallest_valid_rans_strings_parse(tiny_stream, version):
+    # 8 bytes is a real stream (the tiny model's y at quality 0.5 is one); both state bounds too.
+    for state in (b"\x00\x00\x00\x80\x00\x00\x00\x00", b"\xff" * 7 + b"\x7f"):
+        stream = dataclasses.replace(tiny_stream.stream, strings=(state, state + b"\x00" * 4))
+        assert bs.loads(_container(stream, version)).strings == stream.strings
+
+
 # ---- header fields -------------------------------------------------------------------------
 
-def test_wrong_magic_is_not_a_bitstream(tiny_codec, tiny_stream):
-    data = tiny_stream.data.replace(b"LWIC", b"LWIX", 1)
+def test_wrong_magic_is_not_a_bitstream(tiny_codec, data):
+    damaged = data.replace(b"LWIC", b"LWIX", 1)
 
     with pytest.raises(NotABitstream, match="magic") as info:
-        tiny_codec.decode(data)
+        tiny_codec.decode(damaged)
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("version", [0, 2, 127])
-def test_other_format_versions_are_unsupported(tiny_codec, tiny_stream, version):
-    data = tiny_stream.data.replace(b"\xa7version\x01", b"\xa7version" + bytes([version]), 1)
-    assert data != tiny_stream.data
+@pytest.mark.parametrize("other", [0, 3, 127])
+def test_other_format_versions_are_unsupported(tiny_codec, data, version, other):
+    mark = VERSION_MARK[version]
+    damaged = data.replace(mark, mark[:-1] + bytes([other]), 1)
+    assert damaged != data
 
-    with pytest.raises(UnsupportedVersion, match=f"version {version}"):
-        tiny_codec.decode(data)
+    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2"):
+        tiny_codec.decode(damaged)
 
 
-def test_a_version_that_is_not_an_integer_is_not_a_bitstream(tiny_stream):
+def test_a_version_in_the_other_versions_layout_is_not_a_bitstream(tiny_stream):
+    v2_as_map = _container(tiny_stream.stream, 1).replace(b"\xa7version\x01", b"\xa7version\x02", 1)
+    v1_as_array = _container(tiny_stream.stream, 2).replace(b"LWIC\x02", b"LWIC\x01", 1)
+
+    with pytest.raises(NotABitstream, match="version 2 bitstream is a msgpack array; this one is a msgpack map"):
+        bs.loads(v2_as_map)
+    with pytest.raises(NotABitstream, match="version 1 bitstream is a msgpack map; this one is a msgpack array"):
+        bs.loads(v1_as_array)
+
+
+def test_a_version_that_is_not_an_integer_is_not_a_bitstream(tiny_stream, version):
     with pytest.raises(NotABitstream, match="version"):
-        bs.loads(_repack(tiny_stream.stream, version="1"))
+        bs.loads(_repack(tiny_stream.stream, version, version=str(version)))
 
 
-def test_a_stream_from_another_model_names_both_models(tiny_codec, other_tiny_codec, sample_rgb):
-    data = other_tiny_codec.encode(sample_rgb, quality=0.5).data
+def test_a_stream_from_another_model_names_both_models(tiny_codec, other_tiny_codec, sample_rgb, version):
+    data = _container(other_tiny_codec.encode(sample_rgb, quality=0.5).stream, version)
 
     with pytest.raises(ModelMismatch) as info:
         tiny_codec.decode(data)
@@ -117,10 +192,11 @@ def test_a_stream_from_another_model_names_both_models(tiny_codec, other_tiny_co
     assert info.value.status == 409
 
 
-def test_a_stream_from_retrained_weights_names_both_hashes(tiny_codec, retrained_tiny_codec, sample_rgb):
+def test_a_stream_from_retrained_weights_names_both_hashes(tiny_codec, retrained_tiny_codec, sample_rgb,
+                                                           version):
     assert retrained_tiny_codec.name == tiny_codec.name
     assert retrained_tiny_codec.weights != tiny_codec.weights
-    data = retrained_tiny_codec.encode(sample_rgb, quality=0.5).data
+    data = _container(retrained_tiny_codec.encode(sample_rgb, quality=0.5).stream, version)
 
     with pytest.raises(ModelMismatch) as info:
         tiny_codec.decode(data)
@@ -129,71 +205,122 @@ def test_a_stream_from_retrained_weights_names_both_hashes(tiny_codec, retrained
     assert f"lw-tiny@{tiny_codec.weights}" in str(info.value)
 
 
-def test_declared_size_over_the_decoders_limit(tiny_codec, tiny_models_dir, tiny_stream):
+def test_version_2_stores_the_weights_hash_as_8_raw_bytes(tiny_codec, tiny_stream):
+    raw = bytes.fromhex(tiny_codec.weights)
+
+    assert len(raw) == 8 and raw in tiny_stream.data
+    assert tiny_codec.weights.encode() not in tiny_stream.data
+    assert bs.loads(tiny_stream.data).weights == tiny_codec.weights  # 16 hex digits again
+
+
+def test_declared_size_over_the_decoders_limit(tiny_codec, tiny_models_dir, data):
     small_decoder = Codec.load(tiny_codec.name, tiny_models_dir, max_side=64)
 
     with pytest.raises(DimensionsTooLarge, match="71x97") as info:
-        small_decoder.decode(tiny_stream.data)
+        small_decoder.decode(data)
     assert info.value.status == 413
 
 
-def test_declared_size_over_4096_is_refused_before_decoding(tiny_codec, tiny_stream):
+def test_declared_size_over_4096_is_refused_before_decoding(tiny_codec, tiny_stream, version):
     # 5000x5000 with consistent latent shapes and valid CRCs: only the size limit can refuse it.
-    data = _repack(tiny_stream.stream, size=[5000, 5000], y_shape=[24, 316, 316], z_shape=[16, 79, 79])
+    size = {"height": 5000, "width": 5000} if version == 2 else {"size": [5000, 5000]}
+    data = _repack(tiny_stream.stream, version, y_shape=[24, 316, 316], z_shape=[16, 79, 79], **size)
 
     assert bs.loads(data).height == 5000
     with pytest.raises(DimensionsTooLarge, match="5000x5000"):
         tiny_codec.decode(data)
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"size": [71, 200]},  # latents are for 128x128
-        {"size": [200, 97]},
-        {"y_shape": [24, 8, 9]},
-        {"z_shape": [16, 2, 3]},
-        {"y_shape": [25, 8, 8]},  # channels the model does not have
-        {"z_shape": [15, 2, 2]},
-        {"size": [0, 97]},
-        {"size": [71, 97, 1]},
-        {"y_shape": [24, -8, 8]},
-    ],
-    ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()),
-)
-def test_shapes_inconsistent_with_the_size_are_not_a_bitstream(tiny_codec, tiny_stream, fields):
+INCONSISTENT_V2 = [
+    {"width": 200},  # latents are for 128x128
+    {"height": 200},
+    {"y_shape": [24, 8, 9]},
+    {"z_shape": [16, 2, 3]},
+    {"y_shape": [25, 8, 8]},  # channels the model does not have
+    {"z_shape": [15, 2, 2]},
+    {"height": 0},
+    {"y_shape": [24, -8, 8]},
+    {"y_shape": [24, 8]},
+]
+INCONSISTENT_V1 = [
+    {"size": [71, 200]},
+    {"size": [200, 97]},
+    {"y_shape": [24, 8, 9]},
+    {"z_shape": [16, 2, 3]},
+    {"y_shape": [25, 8, 8]},
+    {"z_shape": [15, 2, 2]},
+    {"size": [0, 97]},
+    {"size": [71, 97, 1]},
+    {"y_shape": [24, -8, 8]},
+]
+
+
+def _ids(fields: dict) -> str:
+    return "-".join(f"{k}={v!r}" for k, v in fields.items())
+
+
+@pytest.mark.parametrize(("version", "fields"), [(2, f) for f in INCONSISTENT_V2] + [(1, f) for f in INCONSISTENT_V1],
+                         ids=[f"v2-{_ids(f)}" for f in INCONSISTENT_V2] + [f"v1-{_ids(f)}" for f in INCONSISTENT_V1])
+def test_shapes_inconsistent_with_the_size_are_not_a_bitstream(tiny_codec, tiny_stream, version, fields):
     with pytest.raises(NotABitstream):
-        tiny_codec.decode(_repack(tiny_stream.stream, **fields))
+        tiny_codec.decode(_repack(tiny_stream.stream, version, **fields))
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"quality": 1.5},
-        {"quality": -0.1},
-        {"quality": math.nan},
-        {"quality": "0.5"},
-        {"quality": True},
-        {"model": 7},
-        {"weights": None},
-        {"size": [71.0, 97.0]},
-        {"strings": [b"\x00" * 8]},
-        {"strings": ["y", "z"]},
-        {"crc32": [1]},
-        {"crc32": [True, False]},
-    ],
-    ids=lambda f: "-".join(f"{k}={v!r}" for k, v in f.items()),
-)
-def test_wrongly_typed_fields_are_not_a_bitstream(tiny_stream, fields):
+WRONG_V2 = [
+    {"quality": 1.5},
+    {"quality": -0.1},
+    {"quality": math.nan},
+    {"quality": 0.7},  # a float64 that is not a float32: the writer never stores one
+    {"quality": "0.5"},
+    {"quality": True},
+    {"model": 7},
+    {"weights": None},
+    {"weights": b"\x00" * 4},  # shorter than the hash
+    {"weights": "00" * 8},  # hex text is version 1's spelling
+    {"height": 71.0},
+    {"width": None},
+    {"y": "y"},
+    {"z": None},
+    {"y_crc32": True},
+    {"z_crc32": "1"},
+]
+WRONG_V1 = [
+    {"quality": 1.5},
+    {"quality": -0.1},
+    {"quality": math.nan},
+    {"quality": "0.5"},
+    {"quality": True},
+    {"model": 7},
+    {"weights": None},
+    {"size": [71.0, 97.0]},
+    {"strings": [b"\x00" * 8]},
+    {"strings": ["y", "z"]},
+    {"crc32": [1]},
+    {"crc32": [True, False]},
+]
+
+
+@pytest.mark.parametrize(("version", "fields"), [(2, f) for f in WRONG_V2] + [(1, f) for f in WRONG_V1],
+                         ids=[f"v2-{_ids(f)}" for f in WRONG_V2] + [f"v1-{_ids(f)}" for f in WRONG_V1])
+def test_wrongly_typed_fields_are_not_a_bitstream(tiny_stream, version, fields):
     with pytest.raises(NotABitstream):
-        bs.loads(_repack(tiny_stream.stream, **fields))
+        bs.loads(_repack(tiny_stream.stream, version, **fields))
 
 
-def test_a_missing_field_is_named(tiny_stream):
-    obj = tiny_stream.stream.to_dict()
+def test_a_missing_field_is_named_in_version_1(tiny_stream):
+    obj = _as_version(tiny_stream.stream, 1).to_obj()
     del obj["z_shape"]
 
     with pytest.raises(NotABitstream, match="z_shape"):
+        bs.loads(msgpack.packb(obj, use_bin_type=True))
+
+
+@pytest.mark.parametrize("count", [2, 12, 14])
+def test_a_version_2_array_of_another_length_is_not_a_bitstream(tiny_stream, count):
+    obj = tiny_stream.stream.to_obj()
+    obj = (obj + [0])[:count]
+
+    with pytest.raises(NotABitstream, match=f"13 fields, this one {count}"):
         bs.loads(msgpack.packb(obj, use_bin_type=True))
 
 
@@ -203,12 +330,17 @@ def test_a_missing_field_is_named(tiny_stream):
         (b"", NotABitstream),
         (b"\x00", NotABitstream),  # the msgpack integer 0
         (msgpack.packb([1, 2, 3]), NotABitstream),
+        (msgpack.packb([]), NotABitstream),
+        (msgpack.packb([b"LWIC"]), NotABitstream),  # no version
+        (msgpack.packb({}), NotABitstream),
         (msgpack.packb("LWIC"), NotABitstream),
         (b"not msgpack", NotABitstream),  # an integer (b"n") followed by trailing bytes
         (b"\xc1", CorruptBitstream),  # a byte msgpack never uses
+        (b"\x9d", CorruptBitstream),  # an array header and nothing else
         (b"\x8a", CorruptBitstream),  # a map header and nothing else
     ],
-    ids=["empty", "integer", "array", "string", "text", "reserved-byte", "map-header"],
+    ids=["empty", "integer", "array", "empty-array", "magic-only", "empty-map", "string", "text",
+         "reserved-byte", "array-header", "map-header"],
 )
 def test_things_that_are_not_streams(data, error):
     assert _error_of(bs.loads, data) is error
@@ -219,6 +351,18 @@ def test_oversized_input_is_refused_before_parsing():
         bs.loads(b"\x00" * 101, max_bytes=100)
 
 
-def test_parse_accepts_the_unpacked_map_a_wire_frame_carries(tiny_codec, tiny_stream):
-    assert tiny_codec.parse(tiny_stream.stream.to_dict()) == tiny_stream.stream
-    assert tiny_codec.decode(tiny_stream.stream.to_dict()).shape == (71, 97, 3)
+def test_the_writer_refuses_what_version_2_cannot_hold(tiny_stream):
+    with pytest.raises(ValueError, match="float32"):
+        dataclasses.replace(tiny_stream.stream, quality=0.7).to_bytes()
+    with pytest.raises(ValueError, match="hex digits"):
+        dataclasses.replace(tiny_stream.stream, weights="xyz").to_bytes()
+    with pytest.raises(ValueError, match="version 3"):
+        dataclasses.replace(tiny_stream.stream, version=3).to_bytes()
+
+
+def test_parse_accepts_the_unpacked_object_and_the_bitstream(tiny_codec, tiny_stream, version):
+    stream = _as_version(tiny_stream.stream, version)
+
+    assert tiny_codec.parse(stream.to_obj()) == stream
+    assert tiny_codec.parse(stream) == stream
+    assert tiny_codec.decode(stream.to_obj()).shape == (71, 97, 3)

@@ -17,7 +17,9 @@ from shared.errors import CheckpointError, CheckpointHashMismatch, CheckpointNot
 @pytest.fixture
 def tiny_file(tiny_models_dir, tmp_path) -> Path:
     """A private copy of the tiny model file, free to damage."""
-    (original,) = tiny_models_dir.glob("lw-tiny-*.pt")
+    from shared.checkpoint import find_model
+
+    original = find_model("lw-tiny", tiny_models_dir)
     return Path(shutil.copy(original, tmp_path / original.name))
 
 

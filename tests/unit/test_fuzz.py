@@ -8,6 +8,7 @@ reproducing input and ``@reproduce_failure`` line instead.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import msgpack
@@ -25,8 +26,9 @@ from shared.images import LoadedImage, load_image
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 SECRET = b"fuzz-secret"
-STREAM_KEYS = ["magic", "version", "model", "weights", "size", "quality", "y_shape", "z_shape",
-               "strings", "crc32"]
+# Version 1 streams are a map with these keys; version 2 streams an array of bs.FIELDS_V2.
+STREAM_KEYS_V1 = ["magic", "version", "model", "weights", "size", "quality", "y_shape", "z_shape",
+                  "strings", "crc32"]
 FUZZ_MAX_SIDE = 256  # a mutated header may declare a large image; keep decodes quick
 
 # Any value msgpack can carry: what a hostile or broken peer can put in any field.
@@ -98,6 +100,31 @@ def _check_frames(frames: list) -> None:
     assert all(isinstance(f.stream, bs.Bitstream) for f in frames)
 
 
+@pytest.fixture(scope="module")
+def containers(tiny_stream) -> dict[int, bytes]:
+    """The tiny stream in each container version this build reads (same strings)."""
+    return {v: dataclasses.replace(tiny_stream.stream, version=v).to_bytes() for v in (1, 2)}
+
+
+def _replace_field(obj: list | dict, field, value, delete: bool) -> list | dict:
+    """A copy of a stream's object with one field (v2: a position; v1: a key) replaced or deleted."""
+    obj = obj.copy()
+    if delete:
+        del obj[field]
+    else:
+        obj[field] = value
+    return obj
+
+
+@st.composite
+def stream_fields(draw, stream: bs.Bitstream) -> list | dict:
+    """The stream's object in either version, with one field replaced or deleted."""
+    version = draw(st.sampled_from([1, 2]))
+    obj = dataclasses.replace(stream, version=version).to_obj()
+    field = draw(st.integers(0, len(bs.FIELDS_V2) - 1) if version == 2 else st.sampled_from(STREAM_KEYS_V1))
+    return _replace_field(obj, field, draw(msgpack_values), draw(st.booleans()))
+
+
 # ---- bitstream -----------------------------------------------------------------------------
 
 @FUZZ
@@ -111,8 +138,8 @@ def test_loads_on_arbitrary_bytes(data):
 
 @FUZZ
 @given(data=st.data())
-def test_loads_on_mutated_streams(tiny_stream, data):
-    stream_bytes = data.draw(mutations(tiny_stream.data))
+def test_loads_on_mutated_streams(containers, data):
+    stream_bytes = data.draw(mutations(containers[data.draw(st.sampled_from([1, 2]))]))
     try:
         assert isinstance(bs.loads(stream_bytes), bs.Bitstream)
     except BitstreamError:
@@ -120,13 +147,9 @@ def test_loads_on_mutated_streams(tiny_stream, data):
 
 
 @FUZZ
-@given(key=st.sampled_from(STREAM_KEYS), value=msgpack_values, delete=st.booleans())
-def test_loads_on_streams_with_one_field_replaced(tiny_stream, key, value, delete):
-    obj = tiny_stream.stream.to_dict()
-    if delete:
-        del obj[key]
-    else:
-        obj[key] = value
+@given(data=st.data())
+def test_loads_on_streams_with_one_field_replaced(tiny_stream, data):
+    obj = data.draw(stream_fields(tiny_stream.stream))
     try:
         assert isinstance(bs.loads(msgpack.packb(obj, use_bin_type=True)), bs.Bitstream)
     except BitstreamError:
@@ -136,8 +159,8 @@ def test_loads_on_streams_with_one_field_replaced(tiny_stream, key, value, delet
 @FUZZ
 @given(data=st.data())
 def test_decode_on_mutated_streams_gives_pixels_of_the_declared_size_or_a_bitstream_error(
-        tiny_codec, tiny_stream, data):
-    stream_bytes = data.draw(mutations(tiny_stream.data))
+        tiny_codec, containers, data):
+    stream_bytes = data.draw(mutations(containers[data.draw(st.sampled_from([1, 2]))]))
     try:
         rgb_hat = tiny_codec.decode(stream_bytes)
     except BitstreamError:
@@ -188,8 +211,8 @@ def test_unpack_frames_on_arbitrary_bytes(data):
 
 @FUZZ
 @given(data=st.data())
-def test_unpack_frames_on_mutated_bodies(tiny_stream, data):
-    body = wire.pack_stream_frame("0" * 32, 1.5, tiny_stream.data, SECRET)
+def test_unpack_frames_on_mutated_bodies(containers, data):
+    body = wire.pack_stream_frame("0" * 32, 1.5, containers[data.draw(st.sampled_from([1, 2]))], SECRET)
     try:
         _check_frames(wire.unpack_frames(data.draw(mutations(body)), SECRET))
     except LatentwireError:
@@ -198,23 +221,31 @@ def test_unpack_frames_on_mutated_bodies(tiny_stream, data):
 
 @FUZZ
 @given(data=st.data())
-def test_unpack_frames_on_correctly_signed_garbage(tiny_stream, data):
+def test_unpack_frames_on_correctly_signed_garbage(tiny_stream, containers, data):
     # The signature only proves who sent a body, not that it is well formed: a sender with a
-    # bug (or a stolen secret) must still get a LatentwireError, not a crash.
-    valid = {"id": "0" * 32, "sent_at": 1.5, "stream": tiny_stream.stream.to_dict()}
+    # bug (or a stolen secret) must still get a LatentwireError, not a crash. Wire version 2
+    # frames carry the container's bytes, version 1 frames (old senders) the version 1 map.
+    wire_version = data.draw(st.sampled_from([1, 2]))
+    v1 = dataclasses.replace(tiny_stream.stream, version=1).to_obj()
+    valid = {"id": "0" * 32, "sent_at": 1.5, "stream": containers[2] if wire_version == 2 else v1}
+    damaged_stream = (
+        mutations(containers[2]) | stream_fields(tiny_stream.stream).map(
+            lambda obj: msgpack.packb(obj, use_bin_type=True))
+        if wire_version == 2 else
+        st.tuples(st.sampled_from(STREAM_KEYS_V1), msgpack_values, st.booleans()).map(
+            lambda kvd: _replace_field(v1, *kvd))
+    )
     frame_like = st.one_of(
         msgpack_values,
         st.tuples(st.sampled_from(["id", "sent_at", "stream"]), msgpack_values).map(
             lambda kv: valid | {kv[0]: kv[1]}),
-        st.tuples(st.sampled_from(STREAM_KEYS), msgpack_values).map(
-            lambda kv: valid | {"stream": valid["stream"] | {kv[0]: kv[1]}}),
+        damaged_stream.map(lambda stream: valid | {"stream": stream}),
     )
     frames = data.draw(st.lists(frame_like, max_size=3))
-    body = msgpack.packb({"wire": 1, "frames": frames}, use_bin_type=True)
-    signed = msgpack.packb({"wire": 1, "frames": frames, "sig": wire.sign(body, SECRET)},
+    body = msgpack.packb({"wire": wire_version, "frames": frames}, use_bin_type=True)
+    signed = msgpack.packb({"wire": wire_version, "frames": frames, "sig": wire.sign(body, SECRET)},
                            use_bin_type=True)
     try:
         _check_frames(wire.unpack_frames(signed, SECRET))
     except LatentwireError:
         pass
-

@@ -1,18 +1,26 @@
-"""Golden stream: pins the .lw format and the coder end to end.
+"""Golden streams: pin both .lw layouts and the coder end to end.
 
-tests/data/golden.lw is the tiny model (tests/conftest.py, seed 0) coding tests/data/crop_97x71.png
-at quality 0.5; tests/data/golden.png is what it decodes to. Any change to the container, the
-entropy coder, the rate path or the synthesis shows up here as changed bytes or pixels.
+tests/data/golden-v2.lw is the tiny model (tests/conftest.py, seed 0) coding
+tests/data/crop_97x71.png at quality 0.7 in the current container (format version 2; 0.7 is not
+a float32, so the file also pins that the encoder codes with the float32 it stores);
+tests/data/golden-v2.png is what it decodes to. tests/data/golden.lw is the same crop at quality
+0.5 in format version 1, as the encoder wrote it before version 2, with tests/data/golden.png:
+it must keep decoding to those pixels. Any change to a container, the entropy coder, the rate
+path or the synthesis shows up here as changed bytes or pixels.
 
-If such a change is intended, regenerate both files and commit them:
+If such a change is intended, regenerate the four files and commit them:
 
     LATENTWIRE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_golden.py
 
-Regenerating writes the files and then fails, so it can never happen silently.
+The version 1 file is rewritten by the version 1 writer that ``Bitstream.to_bytes`` keeps for
+parsed version 1 streams (byte-identical to the old encoder's output: see
+``test_the_version_1_writer_reproduces_golden_lw``). Regenerating writes the files and then
+fails, so it can never happen silently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -23,45 +31,76 @@ from shared import bitstream as bs
 from shared.images import encode_png, load_image
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-GOLDEN_LW = DATA / "golden.lw"
-GOLDEN_PNG = DATA / "golden.png"
-QUALITY = 0.5
-REGEN_HINT = "regenerate with LATENTWIRE_REGEN_GOLDEN=1 (see tests/unit/test_golden.py) and commit both files"
+# version -> (stream file, decoded pixels, quality asked of the encoder)
+GOLDEN = {
+    1: (DATA / "golden.lw", DATA / "golden.png", 0.5),
+    2: (DATA / "golden-v2.lw", DATA / "golden-v2.png", 0.7),
+}
+REGEN_HINT = "regenerate with LATENTWIRE_REGEN_GOLDEN=1 (see tests/unit/test_golden.py) and commit the files"
+
+
+def _encode_as(tiny_codec, sample_rgb, version: int) -> bytes:
+    stream = tiny_codec.encode(sample_rgb, quality=GOLDEN[version][2]).stream
+    return dataclasses.replace(stream, version=version).to_bytes()
 
 
 @pytest.fixture(scope="module")
-def golden(tiny_codec, sample_rgb) -> tuple[bytes, np.ndarray]:
-    """(golden.lw bytes, golden.png pixels); writes them first when regeneration is asked for."""
+def golden(tiny_codec, sample_rgb) -> dict[int, tuple[bytes, np.ndarray]]:
+    """version -> (.lw bytes, decoded pixels); writes the files first when regeneration is asked for."""
     if os.environ.get("LATENTWIRE_REGEN_GOLDEN") == "1":
-        data = tiny_codec.encode(sample_rgb, quality=QUALITY).data
-        GOLDEN_LW.write_bytes(data)
-        GOLDEN_PNG.write_bytes(encode_png(tiny_codec.decode(data)))
-        pytest.fail(f"wrote {GOLDEN_LW} ({len(data)} bytes) and {GOLDEN_PNG}: review and commit them, "
+        written = []
+        for version, (lw, png, _) in GOLDEN.items():
+            data = _encode_as(tiny_codec, sample_rgb, version)
+            lw.write_bytes(data)
+            png.write_bytes(encode_png(tiny_codec.decode(data)))
+            written += [f"{lw.name} ({len(data)} bytes)", png.name]
+        pytest.fail(f"wrote {', '.join(written)} in {DATA}: review and commit them, "
                     "then run the tests again without LATENTWIRE_REGEN_GOLDEN")
-    if not (GOLDEN_LW.is_file() and GOLDEN_PNG.is_file()):
-        pytest.fail(f"{GOLDEN_LW.name} or {GOLDEN_PNG.name} is missing: {REGEN_HINT}")
-    return GOLDEN_LW.read_bytes(), load_image(GOLDEN_PNG).rgb
+    missing = [p.name for lw, png, _ in GOLDEN.values() for p in (lw, png) if not p.is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: {REGEN_HINT}")
+    return {v: (lw.read_bytes(), load_image(png).rgb) for v, (lw, png, _) in GOLDEN.items()}
 
 
-def test_golden_stream_was_made_by_the_tiny_model(golden, tiny_codec):
-    stream = bs.loads(golden[0])
+@pytest.mark.parametrize("version", [1, 2])
+def test_golden_stream_was_made_by_the_tiny_model(golden, tiny_codec, version):
+    stream = bs.loads(golden[version][0])
 
     assert (stream.model, stream.weights) == (tiny_codec.name, tiny_codec.weights), (
         "the tiny test model's weights changed (torch's RNG or the network): " + REGEN_HINT
     )
-    assert (stream.height, stream.width, stream.quality) == (71, 97, QUALITY)
+    assert stream.version == version
+    assert (stream.height, stream.width) == (71, 97)
+    assert stream.quality == bs.coded_quality(GOLDEN[version][2])
 
 
-def test_encoding_reproduces_golden_lw_byte_for_byte(golden, tiny_codec, sample_rgb):
-    data = tiny_codec.encode(sample_rgb, quality=QUALITY).data
+def test_encoding_reproduces_golden_v2_byte_for_byte(golden, tiny_codec, sample_rgb):
+    data = tiny_codec.encode(sample_rgb, quality=GOLDEN[2][2]).data
 
-    assert len(data) == len(golden[0])
-    assert data == golden[0], f"the encoder's output changed: if intended, {REGEN_HINT}"
+    assert len(data) == len(golden[2][0])
+    assert data == golden[2][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
 
 
-def test_decoding_golden_lw_reproduces_golden_png(golden, tiny_codec):
-    rgb_hat = tiny_codec.decode(golden[0])
+@pytest.mark.parametrize("version", [1, 2])
+def test_decoding_golden_reproduces_its_png(golden, tiny_codec, version):
+    data, pixels = golden[version]
 
-    assert rgb_hat.shape == golden[1].shape == (71, 97, 3)
-    mismatched = int(np.count_nonzero(rgb_hat != golden[1]))
+    rgb_hat = tiny_codec.decode(data)
+
+    assert rgb_hat.shape == pixels.shape == (71, 97, 3)
+    mismatched = int(np.count_nonzero(rgb_hat != pixels))
     assert mismatched == 0, f"{mismatched} decoded values changed: if intended, {REGEN_HINT}"
+
+
+def test_golden_v1_survives_loads_and_to_bytes_byte_for_byte(golden):
+    # What a sender does when it forwards a version 1 stream from an old outbox.
+    assert bs.loads(golden[1][0]).to_bytes() == golden[1][0]
+
+
+def test_the_version_1_writer_reproduces_golden_lw(golden, tiny_codec, sample_rgb):
+    # Quality 0.5 is a float32, so the version 2 encoder codes exactly what the version 1 one
+    # did; only the container differs.
+    v1 = bs.loads(golden[1][0])
+
+    assert tiny_codec.encode(sample_rgb, quality=0.5).stream.strings == v1.strings
+    assert _encode_as(tiny_codec, sample_rgb, 1) == golden[1][0]

@@ -3,6 +3,8 @@ before any tensor is made."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 
@@ -67,8 +69,40 @@ def test_a_stream_frame_carries_the_lw_container_byte_for_byte(tiny_stream):
 
 def test_pack_frames_matches_the_documented_layout(tiny_stream):
     frame = _frame(tiny_stream.stream)
+    documented = {"id": frame.id, "sent_at": SENT_AT, "stream": tiny_stream.data}
 
-    assert pack_frames([frame], SECRET) == _signed([frame.to_dict()])
+    assert frame.to_dict() == documented
+    assert pack_frames([frame], SECRET) == _signed([documented])
+
+
+def test_the_frame_adds_little_to_the_container(tiny_stream):
+    body = pack_frames([_frame(tiny_stream.stream)], SECRET)
+
+    assert tiny_stream.data in body  # the .lw bytes, verbatim
+    # map + "wire" 2 + "frames" + [frame map, "id" + 32 hex, "sent_at" + float64, "stream" + bin8
+    # header] + "sig" + 32 bytes
+    assert len(body) - len(tiny_stream.data) == 1 + 6 + 7 + 1 + 1 + 3 + 34 + 8 + 9 + 7 + 2 + 4 + 34
+
+
+def test_a_version_1_stream_travels_byte_for_byte(tiny_stream):
+    # A stream encoded before format version 2 (still in an old sender's outbox).
+    v1_data = dataclasses.replace(tiny_stream.stream, version=1).to_bytes()
+
+    (frame,) = unpack_frames(pack_stream_frame("cd" * 16, SENT_AT, v1_data, SECRET), SECRET)
+
+    assert frame.stream.version == 1
+    assert frame.stream.to_bytes() == v1_data
+
+
+def test_a_wire_version_1_body_from_an_old_sender_is_accepted(tiny_codec, tiny_stream):
+    # Old senders put the version 1 bitstream's map itself in the frame, under "wire": 1.
+    v1 = dataclasses.replace(tiny_stream.stream, version=1)
+    old_frame = {"id": "ef" * 16, "sent_at": SENT_AT, "stream": v1.to_obj()}
+
+    (frame,) = unpack_frames(_signed([old_frame], wire_version=1), SECRET)
+
+    assert frame == Frame(id="ef" * 16, sent_at=SENT_AT, stream=v1)
+    assert (tiny_codec.decode(frame.stream) == tiny_codec.decode(tiny_stream.data)).all()
 
 
 def test_a_replayed_body_still_parses(tiny_stream):
@@ -97,7 +131,7 @@ def test_a_changed_frame_under_the_old_signature_is_a_bad_signature(tiny_stream)
 
 @pytest.mark.parametrize("sig", [b"", b"\x00" * 31, "not bytes", None])
 def test_a_missing_or_malformed_signature_is_a_bad_signature(tiny_stream, sig):
-    obj = {"wire": 1, "frames": [_frame(tiny_stream.stream).to_dict()], "sig": sig}
+    obj = {"wire": wire.WIRE_VERSION, "frames": [_frame(tiny_stream.stream).to_dict()], "sig": sig}
 
     with pytest.raises(BadSignature):
         unpack_frames(msgpack.packb(obj, use_bin_type=True), SECRET)
@@ -130,9 +164,10 @@ def test_an_empty_body_is_refused():
         unpack_frames(b"", SECRET)
 
 
-def test_another_wire_version_is_unsupported(tiny_stream):
-    with pytest.raises(UnsupportedVersion, match="wire version 2"):
-        unpack_frames(_signed([_frame(tiny_stream.stream).to_dict()], wire_version=2), SECRET)
+@pytest.mark.parametrize("version", [0, 3, 1.0, True, "2"])
+def test_another_wire_version_is_unsupported(tiny_stream, version):
+    with pytest.raises(UnsupportedVersion, match=f"wire version {version!r}; this receiver speaks versions 1, 2"):
+        unpack_frames(_signed([_frame(tiny_stream.stream).to_dict()], wire_version=version), SECRET)
 
 
 @pytest.mark.parametrize(
@@ -156,18 +191,44 @@ def test_a_frame_with_extra_keys_is_refused(tiny_stream):
 
 def test_a_signed_frame_with_a_damaged_stream_is_corrupt(tiny_stream):
     frame = _frame(tiny_stream.stream).to_dict()
-    frame["stream"]["crc32"][0] ^= 1
+    i = frame["stream"].index(tiny_stream.stream.strings[1])  # the z string
+    frame["stream"] = frame["stream"][:i] + bytes([frame["stream"][i] ^ 1]) + frame["stream"][i + 1 :]
 
-    with pytest.raises(CorruptBitstream):
+    with pytest.raises(CorruptBitstream, match="CRC mismatch in the z string"):
         unpack_frames(_signed([frame]), SECRET)
 
 
-def test_a_signed_frame_whose_stream_is_not_a_map(tiny_stream):
+def test_a_signed_wire_version_1_frame_with_a_damaged_stream_is_corrupt(tiny_stream):
+    stream = dataclasses.replace(tiny_stream.stream, version=1).to_obj()
+    stream["crc32"][0] ^= 1
+    frame = {"id": "0" * 32, "sent_at": SENT_AT, "stream": stream}
+
+    with pytest.raises(CorruptBitstream, match="CRC mismatch in the y string"):
+        unpack_frames(_signed([frame], wire_version=1), SECRET)
+
+
+@pytest.mark.parametrize("form", ["map", "array"])
+def test_a_signed_frame_whose_stream_is_not_the_containers_bytes(tiny_stream, form):
     frame = _frame(tiny_stream.stream).to_dict()
-    frame["stream"] = tiny_stream.data  # the container's bytes, not the map
+    stream = tiny_stream.stream if form == "array" else dataclasses.replace(tiny_stream.stream, version=1)
+    frame["stream"] = stream.to_obj()  # the unpacked object, as wire version 1 sent it
 
-    with pytest.raises(NotABitstream):
+    with pytest.raises(NotABitstream, match="container's bytes"):
         unpack_frames(_signed([frame]), SECRET)
+
+
+def test_a_signed_wire_version_1_frame_whose_stream_is_bytes(tiny_stream):
+    frame = _frame(tiny_stream.stream).to_dict()  # stream: the container's bytes
+
+    with pytest.raises(NotABitstream, match="wire version 1 frame's stream must be a bitstream map"):
+        unpack_frames(_signed([frame], wire_version=1), SECRET)
+
+
+def test_a_signed_frame_with_a_crc_valid_empty_string_is_corrupt(tiny_stream):
+    empty_y = dataclasses.replace(tiny_stream.stream, strings=(b"", tiny_stream.stream.strings[1]))
+
+    with pytest.raises(CorruptBitstream, match="the y string has 0 bytes"):
+        unpack_frames(pack_frames([_frame(empty_y)], SECRET), SECRET)
 
 
 def test_an_empty_secret_cannot_sign(tiny_stream):
