@@ -23,11 +23,13 @@
     ├── CheckpointError                  500 a model file that cannot be served
     │   ├── CheckpointNotFound           500 no such file / no model of that name
     │   └── CheckpointHashMismatch       500 weights do not hash to what the file claims
-    └── StoreError                       503 the receiver cannot persist right now
-        └── StoreFull                    507 the store's disk is full
+    └── StoreError                       503 the receiver cannot persist right now (Retry-After: 5)
+        └── StoreFull                    507 the store's disk is full (Retry-After: 60)
 
 Each service adds its own leaves (``sender/errors.py``, ``receiver/errors.py``); one exception
-handler per service maps ``status``. Messages say what to do next. Foreign exceptions (Pillow, msgpack, torch.load, sqlite, httpx) are
+handler per service maps ``status``, and ``retry_after_s``, where an error has one, to a
+``Retry-After`` header (a sender keeps the frame and waits that long before sending again).
+Messages say what to do next. Foreign exceptions (Pillow, msgpack, torch.load, sqlite, httpx) are
 translated where they cross into our code, with ``raise ... from exc``.
 """
 
@@ -138,7 +140,11 @@ class CheckpointHashMismatch(CheckpointError):
 
 class StoreError(LatentwireError):
     status = 503
+    # A read-only or locked store needs an operator or a passing lock: a waiting sender asks again
+    # every 5 s, one request each time, rather than every backoff step.
+    retry_after_s = 5
 
 
 class StoreFull(StoreError):
     status = 507
+    retry_after_s = 60  # freeing disk space takes a person; the sender keeps the frames meanwhile

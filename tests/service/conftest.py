@@ -5,12 +5,15 @@ codec and wire format (``tiny_codec.encode`` + ``shared.wire.pack_frames``)."""
 from __future__ import annotations
 
 import os
+import struct
 import time
 import uuid
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
@@ -124,3 +127,41 @@ def wait_status(client: TestClient, image_id: str, status: str, timeout_s: float
         if time.monotonic() > deadline:
             raise AssertionError(f"{image_id} still {body['status']} after {timeout_s} s: {body}")
         time.sleep(0.02)
+
+
+def forward_to(receiver: TestClient) -> httpx.MockTransport:
+    """A transport for the sender's receiver client that hands each request to a receiver app in
+    process (its own ``TestClient``, so its lifespan runs); status, body, Content-Type and
+    Retry-After come back as the real receiver sent them."""
+
+    def forward(request: httpx.Request) -> httpx.Response:
+        r = receiver.post(request.url.path, content=request.content,
+                          headers={"Content-Type": request.headers["content-type"]})
+        keep = {k: v for k, v in r.headers.items() if k in ("content-type", "retry-after")}
+        return httpx.Response(r.status_code, headers=keep, content=r.content)
+
+    return httpx.MockTransport(forward)
+
+
+def png_bomb(width: int = 40_000, height: int = 40_000, rows: int = 64) -> bytes:
+    """A decompression bomb by its header: a PNG declaring ``width`` x ``height`` 8-bit RGB pixels
+    (4.8 GB decoded at 40 000 x 40 000) whose data holds only its first ``rows`` rows of zeros, a
+    few KB on disk. A loader that decoded before checking the declared size would allocate it all."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, no interlace
+    idat = zlib.compress(bytes(rows * (1 + 3 * width)), 9)  # filter byte 0 + a zero row, per row
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def storing_receiver() -> httpx.MockTransport:
+    """A stand-in receiver for sender tests: checks the signature, answers "stored" for each frame."""
+    from shared.wire import unpack_frames
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        frames = unpack_frames(request.content, SENDER_SECRET.encode())
+        return httpx.Response(200, json={"results": [{"id": f.id, "status": "stored"} for f in frames]})
+
+    return httpx.MockTransport(answer)

@@ -27,6 +27,7 @@ def test_unwritable_store_is_503_then_recovers(receiver_client, receiver_frames,
     r = receiver_post(receiver_client, body)
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "StoreError"
+    assert r.headers["retry-after"] == "5"  # StoreError.retry_after_s: the sender waits, then resends
     assert str(receiver_settings.store_dir) not in r.text  # no paths in answers
     ready = receiver_client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["status"] == "unavailable" and ready.json()["reasons"]
@@ -52,6 +53,7 @@ def test_disk_full_is_507_and_leaves_no_tmp_file(receiver_client, receiver_frame
     r = receiver_post(receiver_client, body)
     assert r.status_code == 507, r.text
     assert r.json()["error"] == "StoreFull"
+    assert r.headers["retry-after"] == "60"  # StoreFull.retry_after_s: freeing disk takes a person
     assert _files(receiver_settings) == []
     assert receiver_client.get("/v1/images").json()["items"] == []
     assert 'latentwire_receiver_errors_total{code="StoreFull"} 1.0' in receiver_client.get("/metrics").text
@@ -85,6 +87,7 @@ def test_failed_index_insert_removes_the_png(receiver_client, receiver_frames, r
     body, _ = receiver_frames.body()
     r = receiver_post(receiver_client, body)
     assert r.status_code == status and r.json()["error"] == error, r.text
+    assert r.headers["retry-after"] == {507: "60", 503: "5"}[status]
     assert _files(receiver_settings) == []
     monkeypatch.setattr(Store, "_connection", real_connection)
     assert receiver_client.get("/v1/images").json()["items"] == []

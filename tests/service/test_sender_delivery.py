@@ -20,6 +20,7 @@ from sender.errors import OutboxError
 from shared.wire import Frame, unpack_frames
 from tests.conftest import TINY_MODEL
 from tests.service.conftest import SENDER_SECRET as SECRET
+from tests.service.conftest import forward_to
 from tests.service.conftest import sender_settings as make_settings
 from tests.service.conftest import wait_status
 
@@ -184,7 +185,7 @@ def test_second_sender_on_the_same_data_dir_is_refused(tmp_path, tiny_models_dir
 
 def test_the_real_receiver_app_stores_what_the_sender_sends(tmp_path, tiny_models_dir, monkeypatch):
     """Contract check against receiver.app in process (its own TestClient, so its lifespan runs);
-    the sender's transport forwards each POST to it."""
+    the sender's transport forwards each POST to it (``forward_to``)."""
     receiver_app = pytest.importorskip("receiver.app")
     from receiver.settings import Settings as ReceiverSettings
 
@@ -193,13 +194,7 @@ def test_the_real_receiver_app_stores_what_the_sender_sends(tmp_path, tiny_model
     settings = ReceiverSettings(secret=SECRET, store_dir=tmp_path / "store", model=TINY_MODEL,
                                 models_dir=tiny_models_dir, device="cpu")
     with TestClient(receiver_app.create_app(settings)) as rc:
-        def forward(request: httpx.Request) -> httpx.Response:
-            r = rc.post(request.url.path, content=request.content,
-                        headers={"Content-Type": request.headers["content-type"]})
-            keep = {k: v for k, v in r.headers.items() if k in ("content-type", "retry-after")}
-            return httpx.Response(r.status_code, headers=keep, content=r.content)
-
-        with app_with(tmp_path / "sender", tiny_models_dir, httpx.MockTransport(forward)) as client:
+        with app_with(tmp_path / "sender", tiny_models_dir, forward_to(rc)) as client:
             ids = upload(client, png(48, 40, seed=20), png(33, 20, seed=21))
             done = [wait_status(client, image_id, "delivered") for image_id in ids]
         assert [d["receiver_status"] for d in done] == ["stored", "stored"]
