@@ -1,9 +1,10 @@
-"""The receiver app: ``create_app(settings)``; the lifespan owns the codec, store, decoder and
+"""The receiver app: ``create_app(settings)``; the lifespan owns the codecs, store, decoder and
 live-event hub. Endpoints are in ``receiver.routes``; this file also holds the one place where
 errors become HTTP answers:
 
     LatentwireError (shared.errors, receiver.errors)  -> exc.status, {"error": exc.code, "message": str(exc)}
-                                                          (+ Retry-After on DecoderBusy)
+                                                          (+ Retry-After from the error's retry_after_s:
+                                                          DecoderBusy 1 s, StoreError 5 s, StoreFull 60 s)
     request validation (bad query parameter)          -> 422, {"error": "InvalidRequest", ...}
     HTTP errors from routing (unknown path, method)   -> their status, {"error": "NotFound"|..., ...}
     anything else                                     -> 500, {"error": "InternalError", ...}, logged
@@ -25,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.codec import Codec
+from shared.codec import Codec, load_optional
 from shared.errors import LatentwireError
 from receiver.decoder import Decoder
 from receiver.events import EventHub
@@ -49,14 +50,23 @@ def create_app(settings: Settings) -> FastAPI:
                         settings.weak_secret() or "the secret is strong but demo mode is on")
         codec = await asyncio.to_thread(Codec.load, settings.model, settings.models_dir,
                                         settings.device, settings.max_side)
+        codecs = [codec]
+        denoiser = await asyncio.to_thread(load_optional, settings.denoise_model, settings.models_dir,
+                                           settings.device, settings.max_side)
+        if denoiser is not None:
+            codecs.append(denoiser)
+        elif settings.denoise_model:
+            log.warning("no model %r in %s: frames from a sender's mode=denoise will be refused (409)",
+                        settings.denoise_model, settings.models_dir)
         store = await asyncio.to_thread(Store(settings.store_dir).open)
         hub = EventHub(settings.sse_client_queue, on_count=metrics.sse_clients.set)
-        decoder = Decoder(codec, store, hub, metrics, settings.secret_bytes(),
+        decoder = Decoder(codecs, store, hub, metrics, settings.secret_bytes(),
                           max_frame_bytes=settings.max_frame_bytes, max_batch=settings.max_batch,
                           queue_size=settings.decode_queue_size)
-        app.state.codec, app.state.store, app.state.hub, app.state.decoder = codec, store, hub, decoder
-        log.info("receiver ready: model %s@%s on %s, store %s", codec.name, codec.weights, codec.device,
-                 settings.store_dir)
+        app.state.codec, app.state.codecs = codec, codecs
+        app.state.store, app.state.hub, app.state.decoder = store, hub, decoder
+        log.info("receiver ready: models %s on %s, store %s", ", ".join(f"{c.name}@{c.weights}" for c in codecs),
+                 codec.device, settings.store_dir)
         try:
             yield
         finally:

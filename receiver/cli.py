@@ -21,6 +21,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--store-dir", type=Path,
                    help="images/ and index.sqlite3 live here (LATENTWIRE_RECEIVER_STORE_DIR, default ./data/receiver)")
     p.add_argument("--model", help="model name in --models-dir or a .pt path (LATENTWIRE_RECEIVER_MODEL)")
+    p.add_argument("--denoise-model", help="also decode frames of this model "
+                   "(LATENTWIRE_RECEIVER_DENOISE_MODEL, default lw-vr-denoise; '' = off)")
     p.add_argument("--models-dir", type=Path, help="exported models (LATENTWIRE_RECEIVER_MODELS_DIR, default models/)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="where the synthesis transform runs (LATENTWIRE_RECEIVER_DEVICE, default auto)")
@@ -37,7 +39,7 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
     from receiver.settings import Settings
 
     overrides = {name: getattr(args, name) for name in
-                 ("host", "port", "store_dir", "model", "models_dir", "device", "insecure_demo")
+                 ("host", "port", "store_dir", "model", "denoise_model", "models_dir", "device", "insecure_demo")
                  if getattr(args, name) is not None}
     try:
         settings = Settings(**overrides)

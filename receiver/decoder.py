@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from starlette.concurrency import run_in_threadpool
 
 from shared.codec import Codec
-from shared.errors import LatentwireError
+from shared.errors import LatentwireError, ModelMismatch
 from shared.images import encode_png
 from shared.wire import Frame, unpack_frames
 from receiver.errors import DecoderBusy
@@ -35,9 +35,10 @@ log = logging.getLogger("latentwire.receiver")
 
 
 class Decoder:
-    def __init__(self, codec: Codec, store: Store, hub: EventHub, metrics: Metrics, secret: bytes, *,
+    def __init__(self, codecs: list[Codec], store: Store, hub: EventHub, metrics: Metrics, secret: bytes, *,
                  max_frame_bytes: int, max_batch: int, queue_size: int) -> None:
-        self.codec, self.store, self.hub, self.metrics = codec, store, hub, metrics
+        self.codecs = {c.name: c for c in codecs}  # each frame names its model (standard or denoise)
+        self.store, self.hub, self.metrics = store, hub, metrics
         self._secret = secret
         self._max_frame_bytes = max_frame_bytes
         self._max_batch = max_batch
@@ -67,8 +68,18 @@ class Decoder:
         """Signature, structure, model and sizes of every frame; no pixels (blocking, CPU only)."""
         frames = unpack_frames(body, self._secret, self._max_frame_bytes, self._max_batch)
         for frame in frames:
-            self.codec.parse(frame.stream.to_dict())
+            self.codec_for(frame.stream).parse(frame.stream)
         return frames
+
+    def codec_for(self, stream) -> Codec:
+        """The loaded codec the stream names; ModelMismatch (409) naming both sides otherwise."""
+        codec = self.codecs.get(stream.model)
+        if codec is None:
+            served = ", ".join(f"{c.name}@{c.weights}" for c in self.codecs.values())
+            raise ModelMismatch(f"frame made by model {stream.model}@{stream.weights}, this receiver serves "
+                                f"{served}: install that model in the receiver's models folder, or send with "
+                                "a model it serves")
+        return codec
 
     async def receive(self, body: bytes) -> list[dict]:
         """Validate a request body, then decode and store its frames: [{"id", "status"}, ...]."""
@@ -102,7 +113,7 @@ class Decoder:
             return "duplicate"
         stream = frame.stream
         t0 = time.perf_counter()
-        rgb = self.codec.decode(stream)  # (H, W, 3) uint8
+        rgb = self.codec_for(stream).decode(stream)  # (H, W, 3) uint8
         decode_s = time.perf_counter() - t0
         png = encode_png(rgb)
         stream_bytes = len(stream.to_bytes())

@@ -133,8 +133,10 @@ async def events(hub: HubDep, settings: SettingsDep) -> StreamingResponse:
 
 
 @router.get("/v1/models")
-async def models(codec: CodecDep, settings: SettingsDep) -> dict:
-    return {**codec.info(), "insecure_demo": settings.insecure_demo, "wire_version": WIRE_VERSION,
+async def models(request: Request, codec: CodecDep, settings: SettingsDep) -> dict:
+    """The main model's fields at the top level, every model it decodes (main + denoise) in ``models``."""
+    return {**codec.info(), "models": [c.info() for c in request.app.state.codecs],
+            "insecure_demo": settings.insecure_demo, "wire_version": WIRE_VERSION,
             "max_frame_bytes": settings.max_frame_bytes, "max_batch": settings.max_batch}
 
 
@@ -143,7 +145,7 @@ async def gallery(request: Request, store: StoreDep, codec: CodecDep, settings: 
     items, next_cursor = await run_in_threadpool(store.page, 50, None)
     return request.app.state.templates.TemplateResponse(request, "gallery.html", {
         "items": [as_json(row) for row in items], "next": next_cursor,
-        "model": f"{codec.name}@{codec.weights}", "device": str(codec.device),
+        "model": ", ".join(f"{c.name}@{c.weights}" for c in request.app.state.codecs), "device": str(codec.device),
         "insecure_demo": settings.insecure_demo}, headers={"Content-Security-Policy": _GALLERY_CSP})
 
 
@@ -160,7 +162,7 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     reasons = []
     if codec is None:
         reasons.append("the model is not loaded")
-    elif not tables_ready(codec):
+    elif not all(tables_ready(c) for c in getattr(state, "codecs", [codec])):
         reasons.append("the model's entropy-coder tables are missing: re-export it with `latentwire export`")
     if store is None:
         reasons.append("the store is not open")

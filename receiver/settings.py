@@ -7,6 +7,9 @@
     LATENTWIRE_RECEIVER_PORT                 8001                    bind port
     LATENTWIRE_RECEIVER_STORE_DIR            ./data/receiver         images/<id>.png + index.sqlite3
     LATENTWIRE_RECEIVER_MODEL                lw-vr-hyperprior        model name in MODELS_DIR, or a .pt path
+    LATENTWIRE_RECEIVER_DENOISE_MODEL        lw-vr-denoise           second model it decodes (the sender's
+                                                                     mode=denoise); "" = off; a missing
+                                                                     file turns it off with a log line
     LATENTWIRE_RECEIVER_MODELS_DIR           <repo>/models           where exported models live
     LATENTWIRE_RECEIVER_DEVICE               auto                    auto | cpu | cuda[:N]
     LATENTWIRE_RECEIVER_MAX_SIDE             4096                    largest width/height decoded
@@ -32,7 +35,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.checkpoint import DEFAULT_MODELS_DIR
-from shared.codec import DEFAULT_MODEL
+from shared.codec import DEFAULT_DENOISE_MODEL, DEFAULT_MODEL
 from shared.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, check_secret, secret_problem, signing_key
 
 
@@ -45,6 +48,7 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8001
     store_dir: Path = Path("data/receiver")
     model: str = DEFAULT_MODEL
+    denoise_model: str = DEFAULT_DENOISE_MODEL
     models_dir: Path = DEFAULT_MODELS_DIR
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     max_side: Annotated[int, Field(ge=64, le=16384)] = 4096

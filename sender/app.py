@@ -3,12 +3,13 @@
     uvicorn --factory sender.app:create_app          (settings from the environment)
     latentwire sender --receiver-url http://127.0.0.1:8001
 
-The lifespan loads the codec, opens the outbox, starts the encoder thread and the delivery task,
-and opens the app's one ``httpx.AsyncClient`` (to the receiver). Tests pass ``transport=`` (an
-``httpx.MockTransport`` or ``httpx.ASGITransport`` around a receiver app) to talk to a receiver
-in process. Errors: one handler maps every ``LatentwireError`` to its ``.status`` with the body
-``{"error", "message"}`` (plus ``file``, ``min_bytes`` where they apply, and ``Retry-After`` on
-503s); request validation errors get the same shape with 422.
+The lifespan loads the codecs (standard, and denoise when its model is installed), opens the outbox,
+starts the encoder thread and the delivery task, and opens the app's one ``httpx.AsyncClient`` (to
+the receiver). Tests pass ``transport=`` (an ``httpx.MockTransport`` or ``httpx.ASGITransport``
+around a receiver app) to talk to a receiver in process. Errors: one handler maps every
+``LatentwireError`` to its ``.status`` with the body ``{"error", "message"}`` (plus ``file``,
+``min_bytes`` where they apply, and ``Retry-After`` on 503s); request validation errors get the
+same shape with 422.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from sender.outbox import Outbox
 from sender.previews import PreviewStore
 from sender.settings import Settings, get_settings
 from sender.transmit import Deliverer
-from shared.codec import Codec
-from shared.errors import BudgetTooSmall, LatentwireError
+from shared.codec import Codec, load_optional
+from shared.errors import BudgetTooSmall, CheckpointNotFound, LatentwireError
 
 log = logging.getLogger("latentwire.sender")
 HERE = Path(__file__).resolve().parent
@@ -76,6 +77,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.enter_context(_exclusive(settings.data_dir / "sender.lock"))
         codec = await asyncio.to_thread(Codec.load, settings.model, settings.models_dir,
                                         device=settings.device, max_side=settings.max_side)
+        codecs = {"standard": codec}
+        denoiser = await asyncio.to_thread(load_optional, settings.denoise_model, settings.models_dir,
+                                           settings.device, settings.max_side)
+        if denoiser is not None:
+            codecs["denoise"] = denoiser
+        elif settings.default_mode == "denoise":
+            raise CheckpointNotFound(f"default_mode is denoise but no model {settings.denoise_model!r} is in "
+                                     f"{settings.models_dir}")
+        elif settings.denoise_model:
+            log.warning("mode=denoise is off: no model %r in %s", settings.denoise_model, settings.models_dir)
         outbox = Outbox(settings.data_dir / "outbox.sqlite3")
         stack.push_async_callback(outbox.close)
         await outbox.open()
@@ -88,7 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
         # Batching pays only where one g_a pass over several images costs about as much as one.
         batch_max = settings.batch_max if codec.device.type == "cuda" else 1
-        encoder = Encoder(codec, settings.encode_queue_size, batch_max, settings.batch_wait_ms / 1000)
+        encoder = Encoder(settings.encode_queue_size, batch_max, settings.batch_wait_ms / 1000)
         encoder.start()
         stack.push_async_callback(encoder.stop)
         deliverer = Deliverer(outbox, client, settings, metrics)
@@ -96,13 +107,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deliverer.start()
         stack.push_async_callback(deliverer.stop)  # stops first: nothing sends once shutdown begins
         app.state.services = Services(
-            settings=settings, codec=codec, outbox=outbox, encoder=encoder, deliverer=deliverer,
+            settings=settings, codec=codec, codecs=codecs, outbox=outbox, encoder=encoder, deliverer=deliverer,
             previews=PreviewStore(settings.data_dir / "previews", settings.previews_keep), client=client,
             metrics=metrics, pixel_limiter=anyio.CapacityLimiter(2),
         )
-        log.info("sender ready: model %s@%s on %s, batch_max %d, delivering to %s, outbox %s (%d queued)",
-                 codec.name, codec.weights, codec.device, batch_max, settings.frames_url, outbox.path,
-                 await outbox.pending())
+        log.info("sender ready: models %s on %s, batch_max %d, delivering to %s, outbox %s (%d queued)",
+                 ", ".join(f"{m}={c.name}@{c.weights}" for m, c in codecs.items()), codec.device, batch_max,
+                 settings.frames_url, outbox.path, await outbox.pending())
         yield
 
 

@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, help="bind port (default 8000)")
     p.add_argument("--data-dir", help="outbox, previews, lock file (default .data/sender)")
     p.add_argument("--model", help="model name in --models-dir, or a .pt path (default lw-vr-hyperprior)")
+    p.add_argument("--denoise-model", help="model for mode=denoise; '' turns the mode off (default lw-vr-denoise)")
+    p.add_argument("--default-mode", choices=("standard", "denoise"), help="mode of uploads that name none")
     p.add_argument("--models-dir", help="where exported models live (default: the repository's models/)")
     p.add_argument("--device", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument("--insecure-demo", action="store_true", default=None,
@@ -37,7 +39,8 @@ def _cmd_sender(args) -> int:
     from sender.settings import Settings
 
     overrides = {name: getattr(args, name) for name in
-                 ("receiver_url", "host", "port", "data_dir", "model", "models_dir", "device", "insecure_demo")
+                 ("receiver_url", "host", "port", "data_dir", "model", "denoise_model", "default_mode", "models_dir",
+                  "device", "insecure_demo")
                  if getattr(args, name) is not None}
     try:
         settings = Settings(**overrides)

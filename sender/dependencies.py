@@ -23,7 +23,8 @@ class Services:
     """Everything with a lifetime, created and closed by ``sender.app.lifespan``."""
 
     settings: Settings
-    codec: Codec
+    codec: Codec  # the standard model
+    codecs: dict[str, Codec]  # mode -> model: "standard", and "denoise" when its model is installed
     outbox: Outbox
     encoder: Encoder
     deliverer: Deliverer

@@ -5,13 +5,17 @@ that lock, and torch already spreads one call over the CPU cores (intra-op threa
 Why a bounded queue (``encode_queue_size``): each waiting job holds decoded pixels; past the bound
 an upload gets 503 + Retry-After (``EncoderBusy``) instead of growing memory and latency.
 
+Each job names its codec (the standard or the denoising model, by upload mode).
+
 Batching (CUDA only, where one g_a pass over several images costs about as much as one): the
-worker takes a job, then waits at most ``batch_wait_ms`` for more jobs with the *same quality*,
-up to ``batch_max``, and codes them with ``Codec.encode_batch``. Byte-budget jobs run alone (each
+worker takes a job, then waits at most ``batch_wait_ms`` for more jobs with the *same codec and
+quality*, up to ``batch_max``, and codes them with ``Codec.encode_batch``. Byte-budget jobs run alone (each
 needs its own rate search); jobs of another quality keep their place for the next round.
 
-Each job returns the stream and what the receiver will see: the worker decodes the stream it
-just made and measures the PSNR against the upload.
+Each job returns the stream and, unless the upload asked for ``preview=false``, what the receiver
+will see: the worker decodes the stream it just made and measures the PSNR against the upload.
+That decode costs as much as the receiver's own, so bulk clients that need neither the number nor
+the preview skip it.
 """
 
 from __future__ import annotations
@@ -35,22 +39,23 @@ log = logging.getLogger("latentwire.sender.encoder")
 @dataclass(frozen=True)
 class EncodeResult:
     encoded: Encoded
-    reconstruction: np.ndarray  # (H, W, 3) uint8: the receiver's decode of ``encoded``
-    psnr: float  # dB, inf when the reconstruction is exact
+    reconstruction: np.ndarray | None  # (H, W, 3) uint8: the receiver's decode of ``encoded``
+    psnr: float | None  # dB, inf when the reconstruction is exact; None when not measured
     encode_s: float  # seconds of encoding (a batch's time split evenly over its images)
 
 
 @dataclass
 class _Job:
+    codec: Codec
     rgb: np.ndarray
     quality: float | None
     max_bytes: int | None
+    measure: bool  # decode the stream and measure its PSNR
     future: asyncio.Future
 
 
 class Encoder:
-    def __init__(self, codec: Codec, queue_size: int, batch_max: int = 1, batch_wait_s: float = 0.0) -> None:
-        self.codec = codec
+    def __init__(self, queue_size: int, batch_max: int = 1, batch_wait_s: float = 0.0) -> None:
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
@@ -79,9 +84,10 @@ class Encoder:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def encode_many(self, items: list[tuple[np.ndarray, float | None, int | None]]
-                          ) -> list[EncodeResult | BaseException]:
-        """Encode every (rgb, quality, max_bytes); each entry is a result or that image's error.
+    async def encode_many(self, items: list[tuple[Codec, np.ndarray, float | None, int | None]],
+                          measure: bool = True) -> list[EncodeResult | BaseException]:
+        """Encode every (codec, rgb, quality, max_bytes); each entry is a result or that image's error.
+        ``measure``: also decode each stream (the reconstruction and its PSNR).
         All are queued or none (``EncoderBusy``), so a multi-file upload is never half-taken."""
         free = self._queue.maxsize - self._queue.qsize()
         if len(items) > free:
@@ -91,7 +97,7 @@ class Encoder:
                 + ("" if len(items) <= self._queue.maxsize else ", with fewer files per request")
             )
         loop = asyncio.get_running_loop()
-        jobs = [_Job(rgb, q, b, loop.create_future()) for rgb, q, b in items]
+        jobs = [_Job(c, rgb, q, b, measure, loop.create_future()) for c, rgb, q, b in items]
         for job in jobs:
             self._queue.put_nowait(job)
         return list(await asyncio.gather(*(j.future for j in jobs), return_exceptions=True))
@@ -120,7 +126,7 @@ class Encoder:
 
     async def _fill(self, batch: list[_Job], held: deque[_Job], deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        quality = batch[0].quality
+        codec, quality = batch[0].codec, batch[0].quality
         while len(batch) < self.batch_max:
             try:
                 nxt = self._queue.get_nowait()
@@ -134,7 +140,7 @@ class Encoder:
                     return
             if nxt.future.done():
                 continue
-            if nxt.quality == quality and nxt.max_bytes is None:
+            if nxt.codec is codec and nxt.quality == quality and nxt.max_bytes is None:
                 batch.append(nxt)
             else:
                 held.append(nxt)
@@ -142,11 +148,12 @@ class Encoder:
     # ---- on the encoder thread ------------------------------------------------------------
     def _work(self, batch: list[_Job]) -> list[EncodeResult | BaseException]:
         self.batches += 1
+        codec = batch[0].codec
         t0 = time.perf_counter()
         encoded: list[Encoded | BaseException]
         if len(batch) > 1:
             try:
-                encoded = list(self.codec.encode_batch([j.rgb for j in batch], batch[0].quality))
+                encoded = list(codec.encode_batch([j.rgb for j in batch], batch[0].quality))
             except Exception:  # find out which image it was: code them one by one
                 log.warning("batch of %d failed; encoding its images one at a time", len(batch), exc_info=True)
                 encoded = [self._encode_one(j) for j in batch]
@@ -158,8 +165,11 @@ class Encoder:
             if isinstance(enc, BaseException):
                 out.append(enc)
                 continue
+            if not job.measure:
+                out.append(EncodeResult(encoded=enc, reconstruction=None, psnr=None, encode_s=encode_s))
+                continue
             try:
-                rgb_hat = self.codec.decode(enc.data)
+                rgb_hat = job.codec.decode(enc.data)
             except Exception as exc:
                 out.append(exc)
                 continue
@@ -169,6 +179,6 @@ class Encoder:
 
     def _encode_one(self, job: _Job) -> Encoded | BaseException:
         try:
-            return self.codec.encode(job.rgb, quality=job.quality, max_bytes=job.max_bytes)
+            return job.codec.encode(job.rgb, quality=job.quality, max_bytes=job.max_bytes)
         except Exception as exc:
             return exc

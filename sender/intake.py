@@ -30,7 +30,9 @@ from shared.errors import LatentwireError, QualityOutOfRange
 from shared.images import LoadedImage, encode_png, load_image
 
 log = logging.getLogger("latentwire.sender.intake")
-MODES = ("standard",)  # "denoise" comes with the denoising model
+# standard: the codec as trained on clean photos. denoise: the model trained on noisy inputs with
+# clean targets (settings.denoise_model); it drops the noise, which is what costs the most bits.
+MODES = ("standard", "denoise")
 MAX_REQUEST_FULL_IMAGES = 4  # decoded pixels per request: this many max_side x max_side images
 
 
@@ -41,10 +43,15 @@ class Rate:
     mode: str
 
 
-def parse_rate(quality: float | None, max_bytes: int | None, mode: str, default_quality: float) -> Rate:
-    """The query's rate request, checked (422s): exactly one of quality / max_bytes, or neither."""
+def parse_rate(quality: float | None, max_bytes: int | None, mode: str, default_quality: float,
+               available: tuple[str, ...] = MODES) -> Rate:
+    """The query's rate request, checked (422s): exactly one of quality / max_bytes, or neither,
+    and a mode this sender has a model for."""
     if mode not in MODES:
-        raise InvalidParameters(f"mode {mode!r} is not available; allowed modes: {', '.join(MODES)}")
+        raise InvalidParameters(f"mode {mode!r} does not exist; modes: {', '.join(MODES)}")
+    if mode not in available:
+        raise InvalidParameters(f"mode {mode!r} is off on this sender: it has no model for it (set "
+                                f"LATENTWIRE_SENDER_{mode.upper()}_MODEL); available: {', '.join(available)}")
     if quality is not None and max_bytes is not None:
         raise InvalidParameters("give quality (0..1) or max_bytes, not both")
     if max_bytes is not None:
@@ -57,12 +64,14 @@ def parse_rate(quality: float | None, max_bytes: int | None, mode: str, default_
 @dataclass(frozen=True)
 class _Accepted:
     frame: NewFrame
-    png: bytes
-    jpeg: JpegComparison
+    png: bytes | None  # None: preview=false
+    jpeg: JpegComparison | None
 
 
-async def accept(uploads: list[Upload], rate: Rate, svc: Services) -> list[FrameRecord]:
-    """Encode and queue every upload (see the module docstring); returns their records."""
+async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool = True) -> list[FrameRecord]:
+    """Encode and queue every upload (see the module docstring); returns their records. Without
+    ``preview`` the sender neither decodes its stream (no PSNR) nor makes the JPEG comparison and
+    preview images: the lean path for bulk clients."""
     s = svc.settings
     pending = await svc.outbox.pending()
     if pending + len(uploads) > s.outbox_max_pending:  # cheap early refusal; add() checks again
@@ -82,7 +91,9 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services) -> list[Frame
                                      "together: send them in several requests")
             images.append(im)
 
-    results = await svc.encoder.encode_many([(im.rgb, rate.quality, rate.max_bytes) for im in images])
+    codec = svc.codecs[rate.mode]
+    results = await svc.encoder.encode_many([(codec, im.rgb, rate.quality, rate.max_bytes) for im in images],
+                                            measure=preview)
     for up, result in zip(uploads, results):
         if isinstance(result, BaseException):
             with _naming(up):
@@ -92,12 +103,15 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services) -> list[Frame
     accepted = []
     for up, im, result in zip(uploads, images, results):
         enc = result.encoded
-        jpeg, png = await anyio.to_thread.run_sync(_pixels_out, im.rgb, result.reconstruction, enc.nbytes,
-                                                   limiter=svc.pixel_limiter)
+        jpeg, png = None, None
+        if preview:
+            jpeg, png = await anyio.to_thread.run_sync(_pixels_out, im.rgb, result.reconstruction, enc.nbytes,
+                                                       limiter=svc.pixel_limiter)
         frame = NewFrame(
             id=uuid.uuid4().hex, created_at=created_at, stream=enc.data, filename=up.filename[:255],
             mode=rate.mode, width=im.width, height=im.height, original_bytes=len(up.data), nbytes=enc.nbytes,
-            bpp=enc.bpp, psnr=finite(result.psnr), quality=enc.quality, jpeg=jpeg.summary(),
+            bpp=enc.bpp, psnr=None if result.psnr is None else finite(result.psnr), quality=enc.quality,
+            jpeg=jpeg.summary() if jpeg else None,
         )
         accepted.append(_Accepted(frame, png, jpeg))
         svc.metrics.encode_seconds.observe(result.encode_s)
@@ -108,6 +122,8 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services) -> list[Frame
         svc.metrics.images.inc()
         svc.metrics.stream_bytes.inc(a.frame.nbytes)
         svc.metrics.bpp.observe(a.frame.bpp)
+        if a.png is None:
+            continue
         try:
             await anyio.to_thread.run_sync(svc.previews.save, a.frame.id, a.png, a.jpeg.data)
         except OSError as exc:  # the frame is queued: a lost preview must not turn that into a 500

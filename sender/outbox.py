@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS frames (
     bpp             REAL NOT NULL,
     psnr            REAL,                       -- NULL when lossless (infinite)
     quality         REAL NOT NULL,
-    jpeg            TEXT,                       -- JSON {"bytes","psnr","quality","fits"}
+    jpeg            TEXT,                       -- JSON {"bytes","psnr","quality","fits"}; NULL: preview=false
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,                       -- JSON {"error","message",("http_status")}

@@ -40,7 +40,7 @@ _UPLOAD_BODY = {
     "content": {
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            "properties": {"file": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}},
         }},
         "image/*": {"schema": {"type": "string", "format": "binary"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -53,7 +53,9 @@ async def page(request: Request, svc: ServicesDep) -> HTMLResponse:
     s = svc.settings
     return templates.TemplateResponse(request, "index.html", {
         "default_quality": s.default_quality, "max_upload_mib": s.max_upload_bytes / (1 << 20),
-        "max_files": s.max_files, "previews_keep": s.previews_keep, "model": f"{svc.codec.name}@{svc.codec.weights}",
+        "max_files": s.max_files, "previews_keep": s.previews_keep,
+        "models": [(m, f"{c.name}@{c.weights}") for m, c in svc.codecs.items()], "modes": list(svc.codecs),
+        "default_mode": s.default_mode if s.default_mode in svc.codecs else "standard",
         "receiver_url": s.receiver_url,
     })
 
@@ -65,12 +67,16 @@ async def upload_images(
     svc: ServicesDep,
     quality: Annotated[float | None, Query(description="0 (fewest bytes) .. 1 (best); default from settings")] = None,
     max_bytes: Annotated[int | None, Query(description="best quality whose stream fits this many bytes")] = None,
-    mode: Annotated[str, Query(description=f"one of: {', '.join(MODES)}")] = "standard",
+    mode: Annotated[str | None, Query(description=f"one of: {', '.join(MODES)}; default from settings. denoise: "
+                                      "the model trained to drop noise (fewer bytes, cleaner image)")] = None,
+    preview: Annotated[bool, Query(description="false: skip the sender's own decode (psnr null), the JPEG "
+                                   "comparison and the preview images; the lean path for bulk uploads")] = True,
 ) -> UploadResponse:
     """Encode each image, queue its frame durably, answer 202; delivery to the receiver follows."""
-    rate = parse_rate(quality, max_bytes, mode, svc.settings.default_quality)
+    rate = parse_rate(quality, max_bytes, mode or svc.settings.default_mode, svc.settings.default_quality,
+                      tuple(svc.codecs))
     uploads = await read_uploads(request, svc.settings.max_upload_bytes, svc.settings.max_files)
-    records = await accept(uploads, rate, svc)
+    records = await accept(uploads, rate, svc, preview)
     return UploadResponse(images=[ImageOut.from_record(r) for r in records])
 
 
@@ -94,20 +100,22 @@ async def get_image(image_id: str, svc: ServicesDep) -> ImageOut:
 
 
 @router.get("/v1/images/{image_id}/reconstruction.png", response_class=FileResponse,
-            responses={404: {"model": ErrorOut}})
+            responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut}})
 async def reconstruction(image_id: str, svc: ServicesDep) -> FileResponse:
     return _preview(svc, _checked_id(image_id), "png", "image/png")
 
 
-@router.get("/v1/images/{image_id}/jpeg.jpg", response_class=FileResponse, responses={404: {"model": ErrorOut}})
+@router.get("/v1/images/{image_id}/jpeg.jpg", response_class=FileResponse,
+            responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut}})
 async def jpeg(image_id: str, svc: ServicesDep) -> FileResponse:
     return _preview(svc, _checked_id(image_id), "jpg", "image/jpeg")
 
 
 @router.get("/v1/models", response_model=ModelsOut)
 async def models(svc: ServicesDep) -> ModelsOut:
-    return ModelsOut(models=[ModelInfo(**svc.codec.info())], default_quality=svc.settings.default_quality,
-                     modes=list(MODES))
+    return ModelsOut(models=[ModelInfo(mode=m, **c.info()) for m, c in svc.codecs.items()],
+                     default_quality=svc.settings.default_quality, modes=list(svc.codecs),
+                     default_mode=svc.settings.default_mode)
 
 
 @router.get("/healthz")

@@ -33,17 +33,19 @@ class ImageOut(BaseModel):
     bytes: int = Field(description="size of the bitstream on the wire")
     bpp: float = Field(description="bits per pixel on the wire")
     ratio: float = Field(description="original_bytes / bytes")
-    psnr: float | None = Field(description="dB of the reconstruction the receiver will show; null when exact")
+    psnr: float | None = Field(description="dB of the reconstruction the receiver will show, against the upload; "
+                               "null when exact or when uploaded with preview=false")
     quality: float = Field(description="the quality the stream was coded at (the one found for max_bytes)")
-    jpeg_same_bytes: JpegSameBytes | None
+    jpeg_same_bytes: JpegSameBytes | None = Field(description="null when uploaded with preview=false")
+    preview: bool = Field(description="whether the sender decoded the stream and kept previews (upload's preview)")
     attempts: int = Field(description="POSTs that carried this frame")
     last_error: DeliveryError | None
     created_at: float
     next_attempt_at: float | None = Field(description="UNIX s of the next delivery try (queued only)")
     delivered_at: float | None
     receiver_status: str | None = Field(description="stored | duplicate, once delivered")
-    reconstruction_url: str
-    jpeg_url: str
+    reconstruction_url: str | None = Field(description="the sender's preview; null with preview=false")
+    jpeg_url: str | None
 
     @classmethod
     def from_record(cls, r: FrameRecord) -> "ImageOut":
@@ -54,7 +56,9 @@ class ImageOut(BaseModel):
             jpeg_same_bytes=JpegSameBytes(**r.jpeg) if r.jpeg else None, attempts=r.attempts,
             last_error=DeliveryError(**r.last_error) if r.last_error else None, created_at=r.created_at,
             next_attempt_at=r.next_attempt_at, delivered_at=r.delivered_at, receiver_status=r.receiver_status,
-            reconstruction_url=f"/v1/images/{r.id}/reconstruction.png", jpeg_url=f"/v1/images/{r.id}/jpeg.jpg",
+            preview=r.jpeg is not None,  # every previewed upload has its JPEG comparison
+            reconstruction_url=f"/v1/images/{r.id}/reconstruction.png" if r.jpeg else None,
+            jpeg_url=f"/v1/images/{r.id}/jpeg.jpg" if r.jpeg else None,
         )
 
 
@@ -75,6 +79,7 @@ class ErrorOut(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    mode: str = Field(description="the upload mode this model serves: standard | denoise")
     name: str
     weights: str
     device: str
@@ -85,4 +90,5 @@ class ModelInfo(BaseModel):
 class ModelsOut(BaseModel):
     models: list[ModelInfo]
     default_quality: float
-    modes: list[str]
+    modes: list[str] = Field(description="modes this sender can serve (it has their models)")
+    default_mode: str

@@ -9,6 +9,12 @@
     LATENTWIRE_SENDER_PORT                    8000               bind port
     LATENTWIRE_SENDER_DATA_DIR                data/sender        outbox.sqlite3, previews/, sender.lock
     LATENTWIRE_SENDER_MODEL                   lw-vr-hyperprior   model name in MODELS_DIR, or a .pt path
+    LATENTWIRE_SENDER_DENOISE_MODEL           lw-vr-denoise      model for mode=denoise (trained on noisy
+                                                                 inputs, clean targets); "" turns the mode
+                                                                 off. If the file is missing the mode is
+                                                                 off and the log says so.
+    LATENTWIRE_SENDER_DEFAULT_MODE            standard           mode when the upload names none:
+                                                                 standard | denoise
     LATENTWIRE_SENDER_MODELS_DIR              <repo>/models      where exported models live
     LATENTWIRE_SENDER_DEVICE                  auto               auto | cpu | cuda[:N] (encoder transforms)
     LATENTWIRE_SENDER_MAX_SIDE                4096               largest width/height accepted (413 above)
@@ -41,14 +47,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import httpx
+
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.checkpoint import DEFAULT_MODELS_DIR
-from shared.codec import DEFAULT_MODEL
+from shared.codec import DEFAULT_DENOISE_MODEL, DEFAULT_MODEL
 from shared.wire import DEFAULT_MAX_BATCH, check_secret, secret_problem, signing_key
 
 
@@ -65,6 +72,8 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     data_dir: Path = Field(Path("data/sender"), description="outbox database, previews and lock file")
     model: str = DEFAULT_MODEL
+    denoise_model: str = DEFAULT_DENOISE_MODEL
+    default_mode: Literal["standard", "denoise"] = "standard"
     models_dir: Path = DEFAULT_MODELS_DIR
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     max_side: Annotated[int, Field(ge=64, le=16384)] = 4096
@@ -103,6 +112,8 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("retry_max_s must be >= retry_base_s")
+        if self.default_mode == "denoise" and not self.denoise_model:
+            raise ValueError("default_mode is denoise but denoise_model is empty: name a denoising model")
         check_secret(self.secret.get_secret_value(), self.insecure_demo)
         return self
 

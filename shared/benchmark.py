@@ -3,6 +3,7 @@
     latentwire bench codec      encode/decode ms vs CompressAI (below)
     latentwire bench overhead   rANS bytes and container vs the entropy model's own estimate
     latentwire bench e2e        images through real sender + receiver processes (shared/e2e_bench.py)
+    latentwire bench soak       both services under bounded steady load: rate, latency, RSS (shared/soak.py)
 
 ``latentwire bench codec``: encode/decode latency of the shipped codec against CompressAI's
 bmshj2018 hyperprior (quality 3: the same N=128, M=192 widths) on one 768x512 image, same run.
@@ -47,7 +48,15 @@ def add_parser(sub) -> None:
     e.add_argument("-c", "--concurrency", type=int, default=4, help="uploads in flight")
     e.add_argument("--quality", type=float, default=0.5)
     e.add_argument("--threads", type=int, default=2, help="torch threads in each process")
+    e.add_argument("--no-preview", action="store_true",
+                   help="upload with preview=false: the sender skips its own decode, JPEG comparison and previews")
     e.set_defaults(func=_cmd_e2e)
+
+    from shared.soak import add_arguments as add_soak_arguments
+
+    s = bench.add_parser("soak", help="both services under bounded steady load: rate, latency, errors, RSS")
+    add_soak_arguments(s)
+    s.set_defaults(func=_cmd_soak)
 
     o = bench.add_parser("overhead", help="coded bytes vs the entropy model's own estimate")
     o.add_argument("dir", type=Path, help="folder of images (e.g. Kodak)")
@@ -59,9 +68,16 @@ def add_parser(sub) -> None:
 def _cmd_e2e(args) -> int:
     from shared.e2e_bench import SAMPLES, print_report, run_e2e
 
-    report = run_e2e(args.images or SAMPLES, args.count, args.concurrency, args.quality, args.threads)
+    report = run_e2e(args.images or SAMPLES, args.count, args.concurrency, args.quality, args.threads,
+                     preview=not args.no_preview)
     print_report(report)
     return 0 if report["delivered"] == report["images"] else 1
+
+
+def _cmd_soak(args) -> int:
+    from shared.soak import command
+
+    return command(args)
 
 
 def _cmd_overhead(args) -> int:

@@ -6,7 +6,7 @@
     latentwire export runs/main/best.pt                          (writes models/<name>-<hash>.pt)
     latentwire eval ../shared/datasets/kodak --out results/kodak
     latentwire receiver [--host --port]  /  latentwire sender --receiver-url URL [--host --port]
-    latentwire bench codec|e2e
+    latentwire bench codec|overhead|e2e|soak
 
 Every subcommand imports what it needs when it runs, so ``latentwire --help`` is instant and the
 codec tools never import the web stack.
@@ -43,6 +43,8 @@ def _add_train(sub) -> None:
                    help="denoising: Gaussian noise, sigma ~ U[0, SIGMA_MAX] on the 0-255 scale")
     p.add_argument("--noise-jpeg-prob", type=float, default=0.0,
                    help="denoising: probability of a JPEG round trip before the noise")
+    p.add_argument("--no-noise-balance", action="store_true",
+                   help="denoising: plain MSE (by default each crop's error is weighted to equalise noise levels)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -54,7 +56,8 @@ def _cmd_train(args) -> int:
         lr=args.lr, warmup_steps=args.warmup_steps, val_every=args.val_every,
         checkpoint_every_s=args.checkpoint_every_s, time_budget_s=args.time_budget_s,
         seed=args.seed, bf16=not args.no_bf16, device=args.device, noise_sigma_max=args.noise,
-        noise_jpeg_prob=args.noise_jpeg_prob, lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max,
+        noise_jpeg_prob=args.noise_jpeg_prob, noise_balance=not args.no_noise_balance,
+        lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max,
     )
     train(cfg, args.resume, new_segment=args.new_segment)
     return 0
@@ -117,8 +120,13 @@ def _cmd_encode(args) -> int:
 def _cmd_decode(args) -> int:
     from shared.images import encode_png
 
+    from shared import bitstream
+
+    data = args.stream.read_bytes()
+    if args.model is None:  # the stream names the model that made it (e.g. lw-vr-denoise)
+        args.model = bitstream.loads(data).model
     codec = _load_codec(args)
-    rgb = codec.decode(args.stream.read_bytes())
+    rgb = codec.decode(data)
     out = args.output or args.stream.with_suffix(".png")
     out.write_bytes(encode_png(rgb))
     print(f"{out}: {rgb.shape[1]}x{rgb.shape[0]}")

@@ -3,6 +3,7 @@
     latentwire eval ../shared/datasets/kodak --out runs/eval-kodak \\
         [--qualities 0,0.2,0.4,0.6,0.8,1] [--limit N] [--reference-dir ../shared/reference/compressai_kodak]
         [--no-baselines] [--noise SIGMA] [--model NAME|PATH --models-dir DIR] [--threads N] [--timing cpu]
+    latentwire eval ../shared/datasets/kodak --noise 25 --denoise-model lw-vr-denoise --grid kodim23.png
     latentwire eval --train-baselines ../shared/datasets/train     (recreates models/baseline-*)
 
 Every number is measured on real bytes in this run, on the same images:
@@ -16,7 +17,15 @@ average per-image values per setting, as CompressAI's ``eval_model`` does. BD-ra
 (``shared.rd``) compares every codec with JPEG and with AVIF.
 
 ``--noise SIGMA`` adds Gaussian noise (0-255 scale, seeded by the image's file name) to every
-codec's input while PSNR and MS-SSIM are still measured against the clean image.
+codec's input while PSNR and MS-SSIM are still measured against the clean image. The table then
+answers "what should a noisy picture be sent as": (a) the noisy input itself, losslessly (PNG);
+(b) the plain codec on the noisy image; (c) JPEG and AVIF of the noisy image; (d) a classical
+denoiser (scikit-image non-local means, its strength tuned per sigma on BSDS500 images held out
+from training, never on the evaluation set) followed by AVIF; (e) with ``--denoise-model``, the
+denoising checkpoint. Denoising curves flatten, so besides BD-rate the report compares each
+codec with (d) point by point: at every rate (d) spends, the best PSNR the codec reaches with no
+more bits (``shared.rd.psnr_at_rate``). ``--grid IMAGE`` draws noisy / (d) / ours / clean crops
+of one image into grid.png.
 
 Outputs in --out: results.json ({"codecs": {key: CompressAI-layout entry}, "bd_rate": ...}),
 per_image.csv and rd.png.
@@ -36,7 +45,12 @@ JPEG_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 AVIF_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 AVIF_SPEED = 6  # libavif's default: well under a second per Kodak image here; 0-4 take many seconds
-BD_ANCHORS = ("jpeg", "avif")
+BD_ANCHORS = ("jpeg", "avif", "nlm-avif")
+# Non-local means strength h = factor * sigma, chosen per sigma on 20 BSDS500 images held out
+# from training (patch 5, search distance 6, fast mode): the best factor of 0.3-1.2 was 0.6 at
+# sigma 15, 0.5 at 25 and 0.3-0.4 at 50. Linear in between, clamped outside.
+NLM_H_FACTORS = ((15.0, 0.6), (25.0, 0.5), (50.0, 0.35))
+GRID_CROP = 256
 CSV_COLUMNS = ("codec", "setting", "image", "bpp", "psnr", "ms_ssim", "enc_ms", "dec_ms")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -54,6 +68,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-baselines", action="store_true", help="only our codec (no JPEG/WebP/AVIF/seed baselines)")
     p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
                    help="Gaussian noise on the inputs (0-255 scale); quality is measured against the clean image")
+    p.add_argument("--denoise-model", default=None, metavar="NAME|PATH",
+                   help="also measure this (denoising) checkpoint, e.g. lw-vr-denoise")
+    p.add_argument("--grid", default=None, metavar="IMAGE",
+                   help="with --noise: write grid.png, crops of this image (file name in DIR)")
     p.add_argument("--bd-method", choices=("pchip", "cubic"), default="pchip")
     p.add_argument("--threads", type=int, default=0, help="torch (and libavif) CPU threads (0: their defaults)")
     p.add_argument("--timing", choices=("wall", "cpu"), default="wall",
@@ -121,7 +139,6 @@ def pillow_contenders(threads: int = 0) -> list[Contender]:
 def _pillow(key: str, fmt: str, qualities, options: dict, description: str) -> Contender:
     import io
 
-    import numpy as np
     from PIL import Image
 
     def setting(q: int) -> Setting:
@@ -130,11 +147,7 @@ def _pillow(key: str, fmt: str, qualities, options: dict, description: str) -> C
             Image.fromarray(rgb).save(buf, format=fmt, quality=q, **options)
             return buf.getvalue()
 
-        def decode(data):
-            with Image.open(io.BytesIO(data)) as im:
-                return np.array(im.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy warns otherwise
-
-        return Setting(f"q={q}", encode, decode)
+        return Setting(f"q={q}", encode, _pillow_decode)
 
     from PIL import __version__ as pil_version
 
@@ -154,6 +167,62 @@ def baseline_contenders(models_dir: Path) -> list[Contender]:
         Contender("plain-ae", "plain autoencoder", "conv autoencoder, C latent channels at H/8, 8-bit latents + "
                   "zlib, no entropy model", [Setting(m.label, m.encode, m.decode) for m in aes]),
     ]
+
+
+def denoise_contenders(sigma: float, threads: int = 0) -> list[Contender]:
+    """(a) the noisy image itself, lossless; (d) non-local means, then AVIF."""
+    import io
+
+    from PIL import Image, features
+
+    def png_encode(rgb):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
+        return buf.getvalue()
+
+    out = [Contender("noisy-png", "noisy input (PNG)", "the noisy image itself, lossless PNG (optimize=True)",
+                     [Setting("lossless", png_encode, _pillow_decode)])]
+    if not features.check("avif"):
+        print("eval: this Pillow has no AVIF support; NLM + AVIF skipped", file=sys.stderr)
+        return out
+    h = nlm_strength(sigma)
+    avif = _pillow("avif", "AVIF", AVIF_QUALITIES, {"speed": AVIF_SPEED, **({"max_threads": threads} if threads > 0 else {})}, "")
+
+    def setting(s: Setting) -> Setting:
+        return Setting(s.label, lambda rgb: s.encode(nlm_denoise(rgb, sigma, h)), s.decode)
+
+    out.append(Contender("nlm-avif", "NLM + AVIF",
+                         f"scikit-image non-local means (h={h:.1f}, sigma={sigma:g}, patch 5, distance 6, fast "
+                         f"mode) then Pillow AVIF speed={AVIF_SPEED}", [setting(s) for s in avif.settings]))
+    return out
+
+
+def nlm_strength(sigma: float) -> float:
+    import numpy as np
+
+    sig, fac = zip(*NLM_H_FACTORS)
+    return float(np.interp(sigma, sig, fac)) * sigma
+
+
+def nlm_denoise(rgb, sigma: float, h: float):
+    """(H, W, 3) uint8 -> denoised uint8 (scikit-image non-local means, fast mode)."""
+    import numpy as np
+    from skimage.restoration import denoise_nl_means
+
+    x = rgb.astype(np.float32) / 255.0
+    y = denoise_nl_means(x, h=h / 255.0, sigma=sigma / 255.0, fast_mode=True, patch_size=5, patch_distance=6,
+                         channel_axis=-1)
+    return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+
+
+def _pillow_decode(data):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.array(im.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy warns otherwise
 
 
 # ---- measuring ----------------------------------------------------------------------------
@@ -251,6 +320,83 @@ def bd_rates(codecs: dict, references: list, ours: str, method: str = "pchip") -
     refs = {r.name: bd_rate(r, curves[ours], method) for r in references}
     return {"metric": "psnr-rgb", "method": method, "unit": "% rate at equal PSNR (negative: fewer bits)",
             "anchors": anchors, "ours_vs_reference": refs}
+
+
+def equal_rate_comparison(codecs: dict, anchor: str) -> dict:
+    """Per codec: at each rate the anchor spends, the best PSNR the codec reaches with at most that
+    many bits, and the difference (None where the codec has no point that cheap)."""
+    from shared.rd import curve_from_results, psnr_at_rate
+
+    a = codecs[anchor]["results"]
+    out = {}
+    for key, entry in codecs.items():
+        if key == anchor:
+            continue
+        curve = curve_from_results(entry)
+        points = []
+        for label, bpp, p in zip(a["setting"], a["bpp"], a["psnr-rgb"]):
+            q = psnr_at_rate(curve, bpp)
+            points.append({"anchor_setting": label, "bpp": bpp, "anchor_psnr": p, "psnr": q,
+                           "delta_db": None if q is None else q - p})
+        deltas = [pt["delta_db"] for pt in points if pt["delta_db"] is not None]
+        out[key] = {"points": points, "at_least_as_good": sum(d >= 0 for d in deltas), "compared": len(deltas),
+                    "mean_delta_db": float(sum(deltas) / len(deltas)) if deltas else None}
+    return out
+
+
+def format_equal_rate(cmp: dict, anchor: str) -> str:
+    keys = list(cmp)
+    first = cmp[keys[0]]["points"] if keys else []
+    lines = [f"PSNR at equal or lower rate than {anchor} (dB; + = better than {anchor})",
+             f"{anchor + ' setting':<16} {'bpp':>6} {'PSNR':>7} " + " ".join(f"{k[:14]:>14}" for k in keys)]
+    for i, pt in enumerate(first):
+        cells = []
+        for k in keys:
+            d = cmp[k]["points"][i]["delta_db"]
+            cells.append(f"{'below range' if d is None else f'{d:+.2f}':>14}")
+        lines.append(f"{pt['anchor_setting']:<16} {pt['bpp']:>6.3f} {pt['anchor_psnr']:>7.2f} " + " ".join(cells))
+    lines.append(f"{'at least as good':<31} " + " ".join(
+        f"{str(cmp[k]['at_least_as_good']) + '/' + str(cmp[k]['compared']):>14}" for k in keys))
+    return "\n".join(lines)
+
+
+def write_denoise_grid(path: Path, image: tuple, sigma: float, ours: Contender, ours_summary: dict,
+                       anchor: Contender, anchor_summary: dict) -> None:
+    """noisy | anchor | ours | clean, centre crops of one image. Ours at its best mean PSNR; the
+    anchor at its cheapest setting that spends at least as many bits on average."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from shared.images import psnr
+
+    name, clean, x = image
+    H, W = clean.shape[:2]
+    r = ours_summary["results"]
+    i = int(np.argmax(r["psnr-rgb"]))
+    a = anchor_summary["results"]
+    j = next((k for k in np.argsort(a["bpp"]) if a["bpp"][k] >= r["bpp"][i]), int(np.argmax(a["bpp"])))
+    panels = [(f"noisy input, sigma {sigma:g}", x, None)]
+    for c, s in ((anchor, anchor.settings[j]), (ours, ours.settings[i])):
+        data = s.encode(x)
+        panels.append((f"{c.name} {s.label}", s.decode(data), len(data) * 8 / (H * W)))
+    panels.append(("clean original", clean, None))
+    c = min(GRID_CROP, H, W)
+    top, left = (H - c) // 2, (W - c) // 2
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.6))
+    for ax, (title, img, bpp) in zip(axes, panels):
+        ax.imshow(img[top : top + c, left : left + c], interpolation="nearest")
+        detail = [] if bpp is None else [f"{bpp:.3f} bpp"]
+        if img is not clean:
+            detail.append(f"{psnr(clean, img):.2f} dB")
+        ax.set_title(title + ("\n" + ", ".join(detail) if detail else "\n "), fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{name}: centre {c}x{c} crop; PSNR and bpp of the whole image, against the clean original")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # ---- reporting ----------------------------------------------------------------------------
@@ -399,27 +545,54 @@ def _cmd_eval(args) -> int:
 
     codec = _load_codec(args)
     contenders = [learned_contender(codec, qualities)]
+    ours = codec.name
+    if args.denoise_model:
+        from shared.codec import Codec
+
+        denoiser = Codec.load(args.denoise_model, models_dir, device=args.device, max_side=args.max_side)
+        if denoiser.name == codec.name:
+            print(f"latentwire eval: --denoise-model names the same model as --model ({codec.name})", file=sys.stderr)
+            return 2
+        contenders.append(learned_contender(denoiser, qualities))
+        ours = denoiser.name
+    if args.grid and not (args.noise > 0 and args.denoise_model and not args.no_baselines):
+        print("latentwire eval: --grid needs --noise, --denoise-model and the baselines", file=sys.stderr)
+        return 2
     if not args.no_baselines:
-        contenders += pillow_contenders(args.threads) + baseline_contenders(models_dir)
+        pillow = pillow_contenders(args.threads)
+        # On noisy inputs the question is (c) JPEG and AVIF of the noisy image; WebP adds nothing.
+        contenders += [c for c in pillow if c.key != "webp"] if args.noise > 0 else pillow
+        # The seed baselines show what an entropy model buys on clean images; on noisy ones the
+        # question is what to do about the noise, which the denoising contenders answer.
+        contenders += denoise_contenders(args.noise, args.threads) if args.noise > 0 else baseline_contenders(models_dir)
 
     images = []
     for f in list_image_files(args.dir, args.limit):
         clean = load_image(f, max_side=args.max_side).rgb
         x = add_noise(clean, args.noise, f.name) if args.noise > 0 else clean
         images.append((f.name, clean, x))
+    if args.grid and args.grid not in {name for name, _, _ in images}:
+        print(f"latentwire eval: --grid {args.grid} is not among the evaluated images", file=sys.stderr)
+        return 2
     references = load_curves(args.reference_dir) if args.reference_dir else []
 
     rows = measure(contenders, images, args.timing)
     codecs = summarise(contenders, rows)
     report = {
         "dataset": args.dir.name, "images": len(images), "noise_sigma": args.noise,
-        "ours": codec.name, "torch_threads": torch.get_num_threads(), "timing": args.timing, "codecs": codecs,
-        "bd_rate": bd_rates(codecs, references, codec.name, args.bd_method),
+        "ours": ours, "torch_threads": torch.get_num_threads(), "timing": args.timing, "codecs": codecs,
+        "bd_rate": bd_rates(codecs, references, ours, args.bd_method),
     }
     if args.noise > 0:
         report["noisy_input_psnr"] = float(np.mean([psnr(c, x) for _, c, x in images]))
+        if "nlm-avif" in codecs:
+            report["vs_nlm_avif"] = equal_rate_comparison(codecs, "nlm-avif")
     out = args.out or Path("runs") / f"eval-{args.dir.name}"
     write_outputs(out, report, rows, references)
+    if args.grid:
+        by_key = {c.key: c for c in contenders}
+        write_denoise_grid(out / "grid.png", next(im for im in images if im[0] == args.grid), args.noise,
+                           by_key[ours], codecs[ours], by_key["nlm-avif"], codecs["nlm-avif"])
 
     print(f"\n{args.dir} ({len(images)} images), torch threads {torch.get_num_threads()}, {args.timing} timing"
           + (f", input noise sigma {args.noise:g} (noisy input PSNR {report['noisy_input_psnr']:.2f} dB)"
@@ -427,6 +600,10 @@ def _cmd_eval(args) -> int:
     print(format_table(codecs, args.timing))
     print()
     print(format_bd(report["bd_rate"]))
-    print(f"\nwrote {out / 'results.json'}, {out / 'per_image.csv'}, {out / 'rd.png'}")
+    if "vs_nlm_avif" in report:
+        print()
+        print(format_equal_rate(report["vs_nlm_avif"], "nlm-avif"))
+    print(f"\nwrote {out / 'results.json'}, {out / 'per_image.csv'}, {out / 'rd.png'}"
+          + (f", {out / 'grid.png'}" if args.grid else ""))
     return 0
 

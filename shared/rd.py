@@ -2,6 +2,7 @@
 
     curve = Curve("ours", bpp=[...], psnr=[...])
     bd_rate(anchor, test)    # % rate change of test vs anchor at equal PSNR; -20.0 = 20 % fewer bits
+    psnr_at_rate(curve, 0.4) # best PSNR the curve reaches with at most 0.4 bpp (None below its range)
 
 BD-rate (Bjontegaard, VCEG-M33): fit log(rate) as a function of PSNR for each curve, integrate both
 over the PSNR interval where they overlap, and turn the mean log-rate difference into a percentage,
@@ -9,6 +10,11 @@ over the PSNR interval where they overlap, and turn the mean log-rate difference
 cubic (monotone, as in the JVET common-test-conditions spreadsheet); ``method="cubic"`` is
 Bjontegaard's original single cubic polynomial (degree lowered when a curve has under 4 points).
 Curves that do not overlap in PSNR have no BD-rate (``None``).
+
+BD-rate assumes PSNR keeps rising with rate. A denoiser's curve flattens (past some rate only the
+noise is left to spend bits on), so denoising is compared point by point instead: at each rate
+the anchor spends, ``psnr_at_rate`` gives the best PSNR the test curve reaches with no more bits
+(its upper envelope, interpolated linearly in log-rate).
 
 ``load_curves`` reads CompressAI-layout result files ({"name", "results": {"bpp", "psnr-rgb", ...}}).
 """
@@ -74,6 +80,21 @@ def bd_psnr(anchor: Curve, test: Curve, method: str = "pchip") -> float | None:
     ia = _integral(la[oa], da[oa], lo, hi, method)
     it = _integral(lt[ot], dt[ot], lo, hi, method)
     return float((it - ia) / (hi - lo))
+
+
+def psnr_at_rate(curve: Curve, bpp: float) -> float | None:
+    """Best PSNR of ``curve`` at a rate of at most ``bpp``: the running maximum of its points sorted
+    by rate, interpolated linearly in log(bpp); None below its lowest rate."""
+    r, d = curve.points()
+    order = np.argsort(r, kind="stable")
+    r, d = r[order], np.maximum.accumulate(d[order])
+    if len(r) == 0 or not bpp >= r[0]:
+        return None
+    if bpp >= r[-1]:
+        return float(d[-1])
+    k = int(np.searchsorted(r, bpp, side="right"))  # r[k-1] <= bpp < r[k]
+    t = (math.log(bpp) - math.log(r[k - 1])) / (math.log(r[k]) - math.log(r[k - 1]))
+    return float(d[k - 1] + t * (d[k] - d[k - 1]))
 
 
 def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float, method: str) -> float:

@@ -11,6 +11,7 @@ import torch
 
 DATA = Path(__file__).parent / "data"
 TINY_MODEL = "lw-tiny"
+TINY_DENOISE_MODEL = "lw-tiny-denoise"  # another seed: stands in for a denoising checkpoint
 TINY_NETWORK = {"N": 16, "M": 24, "levels": 4, "lmbda_min": 0.001, "lmbda_max": 0.1}
 
 
@@ -41,6 +42,7 @@ def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0
 def tiny_models_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models")
     make_tiny_model_file(d)
+    make_tiny_model_file(d, TINY_DENOISE_MODEL, seed=1)
     return d
 
 

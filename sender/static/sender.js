@@ -31,6 +31,7 @@ form.addEventListener("submit", async (event) => {
   const params = new URLSearchParams();
   if (form.elements.rate.value === "max_bytes") params.set("max_bytes", maxBytes.value);
   else params.set("quality", quality.value);
+  if (form.elements.mode) params.set("mode", form.elements.mode.value);
   const button = form.querySelector("button");
   button.disabled = true;
   try {
@@ -59,7 +60,7 @@ function addCard(image, file) {
     `original: ${kib(image.original_bytes)}, ${(image.original_bytes * 8 / (image.width * image.height)).toFixed(3)} bpp`;
   card.querySelector(".reconstruction").src = image.reconstruction_url;
   card.querySelector(".ours").textContent =
-    `latentwire: ${kib(image.bytes)}, ${image.bpp.toFixed(3)} bpp, PSNR ${fmt(image.psnr, 2)} dB, ` +
+    `latentwire${image.mode === "denoise" ? " (denoise)" : ""}: ${kib(image.bytes)}, ${image.bpp.toFixed(3)} bpp, PSNR ${fmt(image.psnr, 2)} dB, ` +
     `quality ${image.quality.toFixed(3)}, ${image.ratio.toFixed(1)}x smaller`;
   const jpeg = image.jpeg_same_bytes;
   card.querySelector(".jpeg").src = image.jpeg_url;

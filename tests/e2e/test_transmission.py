@@ -54,3 +54,31 @@ def test_receiver_pixels_equal_a_local_decode_of_the_same_stream(services, tiny_
         wait_until(lambda: _stored(receiver, img["id"]), 30, what="the frame to be stored")
         got = np.asarray(Image.open(io.BytesIO(receiver.get(f"/v1/images/{img['id']}.png").content)).convert("RGB"))
     assert hashlib.sha256(got.tobytes()).hexdigest() == hashlib.sha256(expected.tobytes()).hexdigest()
+
+
+def test_denoise_mode_frames_decode_with_the_denoising_model(tmp_path, tiny_models_dir):
+    """mode=denoise through real processes: the frame names the second model and the receiver,
+    configured with it, stores exactly that model's decode."""
+    import secrets
+
+    from shared.launcher import ServicePair
+    from tests.conftest import TINY_DENOISE_MODEL
+
+    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
+                       models_dir=tiny_models_dir,
+                       extra_env={"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
+                                  "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL})
+    upload = png_bytes(64, 48, seed=12)
+    denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
+    expected = denoiser.decode(denoiser.encode(load_image(upload).rgb, quality=0.6).data)
+    with pair, httpx.Client(base_url=pair.sender.url, timeout=60) as sender, \
+            httpx.Client(base_url=pair.receiver.url, timeout=60) as receiver:
+        r = sender.post("/v1/images", params={"quality": 0.6, "mode": "denoise"}, content=upload,
+                        headers={"content-type": "image/png"})
+        assert r.status_code == 202, r.text
+        (img,) = r.json()["images"]
+        assert img["mode"] == "denoise"
+        meta = wait_until(lambda: _stored(receiver, img["id"]), 30, what="the frame to be stored")
+        assert meta["model"] == TINY_DENOISE_MODEL
+        got = np.asarray(Image.open(io.BytesIO(receiver.get(f"/v1/images/{img['id']}.png").content)).convert("RGB"))
+    assert np.array_equal(got, expected)

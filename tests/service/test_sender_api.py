@@ -206,7 +206,8 @@ def test_bad_file_is_refused_with_json_and_the_next_upload_works(client, case):
     ({"quality": "abc"}, 422, "InvalidParameters", "quality"),
     ({"quality": 0.5, "max_bytes": 1000}, 422, "InvalidParameters", "not both"),
     ({"max_bytes": 0}, 422, "QualityOutOfRange", "positive"),
-    ({"mode": "denoise"}, 422, "InvalidParameters", "allowed modes: standard"),
+    ({"mode": "denoise"}, 422, "InvalidParameters", "is off on this sender"),
+    ({"mode": "blur"}, 422, "InvalidParameters", "modes: standard, denoise"),
 ])
 def test_bad_parameters(client, params, status, error, words):
     r = client.post("/v1/images", params=params, files={"file": ("a.png", png(seed=9))})

@@ -85,23 +85,30 @@ def _images(n: int, side: int = 32) -> list[np.ndarray]:
     return [rng.integers(0, 255, (side, side, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def test_encoder_batches_same_quality_jobs(tiny_codec):
+def test_encoder_batches_jobs_of_the_same_codec_and_quality(tiny_codec, tiny_models_dir):
+    from shared.codec import Codec
+    from tests.conftest import TINY_DENOISE_MODEL
+
+    denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
+
     async def run() -> tuple[list, int]:
-        enc = Encoder(tiny_codec, queue_size=8, batch_max=4, batch_wait_s=0.2)
+        enc = Encoder(queue_size=8, batch_max=4, batch_wait_s=0.2)
         enc.start()
         try:
-            images = _images(5)
-            items = [(im, 0.5, None) for im in images[:4]] + [(images[4], 0.9, None)]
+            images = _images(6)
+            items = ([(tiny_codec, im, 0.5, None) for im in images[:4]] + [(tiny_codec, images[4], 0.9, None)]
+                     + [(denoiser, images[5], 0.5, None)])
             results = await enc.encode_many(items)
             with pytest.raises(EncoderBusy):
-                await enc.encode_many([(im, 0.5, None) for im in _images(9)])
+                await enc.encode_many([(tiny_codec, im, 0.5, None) for im in _images(9)])
             return results, enc.batches
         finally:
             await enc.stop()
 
     results, batches = asyncio.run(run())
-    assert batches == 2  # the four at 0.5 together, the one at 0.9 alone
-    for res, rgb, q in zip(results, _images(5), [0.5] * 4 + [0.9]):
-        assert res.encoded.quality == q
-        assert res.encoded.data == tiny_codec.encode(rgb, quality=q).data
+    assert batches == 3  # the four at 0.5 together; 0.9 alone; the other model's 0.5 alone
+    codecs = [tiny_codec] * 5 + [denoiser]
+    for res, rgb, q, codec in zip(results, _images(6), [0.5] * 4 + [0.9, 0.5], codecs):
+        assert res.encoded.quality == q and res.encoded.stream.model == codec.name
+        assert res.encoded.data == codec.encode(rgb, quality=q).data
         assert res.reconstruction.shape == (32, 32, 3) and np.isfinite(res.psnr)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.rd import Curve, bd_psnr, bd_rate, load_curves
+from shared.rd import Curve, bd_psnr, bd_rate, load_curves, psnr_at_rate
 
 ANCHOR = Curve("anchor", bpp=[0.2, 0.4, 0.8, 1.6, 3.2], psnr=[27.0, 30.5, 33.5, 36.0, 39.5])
 
@@ -39,6 +39,16 @@ def test_bd_rate_uses_only_the_overlap_and_ignores_point_order(method):
     assert bd_rate(anchor, test, method) == pytest.approx(-20.0, abs=1e-9)
     far = Curve("far", bpp=[5.0, 6.0], psnr=[45.0, 47.0])
     assert bd_rate(anchor, far, method) is None
+
+
+def test_psnr_at_rate_is_the_upper_envelope_interpolated_in_log_rate():
+    # A denoiser's curve: PSNR peaks at 0.4 bpp and drops after (more bits go to the noise).
+    curve = Curve("denoiser", bpp=[0.8, 0.1, 0.4, 0.2], psnr=[28.0, 25.0, 29.0, 27.0])
+    assert psnr_at_rate(curve, 0.05) is None  # cheaper than its cheapest point
+    assert psnr_at_rate(curve, 0.1) == pytest.approx(25.0)
+    assert psnr_at_rate(curve, 0.2 * 2**0.5) == pytest.approx(28.0)  # halfway in log-rate
+    assert psnr_at_rate(curve, 0.6) == pytest.approx(29.0)  # the 0.4 bpp point still counts
+    assert psnr_at_rate(curve, 5.0) == pytest.approx(29.0)
 
 
 def test_load_curves_reads_compressai_layout(tmp_path):
@@ -115,6 +125,51 @@ def test_eval_command_writes_results_csv_and_plot(tmp_path, tiny_models_dir, cap
     assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "BD-rate" in printed and TINY_MODEL in printed
+
+
+def test_eval_with_noise_compares_denoisers_at_equal_rate(tmp_path, tiny_models_dir, capsys):
+    from shared.cli import main
+    from tests.conftest import DATA, TINY_DENOISE_MODEL, TINY_MODEL
+
+    images = tmp_path / "images"
+    images.mkdir()
+    with Image.open(DATA / "samples" / "kodim01_half.png") as im:
+        im.convert("RGB").crop((0, 0, 96, 80)).save(images / "a.png")
+    out = tmp_path / "out"
+
+    rc = main(["eval", str(images), "--out", str(out), "--qualities", "0,0.5,1", "--noise", "25",
+               "--model", TINY_MODEL, "--denoise-model", TINY_DENOISE_MODEL, "--models-dir", str(tiny_models_dir),
+               "--grid", "a.png"])
+
+    assert rc == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["ours"] == TINY_DENOISE_MODEL and report["noise_sigma"] == 25
+    assert set(report["codecs"]) == {TINY_MODEL, TINY_DENOISE_MODEL, "jpeg", "avif", "noisy-png", "nlm-avif"}
+    assert 19.0 < report["noisy_input_psnr"] < 22.0  # sigma 25 on the 0-255 scale: 20.2 dB
+    # The noise costs bits: the lossless noisy image is several bits per pixel.
+    assert report["codecs"]["noisy-png"]["results"]["bpp"][0] > 4.0
+    # Non-local means removes much of the noise before AVIF codes it.
+    nlm = report["codecs"]["nlm-avif"]["results"]
+    assert max(nlm["psnr-rgb"]) > report["noisy_input_psnr"] + 3.0
+    cmp = report["vs_nlm_avif"]
+    assert set(cmp) == set(report["codecs"]) - {"nlm-avif"}
+    for entry in cmp.values():
+        assert len(entry["points"]) == len(nlm["bpp"])
+        assert entry["compared"] == sum(p["delta_db"] is not None for p in entry["points"])
+    assert "nlm-avif" in report["bd_rate"]["anchors"]
+    with Image.open(out / "grid.png") as grid:
+        assert grid.width > 3 * grid.height  # four panels side by side
+    printed = capsys.readouterr().out
+    assert "PSNR at equal or lower rate than nlm-avif" in printed and "noisy input PSNR" in printed
+
+
+def test_eval_grid_needs_the_denoising_setup(tmp_path, tiny_models_dir, capsys):
+    from shared.cli import main
+    from tests.conftest import TINY_MODEL
+
+    rc = main(["eval", str(tmp_path), "--grid", "a.png", "--model", TINY_MODEL, "--models-dir", str(tiny_models_dir)])
+    assert rc == 2
+    assert "--grid needs --noise, --denoise-model" in capsys.readouterr().err
 
 
 def test_eval_and_bench_are_registered_subcommands():

@@ -1,0 +1,51 @@
+"""``latentwire encode`` / ``decode`` on files: sizes, model routing, errors as exit codes."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from shared.cli import main
+from shared.codec import Codec
+from shared.images import load_image
+from tests.conftest import DATA, TINY_DENOISE_MODEL, TINY_MODEL
+
+
+def test_encode_then_decode_restores_the_size(tmp_path, tiny_models_dir, capsys):
+    src = DATA / "crop_97x71.png"
+    lw, png = tmp_path / "a.lw", tmp_path / "a.png"
+    assert main(["encode", str(src), "-o", str(lw), "--quality", "0.7", "--model", TINY_MODEL,
+                 "--models-dir", str(tiny_models_dir)]) == 0
+    expected = Codec.load(TINY_MODEL, tiny_models_dir).encode(load_image(src).rgb, quality=0.7).data
+    assert lw.read_bytes() == expected  # the file is exactly the stream the sender would send
+    assert main(["decode", str(lw), "-o", str(png), "--models-dir", str(tiny_models_dir)]) == 0
+    with Image.open(png) as im:
+        assert im.size == (97, 71)
+
+
+def test_decode_uses_the_model_the_stream_names(tmp_path, tiny_models_dir, sample_rgb):
+    denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
+    lw = tmp_path / "d.lw"
+    lw.write_bytes(denoiser.encode(sample_rgb, quality=0.4).data)
+    assert main(["decode", str(lw), "--models-dir", str(tiny_models_dir)]) == 0
+    with Image.open(tmp_path / "d.png") as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), denoiser.decode(lw.read_bytes()))
+
+
+def test_errors_are_one_line_and_exit_code_2(tmp_path, tiny_models_dir, capsys):
+    lw = tmp_path / "a.lw"
+    lw.write_bytes(Codec.load(TINY_DENOISE_MODEL, tiny_models_dir).encode(np.zeros((8, 8, 3), np.uint8),
+                                                                          quality=0.5).data)
+    # Decoding with the other model is refused with both names.
+    assert main(["decode", str(lw), "--model", TINY_MODEL, "--models-dir", str(tiny_models_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "ModelMismatch" in err and TINY_MODEL in err and TINY_DENOISE_MODEL in err
+
+    junk = tmp_path / "junk.lw"
+    junk.write_bytes(b"not a stream")
+    assert main(["decode", str(junk), "--models-dir", str(tiny_models_dir)]) == 2
+    assert capsys.readouterr().err.startswith("latentwire decode: ")
+
+    assert main(["encode", str(DATA / "crop_97x71.png"), "--max-bytes", "10", "--model", TINY_MODEL,
+                 "--models-dir", str(tiny_models_dir)]) == 2
+    assert "BudgetTooSmall" in capsys.readouterr().err

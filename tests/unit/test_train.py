@@ -1,0 +1,96 @@
+"""``latentwire train`` on a tiny network and a folder of generated images: checkpoints, held-out
+validation, resuming, and the denoising inputs (noise level and its loss weight)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.train import TrainConfig, corrupt, noise_weight, split_holdout, train
+from tests.conftest import TINY_NETWORK
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train-images")
+    rng = np.random.default_rng(0)
+    for i in range(26):  # 25 train + every 25th held out: 2 validation images (0 and 25)
+        yy, xx = np.mgrid[0:72, 0:80]
+        rgb = np.stack([xx * 3 + i, yy * 3, np.full_like(xx, 7 * i)], -1) + rng.normal(0, 6, (72, 80, 3))
+        Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(d / f"img{i:02d}.png")
+    return d
+
+
+def _config(data, out, **overrides) -> TrainConfig:
+    values = dict(data=str(data), out=str(out), steps=4, batch_size=2, crop=64, warmup_steps=1, val_every=2,
+                  bf16=False, device="cpu", network=dict(TINY_NETWORK))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_noise_weight_is_one_at_sigma_25_and_falls_with_noise():
+    w = noise_weight(torch.tensor([0.0, 10.0, 25.0, 50.0]))
+    assert w[2].item() == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(w.tolist(), w[1:].tolist()))
+    assert w[0].item() == pytest.approx(3.73, abs=0.01) and w[3].item() == pytest.approx(0.513, abs=0.01)
+
+
+def test_corrupt_adds_the_noise_it_reports():
+    x = torch.full((4, 3, 64, 64), 0.5)
+    gen = torch.Generator().manual_seed(0)
+    noisy, sigma = corrupt(x, 50.0, 0.0, gen)
+    assert noisy.shape == x.shape and sigma.shape == (4,)
+    assert ((0 <= sigma) & (sigma <= 50)).all()
+    measured = ((noisy - x) * 255).flatten(1).std(1)
+    assert torch.allclose(measured, sigma, rtol=0.05, atol=0.5)
+    fixed, sigma = corrupt(x, 50.0, 0.0, gen, fixed_sigma=25.0)
+    assert sigma.tolist() == [25.0] * 4
+    assert ((fixed - x) * 255).std().item() == pytest.approx(25.0, rel=0.05)
+
+
+def test_holdout_is_every_25th_file(image_dir):
+    files = sorted(image_dir.iterdir())
+    train_files, val_files = split_holdout(files)
+    assert [f.name for f in val_files] == ["img00.png", "img25.png"]
+    assert len(train_files) == 24 and not set(train_files) & set(val_files)
+
+
+def test_train_writes_checkpoints_and_resumes_a_new_segment(image_dir, tmp_path):
+    out = tmp_path / "run"
+    best = train(_config(image_dir, out, noise_sigma_max=50.0), log=lambda *a: None)
+
+    assert best == out / "best.pt" and best.is_file() and (out / "last.pt").is_file()
+    vals = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in vals] == [2, 4]
+    assert set(vals[0]["per_quality"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["train_config"]["noise_sigma_max"] == 50.0
+    assert {"optimizer", "aux_optimizer", "sampler_rng", "noise_rng"} <= set(ckpt)
+
+    # The segment is finished: resuming starts a new one from its weights and counts on.
+    train(_config(image_dir, out, steps=2, noise_sigma_max=50.0), resume=out / "last.pt", log=lambda *a: None)
+    again = torch.load(out / "last.pt", weights_only=True)
+    assert again["step"] == 6 and again["run_start"] == 4
+    assert any(not torch.equal(again["state_dict"][k], ckpt["state_dict"][k]) for k in ckpt["state_dict"])
+
+
+def test_a_new_objective_does_not_inherit_the_old_best_loss(image_dir, tmp_path):
+    clean = tmp_path / "clean"
+    train(_config(image_dir, clean, steps=2), log=lambda *a: None)
+    ckpt = torch.load(clean / "last.pt", weights_only=True)
+    ckpt["best_val"] = 0.0  # unbeatable: were it inherited, the denoising run would never save best.pt
+    torch.save(ckpt, clean / "last.pt")
+
+    noisy = tmp_path / "noisy"
+    train(_config(image_dir, noisy, steps=2, noise_sigma_max=50.0), resume=clean / "last.pt", log=lambda *a: None)
+    vals = [json.loads(line)["loss"] for line in (noisy / "val.jsonl").read_text().splitlines()]
+    assert torch.load(noisy / "best.pt", weights_only=True)["best_val"] == pytest.approx(min(vals))
+
+    # The same objective keeps it: a clean segment resumed from the clean run saves no best.pt.
+    again = tmp_path / "again"
+    train(_config(image_dir, again, steps=2), resume=clean / "last.pt", log=lambda *a: None)
+    assert not (again / "best.pt").exists() and (again / "last.pt").is_file()
