@@ -55,3 +55,33 @@ def test_psnr_band_at_half_quality(ladder):
 
     assert MIN_PSNR_AT_HALF_QUALITY_DB < db < 50.0, f"{db:.2f} dB at {bpp:.3f} bpp"
     assert 0.05 < bpp < 4.0
+
+
+# ---- the shipped denoising checkpoint (models/lw-vr-denoise-*.pt) ----
+NOISE_SIGMA = 25.0
+
+
+@pytest.fixture(scope="module")
+def noisy_pair(shipped_codec, kodim_rgb):
+    """kodim23 (half size) with sigma-25 noise, coded at quality 0.5 by both shipped models:
+    {mode: (bytes, PSNR against the CLEAN image)}."""
+    from shared.codec import DEFAULT_DENOISE_MODEL, Codec
+    from shared.evaluate import add_noise
+
+    denoiser = Codec.load(DEFAULT_DENOISE_MODEL)
+    noisy = add_noise(kodim_rgb, NOISE_SIGMA, "kodim23_half.png")
+    out = {"noisy input": (None, psnr(kodim_rgb, noisy))}
+    for mode, codec in (("standard", shipped_codec), ("denoise", denoiser)):
+        enc = codec.encode(noisy, quality=0.5)
+        out[mode] = (enc.nbytes, psnr(kodim_rgb, codec.decode(enc.data)))
+    return out
+
+
+def test_denoise_model_sends_fewer_bytes_and_a_cleaner_picture(noisy_pair):
+    (std_bytes, std_db), (dn_bytes, dn_db) = noisy_pair["standard"], noisy_pair["denoise"]
+    _, noisy_db = noisy_pair["noisy input"]
+
+    assert 19.5 < noisy_db < 21.0  # sigma 25 on the 0-255 scale
+    assert dn_bytes < 0.8 * std_bytes, noisy_pair  # the noise is not worth its bits
+    assert dn_db > std_db + 1.5, noisy_pair  # and dropping it is closer to the clean image
+    assert dn_db > noisy_db + 5.0, noisy_pair
