@@ -105,7 +105,6 @@ def _send_noisy(client, path: Path) -> list[tuple[Path, dict, object]]:
     """The sample with Gaussian noise, sent in both modes: [(path, sender's answer, clean rgb)]."""
     import io
 
-    import numpy as np
     from PIL import Image
 
     from shared.evaluate import add_noise

@@ -2,7 +2,7 @@
 
 Rate–distortion loss over the whole rate range: each crop draws its own ``quality`` ~ U[0, 1] and
 is charged ``lambda(quality) * 255^2 * MSE + bpp`` (bpp from the entropy models' likelihoods).
-With ``--noise-sigma-max`` > 0 the inputs are corrupted with Gaussian noise (sigma ~ U[0, max] on
+With ``--noise SIGMA_MAX`` > 0 the inputs are corrupted with Gaussian noise (sigma ~ U[0, max] on
 the 0–255 scale, optionally JPEG-recompressed) while the target stays clean: a denoising
 autoencoder. A sigma-50 crop's error is several times a sigma-10 crop's, so plain MSE lets the
 noisiest crops set the gradient and the model learns to over-smooth everything; each crop's
