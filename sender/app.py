@@ -107,7 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deliverer.start()
         stack.push_async_callback(deliverer.stop)  # stops first: nothing sends once shutdown begins
         app.state.services = Services(
-            settings=settings, codec=codec, codecs=codecs, outbox=outbox, encoder=encoder, deliverer=deliverer,
+            settings=settings, codecs=codecs, outbox=outbox, encoder=encoder, deliverer=deliverer,
             previews=PreviewStore(settings.data_dir / "previews", settings.previews_keep), client=client,
             metrics=metrics, pixel_limiter=anyio.CapacityLimiter(2),
         )

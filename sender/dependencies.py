@@ -23,7 +23,6 @@ class Services:
     """Everything with a lifetime, created and closed by ``sender.app.lifespan``."""
 
     settings: Settings
-    codec: Codec  # the standard model
     codecs: dict[str, Codec]  # mode -> model: "standard", and "denoise" when its model is installed
     outbox: Outbox
     encoder: Encoder
@@ -34,6 +33,11 @@ class Services:
     # Pillow decoding and PNG/JPEG coding of up to 4096x4096 images run on threads; two at a time
     # keeps a burst of uploads from holding a dozen full-size images in memory at once.
     pixel_limiter: anyio.CapacityLimiter
+
+    @property
+    def codec(self) -> Codec:
+        """The standard model (always loaded)."""
+        return self.codecs["standard"]
 
 
 def get_services(request: Request) -> Services:

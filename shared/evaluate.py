@@ -129,12 +129,15 @@ def pillow_contenders(threads: int = 0) -> list[Contender]:
         _pillow("webp", "WEBP", WEBP_QUALITIES, {"method": 6}, "Pillow WebP (lossy), method=6"),
     ]
     if features.check("avif"):
-        options = {"speed": AVIF_SPEED, **({"max_threads": threads} if threads > 0 else {})}
-        out.append(_pillow("avif", "AVIF", AVIF_QUALITIES, options,
+        out.append(_pillow("avif", "AVIF", AVIF_QUALITIES, _avif_options(threads),
                            f"Pillow AVIF (libavif {features.version('avif')}), speed={AVIF_SPEED}, 4:2:0"))
     else:
         print("eval: this Pillow has no AVIF support; AVIF skipped", file=sys.stderr)
     return out
+
+
+def _avif_options(threads: int) -> dict:
+    return {"speed": AVIF_SPEED, **({"max_threads": threads} if threads > 0 else {})}
 
 
 def _pillow(key: str, fmt: str, qualities, options: dict, description: str) -> Contender:
@@ -187,7 +190,7 @@ def denoise_contenders(sigma: float, threads: int = 0) -> list[Contender]:
         print("eval: this Pillow has no AVIF support; NLM + AVIF skipped", file=sys.stderr)
         return out
     h = nlm_strength(sigma)
-    avif = _pillow("avif", "AVIF", AVIF_QUALITIES, {"speed": AVIF_SPEED, **({"max_threads": threads} if threads > 0 else {})}, "")
+    avif = _pillow("avif", "AVIF", AVIF_QUALITIES, _avif_options(threads), "")
 
     def setting(s: Setting) -> Setting:
         return Setting(s.label, lambda rgb: s.encode(nlm_denoise(rgb, sigma, h)), s.decode)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -24,7 +23,7 @@ from sender.app import create_app as create_sender
 from shared.codec import Codec
 from shared.errors import CheckpointNotFound
 from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
-from tests.service.conftest import SENDER_SECRET, receiver_post, sender_settings, wait_status
+from tests.service.conftest import SENDER_SECRET, forward_to, receiver_post, sender_settings, wait_status
 
 
 def noisy_png(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
@@ -51,18 +50,9 @@ def receiver_app(tmp_path, tiny_models_dir, monkeypatch):
         yield rc
 
 
-def forwarding_to(rc: TestClient) -> httpx.MockTransport:
-    def forward(request: httpx.Request) -> httpx.Response:
-        r = receiver_post(rc, request.content)
-        keep = {k: v for k, v in r.headers.items() if k in ("content-type", "retry-after")}
-        return httpx.Response(r.status_code, headers=keep, content=r.content)
-
-    return httpx.MockTransport(forward)
-
-
 def test_denoise_uploads_travel_with_the_denoising_model(tmp_path, tiny_models_dir, receiver_app):
     settings = sender_settings(tmp_path / "sender", tiny_models_dir, denoise_model=TINY_DENOISE_MODEL)
-    with TestClient(create_sender(settings, transport=forwarding_to(receiver_app))) as client:
+    with TestClient(create_sender(settings, transport=forward_to(receiver_app))) as client:
         models = client.get("/v1/models").json()
         assert models["modes"] == ["standard", "denoise"] and models["default_mode"] == "standard"
         assert [(m["mode"], m["name"]) for m in models["models"]] == [("standard", TINY_MODEL),
@@ -136,7 +126,7 @@ def test_receiver_without_the_denoising_model_answers_409_naming_both(receiver_c
 def test_preview_false_skips_the_senders_decode_but_not_the_delivery(tmp_path, tiny_models_dir, receiver_app):
     settings = sender_settings(tmp_path / "sender", tiny_models_dir)
     data = noisy_png(seed=5)
-    with TestClient(create_sender(settings, transport=forwarding_to(receiver_app))) as client:
+    with TestClient(create_sender(settings, transport=forward_to(receiver_app))) as client:
         lean = client.post("/v1/images?quality=0.4&preview=false", files=[("file", ("a.png", data))])
         full = client.post("/v1/images?quality=0.4", files=[("file", ("a.png", data))])
         assert lean.status_code == full.status_code == 202
