@@ -49,10 +49,10 @@ def create_app(settings: Settings) -> FastAPI:
                         "Never expose this receiver beyond a trusted machine. !!!",
                         settings.weak_secret() or "the secret is strong but demo mode is on")
         codec = await asyncio.to_thread(Codec.load, settings.model, settings.models_dir,
-                                        settings.device, settings.max_side)
+                                        settings.device, settings.max_side, settings.precision)
         codecs = [codec]
         denoiser = await asyncio.to_thread(load_optional, settings.denoise_model, settings.models_dir,
-                                           settings.device, settings.max_side)
+                                           settings.device, settings.max_side, settings.precision)
         if denoiser is not None:
             codecs.append(denoiser)
         elif settings.denoise_model:

@@ -26,6 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--models-dir", type=Path, help="exported models (LATENTWIRE_RECEIVER_MODELS_DIR, default models/)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="where the synthesis transform runs (LATENTWIRE_RECEIVER_DEVICE, default auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="synthesis arithmetic (LATENTWIRE_RECEIVER_PRECISION, default auto: bf16 on CPUs with native bf16)")
     p.add_argument("--insecure-demo", action="store_true", default=None,
                    help="accept an empty or weak LATENTWIRE_SECRET (LATENTWIRE_INSECURE_DEMO=1); never in production")
     p.set_defaults(func=_cmd_receiver)
@@ -39,7 +41,7 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
     from receiver.settings import Settings
 
     overrides = {name: getattr(args, name) for name in
-                 ("host", "port", "store_dir", "model", "denoise_model", "models_dir", "device", "insecure_demo")
+                 ("host", "port", "store_dir", "model", "denoise_model", "models_dir", "device", "precision", "insecure_demo")
                  if getattr(args, name) is not None}
     try:
         settings = Settings(**overrides)

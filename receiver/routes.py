@@ -5,7 +5,7 @@
     GET  /v1/images/{id}       -> meta                       (400 malformed id, 404 unknown)
     GET  /v1/images/{id}.png   -> image/png                  (400 malformed id, 404 unknown)
     GET  /v1/events            -> text/event-stream, "image" events with meta as data
-    GET  /v1/models            -> the served model: name, weights, device, network, limits
+    GET  /v1/models            -> the served model: name, weights, device, precision, network, limits
     GET  /                     -> live gallery page
     GET  /healthz              -> {"status": "ok"} while the process serves requests
     GET  /readyz               -> 200 ready / 503 with reasons (model, entropy tables, store writable)

@@ -12,6 +12,9 @@
                                                                      file turns it off with a log line
     LATENTWIRE_RECEIVER_MODELS_DIR           <repo>/models           where exported models live
     LATENTWIRE_RECEIVER_DEVICE               auto                    auto | cpu | cuda[:N]
+    LATENTWIRE_RECEIVER_PRECISION            auto                    auto | fp32 | bf16 (synthesis arithmetic;
+                                                                     auto = bf16 on CPUs with native bf16;
+                                                                     see PRECISION in shared/codec.py)
     LATENTWIRE_RECEIVER_MAX_SIDE             4096                    largest width/height decoded
     LATENTWIRE_RECEIVER_MAX_FRAME_BYTES      16777216                request body limit (413 above)
     LATENTWIRE_RECEIVER_MAX_BATCH            64                      frames per request
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +54,7 @@ class Settings(BaseSettings):
     denoise_model: str = DEFAULT_DENOISE_MODEL
     models_dir: Path = DEFAULT_MODELS_DIR
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_side: Annotated[int, Field(ge=64, le=16384)] = 4096
     max_frame_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_FRAME_BYTES
     max_batch: Annotated[int, Field(ge=1, le=1024)] = DEFAULT_MAX_BATCH

@@ -76,10 +76,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         stack.enter_context(_exclusive(settings.data_dir / "sender.lock"))
         codec = await asyncio.to_thread(Codec.load, settings.model, settings.models_dir,
-                                        device=settings.device, max_side=settings.max_side)
+                                        device=settings.device, max_side=settings.max_side,
+                                        precision=settings.precision)
         codecs = {"standard": codec}
         denoiser = await asyncio.to_thread(load_optional, settings.denoise_model, settings.models_dir,
-                                           settings.device, settings.max_side)
+                                           settings.device, settings.max_side, settings.precision)
         if denoiser is not None:
             codecs["denoise"] = denoiser
         elif settings.default_mode == "denoise":

@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--default-mode", choices=("standard", "denoise"), help="mode of uploads that name none")
     p.add_argument("--models-dir", help="where exported models live (default: the repository's models/)")
     p.add_argument("--device", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="transforms' arithmetic (default auto: bf16 on CPUs with native bf16)")
     p.add_argument("--insecure-demo", action="store_true", default=None,
                    help="accept a weak or empty LATENTWIRE_SECRET (local demos only; logs a warning)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
@@ -40,7 +42,7 @@ def _cmd_sender(args) -> int:
 
     overrides = {name: getattr(args, name) for name in
                  ("receiver_url", "host", "port", "data_dir", "model", "denoise_model", "default_mode", "models_dir",
-                  "device", "insecure_demo")
+                  "device", "precision", "insecure_demo")
                  if getattr(args, name) is not None}
     try:
         settings = Settings(**overrides)

@@ -83,6 +83,7 @@ class ModelInfo(BaseModel):
     name: str
     weights: str
     device: str
+    precision: str = Field(description="arithmetic of the transforms: fp32 | bf16")
     network: dict
     max_side: int
 

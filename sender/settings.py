@@ -17,6 +17,9 @@
                                                                  standard | denoise
     LATENTWIRE_SENDER_MODELS_DIR              <repo>/models      where exported models live
     LATENTWIRE_SENDER_DEVICE                  auto               auto | cpu | cuda[:N] (encoder transforms)
+    LATENTWIRE_SENDER_PRECISION               auto               auto | fp32 | bf16 (transforms' arithmetic;
+                                                                 auto = bf16 on CPUs with native bf16; see
+                                                                 PRECISION in shared/codec.py)
     LATENTWIRE_SENDER_MAX_SIDE                4096               largest width/height accepted (413 above)
     LATENTWIRE_SENDER_DEFAULT_QUALITY         0.5                quality when the upload names neither
                                                                  quality nor max_bytes
@@ -76,6 +79,7 @@ class Settings(BaseSettings):
     default_mode: Literal["standard", "denoise"] = "standard"
     models_dir: Path = DEFAULT_MODELS_DIR
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_side: Annotated[int, Field(ge=64, le=16384)] = 4096
     default_quality: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     max_upload_bytes: Annotated[int, Field(ge=1024, description="request body limit (413 above)")] = 50 << 20

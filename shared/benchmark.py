@@ -15,7 +15,8 @@ CompressAI's model through ``compress()`` / ``decompress()`` on the same image, 
 to a multiple of 64. CompressAI's weights are random (``pretrained=False``: nothing is
 downloaded), so its byte count is meaningless, but its work per pixel is that of the real model.
 One untimed warm-up run precedes ``--runs`` timed runs; the table gives median and p90 (nearest
-rank) in milliseconds.
+rank) in milliseconds. ``--precision`` picks our transforms' arithmetic (default auto: bf16 on
+CPUs with native bf16; see PRECISION in shared/codec.py); CompressAI's model runs in float32.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def _cmd_codec(args) -> int:
         ref_dec = timings_ms(lambda: ref.decompress(out["strings"], out["shape"]), args.runs)
 
     rows = [
-        (f"ours {codec.name} q={args.quality:g}", ours_enc, ours_dec, f"{enc.nbytes} B ({enc.bpp:.3f} bpp)"),
+        (f"ours {codec.name} {codec.precision} q={args.quality:g}", ours_enc, ours_dec,
+         f"{enc.nbytes} B ({enc.bpp:.3f} bpp)"),
         ("CompressAI bmshj2018-hyperprior q3", ref_enc, ref_dec, f"{ref_bytes} B (random weights)"),
     ]
     print(f"bench codec: {W}x{H} image ({(args.image or DEFAULT_IMAGE).name} resized), "

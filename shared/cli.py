@@ -92,6 +92,8 @@ def _add_model_args(p) -> None:
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (see the device policy in shared/codec.py)")
     p.add_argument("--max-side", type=int, default=4096, help="largest width/height accepted")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="transforms' arithmetic: auto = bf16 on CPUs with native bf16, else fp32")
 
 
 def _load_codec(args):
@@ -99,7 +101,7 @@ def _load_codec(args):
     from shared.codec import DEFAULT_MODEL, Codec
 
     return Codec.load(args.model or DEFAULT_MODEL, args.models_dir or DEFAULT_MODELS_DIR,
-                      device=args.device, max_side=args.max_side)
+                      device=args.device, max_side=args.max_side, precision=args.precision)
 
 
 def _cmd_encode(args) -> int:

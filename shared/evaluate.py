@@ -554,7 +554,8 @@ def _cmd_eval(args) -> int:
     if args.denoise_model:
         from shared.codec import Codec
 
-        denoiser = Codec.load(args.denoise_model, models_dir, device=args.device, max_side=args.max_side)
+        denoiser = Codec.load(args.denoise_model, models_dir, device=args.device, max_side=args.max_side,
+                              precision=args.precision)
         if denoiser.name == codec.name:
             print(f"latentwire eval: --denoise-model names the same model as --model ({codec.name})", file=sys.stderr)
             return 2
@@ -585,7 +586,8 @@ def _cmd_eval(args) -> int:
     codecs = summarise(contenders, rows)
     report = {
         "dataset": args.dir.name, "images": len(images), "noise_sigma": args.noise,
-        "ours": ours, "torch_threads": torch.get_num_threads(), "timing": args.timing, "codecs": codecs,
+        "ours": ours, "torch_threads": torch.get_num_threads(), "precision": codec.precision,
+        "timing": args.timing, "codecs": codecs,
         "bd_rate": bd_rates(codecs, references, ours, args.bd_method),
     }
     if args.noise > 0:

@@ -195,7 +195,8 @@ class VariableRateHyperprior(CompressionModel):
         y, z = self.analysis(x)
         return self.compress_latents(y, z, quality)
 
-    def decompress(self, strings: list, shape: tuple[int, int], quality: float) -> dict:
+    def decode_latents(self, strings: list, shape: tuple[int, int], quality: float) -> Tensor:
+        """Entropy-decode [y_strings, z_strings] -> y_hat (B, M, h, w), float64 on the CPU."""
         y_strings, z_strings = strings
         B = len(z_strings)
         q = torch.full((B,), float(quality), dtype=torch.float64)
@@ -204,8 +205,12 @@ class VariableRateHyperprior(CompressionModel):
         y_hat_s = self.gaussian_conditional.decompress(
             y_strings, indexes, dtype=torch.float64, means=means_s
         )
+        return y_hat_s / g
+
+    def decompress(self, strings: list, shape: tuple[int, int], quality: float) -> dict:
+        y_hat = self.decode_latents(strings, shape, quality)
         g_s_device = next(self.g_s.parameters()).device  # g_s may live on another device
-        y_hat = (y_hat_s / g).to(g_s_device, torch.float32).contiguous(memory_format=torch.channels_last)
+        y_hat = y_hat.to(g_s_device, torch.float32).contiguous(memory_format=torch.channels_last)
         x_hat = self.g_s(y_hat).clamp_(0, 1)  # (B, 3, H, W)
         return {"x_hat": x_hat}
 
@@ -213,6 +218,64 @@ class VariableRateHyperprior(CompressionModel):
         return super().update(
             scale_table=get_scale_table() if scale_table is None else scale_table, force=force, **kwargs
         )
+
+
+# ---- inference forms of the transforms ------------------------------------------------------
+class SubpixelDeconv(nn.Module):
+    """A stride-2, 5x5 ``ConvTranspose2d`` (CompressAI's ``deconv``) rewritten as a 3x3 convolution
+    to 4x the channels followed by ``pixel_shuffle(2)``: the same function, another algorithm.
+
+    Output pixel (2m+a, 2n+b) of the transposed convolution only ever sees the 3x3 inputs around
+    (m, n), through the kernel taps of parity (a, b); gathering those taps per phase gives an
+    ordinary convolution. Why bother: oneDNN's transposed-convolution kernels split their
+    reductions differently for some thread counts (3 threads, for instance, changes the output
+    bits), while its forward convolutions partition by output block. In this form decoding gives
+    the same pixels under any thread count, in float32 and in bfloat16.
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        w = deconv.weight.detach()  # (C_in, C_out, 5, 5)
+        c_in, c_out, k, _ = w.shape
+        if (k, deconv.stride, deconv.padding, deconv.output_padding) != (5, (2, 2), (2, 2), (1, 1)):
+            raise ValueError("SubpixelDeconv converts only 5x5, stride-2 deconv layers (compressai deconv)")
+        phases = torch.zeros(c_out, 2, 2, c_in, 3, 3, dtype=w.dtype, device=w.device)
+        for a in range(2):
+            for b in range(2):
+                for dy in range(3):  # input row offset -1, 0, 1 sees kernel row a + 4 - 2*dy
+                    for dx in range(3):
+                        ky, kx = a + 4 - 2 * dy, b + 4 - 2 * dx
+                        if ky < 5 and kx < 5:
+                            phases[:, a, b, :, dy, dx] = w[:, :, ky, kx].t()
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 3, padding=1, bias=deconv.bias is not None,
+                              device=w.device, dtype=w.dtype)
+        self.conv.weight.data.copy_(phases.reshape(4 * c_out, c_in, 3, 3))
+        if deconv.bias is not None:
+            self.conv.bias.data.copy_(deconv.bias.detach().repeat_interleave(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
+class InferenceTransform(nn.Module):
+    """A frozen copy of g_a or g_s for coding: deconvs in ``SubpixelDeconv`` form, the body in
+    ``dtype`` (bfloat16 halves CPU time where the CPU has native bf16), and the output layer in
+    float32 so the reconstruction is not rounded to bf16's 8-bit mantissa. Takes and returns
+    float32 tensors."""
+
+    def __init__(self, transform: nn.Sequential, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        import copy
+
+        layers = [SubpixelDeconv(m) if isinstance(m, nn.ConvTranspose2d) else copy.deepcopy(m) for m in transform]
+        self.dtype = dtype
+        self.body = nn.Sequential(*layers[:-1]).to(dtype=dtype, memory_format=torch.channels_last)
+        self.head = layers[-1].to(dtype=torch.float32, memory_format=torch.channels_last)
+        self.requires_grad_(False).eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.body(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+        return self.head(h.float())
 
 
 def _float64_copy(module: nn.Module) -> nn.Module:

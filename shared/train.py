@@ -245,7 +245,9 @@ def validate(model: VariableRateHyperprior, images: list[torch.Tensor], device: 
 def _objective(run: dict) -> tuple:
     """What the validation loss measures: runs that differ here cannot share a best checkpoint."""
     sigma = float(run.get("noise_sigma_max", 0.0))
-    return sigma, float(run.get("noise_jpeg_prob", 0.0)), sigma > 0 and bool(run.get("noise_balance", False))
+    net = run.get("network", {})
+    rate_range = (float(net.get("lmbda_min", 0.0)), float(net.get("lmbda_max", 0.0)))
+    return sigma, float(run.get("noise_jpeg_prob", 0.0)), sigma > 0 and bool(run.get("noise_balance", False)), rate_range
 
 
 def save_training_checkpoint(path: Path, model, optimizer, aux_optimizer, state: dict, cfg: TrainConfig) -> None:

@@ -8,6 +8,10 @@ tests/data/golden-v2.png is what it decodes to. tests/data/golden.lw is the same
 it must keep decoding to those pixels. Any change to a container, the entropy coder, the rate
 path or the synthesis shows up here as changed bytes or pixels.
 
+The files are made and checked in float32 (``precision="fp32"``), the arithmetic every CPU has;
+the bf16 path that ``precision="auto"`` picks on CPUs with native bf16 must stay within a grey
+level of them.
+
 If such a change is intended, regenerate the four files and commit them:
 
     LATENTWIRE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_golden.py
@@ -39,20 +43,28 @@ GOLDEN = {
 REGEN_HINT = "regenerate with LATENTWIRE_REGEN_GOLDEN=1 (see tests/unit/test_golden.py) and commit the files"
 
 
+@pytest.fixture(scope="module")
+def fp32_codec(tiny_models_dir):
+    from shared.codec import Codec
+    from tests.conftest import TINY_MODEL
+
+    return Codec.load(TINY_MODEL, tiny_models_dir, precision="fp32")
+
+
 def _encode_as(tiny_codec, sample_rgb, version: int) -> bytes:
     stream = tiny_codec.encode(sample_rgb, quality=GOLDEN[version][2]).stream
     return dataclasses.replace(stream, version=version).to_bytes()
 
 
 @pytest.fixture(scope="module")
-def golden(tiny_codec, sample_rgb) -> dict[int, tuple[bytes, np.ndarray]]:
+def golden(fp32_codec, sample_rgb) -> dict[int, tuple[bytes, np.ndarray]]:
     """version -> (.lw bytes, decoded pixels); writes the files first when regeneration is asked for."""
     if os.environ.get("LATENTWIRE_REGEN_GOLDEN") == "1":
         written = []
         for version, (lw, png, _) in GOLDEN.items():
-            data = _encode_as(tiny_codec, sample_rgb, version)
+            data = _encode_as(fp32_codec, sample_rgb, version)
             lw.write_bytes(data)
-            png.write_bytes(encode_png(tiny_codec.decode(data)))
+            png.write_bytes(encode_png(fp32_codec.decode(data)))
             written += [f"{lw.name} ({len(data)} bytes)", png.name]
         pytest.fail(f"wrote {', '.join(written)} in {DATA}: review and commit them, "
                     "then run the tests again without LATENTWIRE_REGEN_GOLDEN")
@@ -74,22 +86,38 @@ def test_golden_stream_was_made_by_the_tiny_model(golden, tiny_codec, version):
     assert stream.quality == bs.coded_quality(GOLDEN[version][2])
 
 
-def test_encoding_reproduces_golden_v2_byte_for_byte(golden, tiny_codec, sample_rgb):
-    data = tiny_codec.encode(sample_rgb, quality=GOLDEN[2][2]).data
+def test_encoding_reproduces_golden_v2_byte_for_byte(golden, fp32_codec, sample_rgb):
+    data = fp32_codec.encode(sample_rgb, quality=GOLDEN[2][2]).data
 
     assert len(data) == len(golden[2][0])
     assert data == golden[2][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_decoding_golden_reproduces_its_png(golden, tiny_codec, version):
+def test_decoding_golden_reproduces_its_png(golden, fp32_codec, version):
     data, pixels = golden[version]
 
-    rgb_hat = tiny_codec.decode(data)
+    rgb_hat = fp32_codec.decode(data)
 
     assert rgb_hat.shape == pixels.shape == (71, 97, 3)
     mismatched = int(np.count_nonzero(rgb_hat != pixels))
     assert mismatched == 0, f"{mismatched} decoded values changed: if intended, {REGEN_HINT}"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_bf16_decoding_of_golden_stays_within_a_grey_level(golden, tiny_models_dir, version):
+    from shared.codec import Codec
+    from tests.conftest import TINY_MODEL
+
+    data, pixels = golden[version]
+    bf16 = Codec.load(TINY_MODEL, tiny_models_dir, precision="bf16")
+
+    rgb_hat = bf16.decode(data)
+
+    diff = np.abs(rgb_hat.astype(np.int16) - pixels.astype(np.int16))
+    assert rgb_hat.shape == (71, 97, 3)
+    assert int(diff.max()) <= 1
+    assert np.count_nonzero(diff) / diff.size < 0.03  # measured: 209 of 20661 values (1.0 %)
 
 
 def test_golden_v1_survives_loads_and_to_bytes_byte_for_byte(golden):
@@ -97,10 +125,10 @@ def test_golden_v1_survives_loads_and_to_bytes_byte_for_byte(golden):
     assert bs.loads(golden[1][0]).to_bytes() == golden[1][0]
 
 
-def test_the_version_1_writer_reproduces_golden_lw(golden, tiny_codec, sample_rgb):
+def test_the_version_1_writer_reproduces_golden_lw(golden, fp32_codec, sample_rgb):
     # Quality 0.5 is a float32, so the version 2 encoder codes exactly what the version 1 one
     # did; only the container differs.
     v1 = bs.loads(golden[1][0])
 
-    assert tiny_codec.encode(sample_rgb, quality=0.5).stream.strings == v1.strings
-    assert _encode_as(tiny_codec, sample_rgb, 1) == golden[1][0]
+    assert fp32_codec.encode(sample_rgb, quality=0.5).stream.strings == v1.strings
+    assert _encode_as(fp32_codec, sample_rgb, 1) == golden[1][0]
