@@ -39,10 +39,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.checkpoint import DEFAULT_MODELS_DIR
 from shared.codec import DEFAULT_DENOISE_MODEL, DEFAULT_MODEL
-from shared.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, check_secret, secret_problem, signing_key
+from shared.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, SecretSettings, check_secret
 
 
-class Settings(BaseSettings):
+class Settings(SecretSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LATENTWIRE_RECEIVER_", extra="ignore",
                                       populate_by_name=True, frozen=True,
                                       hide_input_in_errors=True)  # errors must not echo the secret
@@ -76,14 +76,6 @@ class Settings(BaseSettings):
     def _refuse_weak_secret(self) -> "Settings":
         check_secret(self.secret.get_secret_value(), self.insecure_demo)
         return self
-
-    def weak_secret(self) -> str | None:
-        """Why the configured secret is weak (only non-None in insecure demo mode)."""
-        return secret_problem(self.secret.get_secret_value())
-
-    def secret_bytes(self) -> bytes:
-        """The HMAC key: the configured secret, or the public demo key when demo mode has none."""
-        return signing_key(self.secret.get_secret_value(), self.insecure_demo)
 
 
 @lru_cache(maxsize=1)

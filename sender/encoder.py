@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sender.background import BackgroundTask
 from sender.errors import EncoderBusy
 from shared.codec import Codec, Encoded
 from shared.images import psnr
@@ -54,35 +55,24 @@ class _Job:
     future: asyncio.Future
 
 
-class Encoder:
+class Encoder(BackgroundTask):
+    task_name = "latentwire-encoder"
+
     def __init__(self, queue_size: int, batch_max: int = 1, batch_wait_s: float = 0.0) -> None:
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentwire-encode")
-        self._task: asyncio.Task | None = None
         self.batches = 0  # encode calls made (a batch counts once): lets tests see batching happen
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="latentwire-encoder")
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._cancel()
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
                 job.future.cancel()
         # A job already on the thread finishes by itself; nothing waits for it.
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
 
     async def encode_many(self, items: list[tuple[Codec, np.ndarray, float | None, int | None]],
                           measure: bool = True) -> list[EncodeResult | BaseException]:

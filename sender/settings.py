@@ -59,10 +59,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.checkpoint import DEFAULT_MODELS_DIR
 from shared.codec import DEFAULT_DENOISE_MODEL, DEFAULT_MODEL
-from shared.wire import DEFAULT_MAX_BATCH, check_secret, secret_problem, signing_key
+from shared.wire import DEFAULT_MAX_BATCH, SecretSettings, check_secret
 
 
-class Settings(BaseSettings):
+class Settings(SecretSettings, BaseSettings):
     """Sender configuration; see the module docstring for every env var."""
 
     model_config = SettingsConfigDict(env_prefix="LATENTWIRE_SENDER_", extra="ignore",
@@ -124,14 +124,6 @@ class Settings(BaseSettings):
     @property
     def frames_url(self) -> str:
         return f"{self.receiver_url}/v1/frames"
-
-    def weak_secret(self) -> str | None:
-        """Why the configured secret is weak (only non-None in insecure demo mode)."""
-        return secret_problem(self.secret.get_secret_value())
-
-    def secret_bytes(self) -> bytes:
-        """The HMAC key: the configured secret, or the public demo key when demo mode has none."""
-        return signing_key(self.secret.get_secret_value(), self.insecure_demo)
 
 
 @lru_cache(maxsize=1)

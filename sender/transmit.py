@@ -37,6 +37,7 @@ import time
 
 import httpx
 
+from sender.background import BackgroundTask
 from sender.metrics import Metrics
 from sender.outbox import Outbox, PendingFrame
 from sender.settings import Settings
@@ -51,7 +52,12 @@ MAX_RETRY_AFTER_S = 3600.0
 DELIVERED = ("stored", "duplicate")
 
 
-class Deliverer:
+class Deliverer(BackgroundTask):
+    """Cancelling ``stop()`` may cut a POST short: that frame is still queued and goes again next
+    start (the receiver dedupes)."""
+
+    task_name = "latentwire-delivery"
+
     def __init__(self, outbox: Outbox, client: httpx.AsyncClient, settings: Settings, metrics: Metrics) -> None:
         self.outbox = outbox
         self.client = client
@@ -59,28 +65,10 @@ class Deliverer:
         self.metrics = metrics
         self._secret = settings.secret_bytes()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
         self._failures = 0  # consecutive transient failures
         self._pause_until = 0.0
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="latentwire-delivery")
-
-    async def stop(self) -> None:
-        """Cancel mid-request if need be: a frame whose POST was cut short is still queued and
-        goes again next start (the receiver dedupes)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
-
     def notify(self) -> None:
         """A frame was queued: look at the outbox now (unless paused for a failing receiver)."""
         self._wake.set()

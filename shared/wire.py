@@ -159,6 +159,19 @@ def secret_problem(secret: str) -> str | None:
     return None
 
 
+class SecretSettings:
+    """The secret methods both services' settings share (each declares its own ``secret: SecretStr``
+    and ``insecure_demo: bool`` fields, with its own env var aliases)."""
+
+    def weak_secret(self) -> str | None:
+        """Why the configured secret is weak (only non-None in insecure demo mode)."""
+        return secret_problem(self.secret.get_secret_value())
+
+    def secret_bytes(self) -> bytes:
+        """The HMAC key: the configured secret, or the public demo key when demo mode has none."""
+        return signing_key(self.secret.get_secret_value(), self.insecure_demo)
+
+
 def check_secret(secret: str, insecure_demo: bool) -> None:
     """Refuse a weak secret at start-up unless insecure demo mode was asked for (ValueError)."""
     problem = secret_problem(secret)

@@ -1,6 +1,9 @@
 """One prepared GPU training run for a lent accelerator (see README "Training on a lent GPU").
 
     python3 tests/gpu/train_on_device.py --data .data/train --out "$OUT" --time-budget-s 450
+    # the denoising model, fine-tuned from the shipped one (σ ~ U[0, 50], 10 % JPEG first):
+    python3 tests/gpu/train_on_device.py --data .data/train --out "$OUT" --time-budget-s 450 \
+        --resume models/lw-vr-denoise-*.pt --noise 50 --noise-jpeg-prob 0.1 --lr 1e-4
 
 Trains the shipped architecture from scratch (or ``--resume``) for a fixed wall-time budget,
 then writes what must come back in files under 16 MiB each: the best weights split in two
@@ -49,6 +52,9 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--resume", default=None)
+    ap.add_argument("--lmbda-min", type=float, default=None, help="override the rate range's lowest lambda")
+    ap.add_argument("--noise", type=float, default=0.0, help="denoising: sigma ~ U[0, NOISE] on 0-255")
+    ap.add_argument("--noise-jpeg-prob", type=float, default=0.0)
     args = ap.parse_args()
     out = Path(args.out)
     work = Path("/tmp/latentwire-run")
@@ -56,7 +62,8 @@ def main() -> None:
     print(torch.__version__, torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", flush=True)
     cfg = TrainConfig(data=args.data, out=str(work), batch_size=args.batch_size, crop=args.crop,
                       lr=args.lr, val_every=2500, checkpoint_every_s=120, time_budget_s=args.time_budget_s,
-                      warmup_steps=300, steps=10**9)
+                      warmup_steps=300, steps=10**9, lmbda_min=args.lmbda_min,
+                      noise_sigma_max=args.noise, noise_jpeg_prob=args.noise_jpeg_prob)
     t0 = time.time()
     best = train(cfg, Path(args.resume) if args.resume else None)
     print(f"training wall time {time.time() - t0:.0f} s", flush=True)

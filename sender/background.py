@@ -1,0 +1,33 @@
+"""``BackgroundTask``: the lifecycle the sender's two long-running workers share (the encoder and
+the deliverer): one asyncio task, started by ``start()``, cancelled and awaited by ``stop()``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+
+
+class BackgroundTask:
+    _task: asyncio.Task | None = None
+    task_name = "latentwire-worker"
+
+    def _run(self) -> Coroutine:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.task_name)
+
+    async def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def stop(self) -> None:
+        await self._cancel()
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
