@@ -25,11 +25,13 @@ DEVICE POLICY (what makes a stream portable across machines):
 
 PRECISION: ``precision="auto"`` (the default) runs the bodies of g_a and g_s in bfloat16 on a CPU
 with native bf16 (AVX512-BF16 or AMX: ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), and in
-float32 elsewhere (other CPUs, CUDA). Output layers stay float32. On Kodak this moves PSNR by at most
--0.03 dB (at quality 1) and rate by +0.1 % while cutting encode and decode time about in half
-(``latentwire bench codec``). The choice is per machine, like the device: a decoder with another
-precision still decodes every stream, with pixels that may differ by a grey level or two, so a
-sender's preview PSNR is exact when sender and receiver run the same precision.
+float32 elsewhere (other CPUs, CUDA). Output layers stay float32. On Kodak (lw-vr-hyperprior-56539fc6)
+bf16 moved rate by +0.07..+0.22 % and PSNR by -0.003..+0.009 dB per quality point (BD-rate +0.04 %)
+while encode/decode of a 768x512 image went from 388/477 ms to 210/261 ms (``latentwire bench
+codec``, 2 threads; figures in models/README.md "Precision"). The choice is per machine, like
+the device: a decoder with another precision still decodes every stream, with pixels that may
+differ by a grey level or two, so a sender's preview PSNR is exact when sender and receiver run
+the same precision.
 """
 
 from __future__ import annotations

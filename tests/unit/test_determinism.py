@@ -50,7 +50,8 @@ def test_encoding_is_identical_under_1_2_and_3_threads(request, codec_fixture, p
 def test_decoding_is_identical_under_1_2_and_3_threads(request, codec_fixture, precision, kodim_rgb,
                                                        restore_threads):
     # 3 threads is the case that once broke: oneDNN's transposed convolutions split their
-    # reductions there (the shipped model's ConvTranspose2d g_s changed 3 values of this image),
+    # reductions there (lw-vr-hyperprior-38e7d9f7's own ConvTranspose2d g_s changed 3 values of
+    # this image),
     # so the decoder now runs them as SubpixelDeconv convolutions.
     codec = _with_precision(request.getfixturevalue(codec_fixture), precision)
     data = codec.encode(kodim_rgb, quality=0.5).data
