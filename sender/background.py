@@ -17,16 +17,13 @@ class BackgroundTask:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.task_name)
 
-    async def _cancel(self) -> None:
+    async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-
-    async def stop(self) -> None:
-        await self._cancel()
 
     @property
     def alive(self) -> bool:

@@ -66,7 +66,7 @@ class Encoder(BackgroundTask):
         self.batches = 0  # encode calls made (a batch counts once): lets tests see batching happen
 
     async def stop(self) -> None:
-        await self._cancel()
+        await super().stop()
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():

@@ -88,13 +88,13 @@ class Codec:
         self.precision = resolve_precision(precision, self.device)
         self.max_side = max_side
         self._lock = threading.Lock()
-        # Entropy models, gains and h_s stay on the CPU (device policy); transforms move.
-        for module in (self.model.g_a, self.model.h_a, self.model.g_s):
-            module.to(self.device, memory_format=torch.channels_last)
+        # Entropy models, gains and h_s stay on the CPU (device policy); the transforms coding
+        # uses move: h_a, and the InferenceTransform copies of g_a and g_s (see DEVICE POLICY).
+        self.model.h_a.to(self.device, memory_format=torch.channels_last)
         self.model.update(force=False)  # no-op for exported models: their tables are stored
         dtype = PRECISIONS[self.precision]
-        self._g_a = InferenceTransform(self.model.g_a, dtype)  # the coding copies (see DEVICE POLICY)
-        self._g_s = InferenceTransform(self.model.g_s, dtype)
+        self._g_a = InferenceTransform(self.model.g_a, dtype).to(self.device)
+        self._g_s = InferenceTransform(self.model.g_s, dtype).to(self.device)
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, models_dir: Path = DEFAULT_MODELS_DIR,
