@@ -43,6 +43,7 @@ class EncodeResult:
     reconstruction: np.ndarray | None  # (H, W, 3) uint8: the receiver's decode of ``encoded``
     psnr: float | None  # dB, inf when the reconstruction is exact; None when not measured
     encode_s: float  # seconds of encoding (a batch's time split evenly over its images)
+    batch_size: int = 1  # images encoded in the same call as this one (> 1 only on CUDA)
 
 
 @dataclass
@@ -156,7 +157,8 @@ class Encoder(BackgroundTask):
                 out.append(enc)
                 continue
             if not job.measure:
-                out.append(EncodeResult(encoded=enc, reconstruction=None, psnr=None, encode_s=encode_s))
+                out.append(EncodeResult(encoded=enc, reconstruction=None, psnr=None, encode_s=encode_s,
+                                        batch_size=len(batch)))
                 continue
             try:
                 rgb_hat = job.codec.decode(enc.data)
@@ -164,7 +166,7 @@ class Encoder(BackgroundTask):
                 out.append(exc)
                 continue
             out.append(EncodeResult(encoded=enc, reconstruction=rgb_hat, psnr=psnr(job.rgb, rgb_hat),
-                                    encode_s=encode_s))
+                                    encode_s=encode_s, batch_size=len(batch)))
         return out
 
     def _encode_one(self, job: _Job) -> Encoded | BaseException:

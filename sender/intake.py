@@ -115,6 +115,7 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
         )
         accepted.append(_Accepted(frame, png, jpeg))
         svc.metrics.encode_seconds.observe(result.encode_s)
+        svc.metrics.encode_batch_size.observe(result.batch_size)
 
     await svc.outbox.add([a.frame for a in accepted], s.outbox_max_pending, svc.deliverer.retry_after_s())
     svc.deliverer.notify()

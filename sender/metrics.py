@@ -2,6 +2,8 @@
 or an app and a library user, never share or collide on the global registry).
 
     latentwire_sender_encode_seconds            histogram  encoder time per image (batch time / size)
+    latentwire_sender_encode_batch_size         histogram  images per encoder call, observed per image
+                                                           (always 1 on CPU; CUDA batches concurrent uploads)
     latentwire_sender_bpp                       histogram  bits per pixel of accepted images
     latentwire_sender_images_total              counter    images accepted (queued)
     latentwire_sender_stream_bytes_total        counter    bitstream bytes of accepted images
@@ -30,6 +32,8 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.encode_seconds = Histogram("latentwire_sender_encode_seconds", "Encoder time per image",
                                         buckets=_SECONDS, registry=r)
+        self.encode_batch_size = Histogram("latentwire_sender_encode_batch_size", "Images per encoder call",
+                                           buckets=(1, 2, 4, 8, 16, 32), registry=r)
         self.bpp = Histogram("latentwire_sender_bpp", "Bits per pixel of accepted images",
                              buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0), registry=r)
         self.images = Counter("latentwire_sender_images", "Images accepted and queued", registry=r)

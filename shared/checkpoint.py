@@ -47,8 +47,12 @@ def weights_hash(state_dict: dict) -> str:
 
 def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
                  metrics: dict | None = None) -> Path:
-    """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated."""
-    ckpt = safe_load(source)
+    """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated.
+
+    ``source`` may also be the folder a lent GPU's run returns (tests/gpu/train_on_device.py):
+    ``meta.pt`` plus the weights split across ``weights_part*.pt``, joined here.
+    """
+    ckpt = join_parts(source) if Path(source).is_dir() else safe_load(source)
     model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
     model.load_state_dict(ckpt["state_dict"])
     model.update(force=True)  # entropy-coder CDF tables from the trained densities
@@ -118,6 +122,19 @@ def load_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) 
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     meta["path"] = str(path)
     return model, meta
+
+
+def join_parts(folder: Path) -> dict:
+    """``meta.pt`` + ``weights_part*.pt`` (each returned file must stay under 16 MiB) -> one checkpoint."""
+    folder = Path(folder)
+    parts = sorted(folder.glob("weights_part*.pt"))
+    if not parts:
+        raise CheckpointNotFound(f"{folder} holds no weights_part*.pt files")
+    ckpt = safe_load(folder / "meta.pt", required=("network",))
+    ckpt["state_dict"] = {}
+    for part in parts:
+        ckpt["state_dict"].update(safe_load(part, required=()))
+    return ckpt
 
 
 def safe_load(path: Path, required: tuple[str, ...] = ("state_dict", "network"), hint: str = "") -> dict:

@@ -96,6 +96,7 @@ class ServicePair:
     model: str | None = None
     models_dir: Path | None = None
     device: str = "cpu"
+    receiver_device: str | None = None  # default: ``device`` (a GPU sender may feed a CPU receiver)
     receiver_port: int = 0
     sender_port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -116,7 +117,7 @@ class ServicePair:
         self.receiver = ServiceProcess(
             "receiver",
             ["receiver", "--host", "127.0.0.1", "--port", str(rport),
-             "--store-dir", str(self.work_dir / "receiver"), "--device", self.device, *model_args],
+             "--store-dir", str(self.work_dir / "receiver"), "--device", self.receiver_device or self.device, *model_args],
             env, rport, self.work_dir / "logs" / "receiver.log",
         )
         self.sender = ServiceProcess(

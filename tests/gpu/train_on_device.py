@@ -1,13 +1,15 @@
-"""One prepared GPU training run for a lent accelerator (see README "Training on a lent GPU").
+"""One prepared GPU training run for a lent accelerator (see README "Training on a lent GPU";
+tests/gpu/run_on_device.sh runs two of these side by side).
 
-    python3 tests/gpu/train_on_device.py --data .data/train --out "$OUT" --time-budget-s 450
+    python3 tests/gpu/train_on_device.py --data .data/sub --holdout-every 7 --out "$OUT/main" \
+        --time-budget-s 360 --resume models/lw-vr-hyperprior-*.pt --lr 2e-4
     # the denoising model, fine-tuned from the shipped one (σ ~ U[0, 50], 10 % JPEG first):
-    python3 tests/gpu/train_on_device.py --data .data/train --out "$OUT" --time-budget-s 450 \
-        --resume models/lw-vr-denoise-*.pt --noise 50 --noise-jpeg-prob 0.1 --lr 1e-4
+    python3 tests/gpu/train_on_device.py --data .data/sub --holdout-every 7 --out "$OUT/denoise" \
+        --time-budget-s 360 --resume models/lw-vr-denoise-*.pt --noise 50 --noise-jpeg-prob 0.1 --lr 1e-4
 
 Trains the shipped architecture from scratch (or ``--resume``) for a fixed wall-time budget,
 then writes what must come back in files under 16 MiB each: the best weights split in two
-``weights_partK.pt`` files (join with ``latentwire export --join``), the validation log, and
+``weights_partK.pt`` files (``latentwire export FOLDER`` joins them), the validation log, and
 ``device_streams.msgpack``: held-out images encoded with g_a/h_a on CUDA, to be decoded on a CPU
 by ``tests/gpu/check_device_streams.py`` (the device policy's cross-device check).
 """
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import msgpack  # noqa: E402
 import torch  # noqa: E402
 
+import shared.train  # noqa: E402
 from shared.network import NetworkConfig, VariableRateHyperprior, pad_to_multiple  # noqa: E402
 from shared.train import TrainConfig, list_images, load_rgb, split_holdout, train  # noqa: E402
 
@@ -55,18 +58,28 @@ def main() -> None:
     ap.add_argument("--lmbda-min", type=float, default=None, help="override the rate range's lowest lambda")
     ap.add_argument("--noise", type=float, default=0.0, help="denoising: sigma ~ U[0, NOISE] on 0-255")
     ap.add_argument("--noise-jpeg-prob", type=float, default=0.0)
+    ap.add_argument("--val-every", type=int, default=2500)
+    ap.add_argument("--holdout-every", type=int, default=None,
+                    help="hold out every Nth image (default 25, as `latentwire train`); for a carried "
+                         "subset of the training folder chosen so the same images stay held out")
     args = ap.parse_args()
+    if args.holdout_every:
+        shared.train.HOLDOUT_EVERY = args.holdout_every
     out = Path(args.out)
-    work = Path("/tmp/latentwire-run")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path("/tmp") / f"latentwire-run-{out.name}"  # two runs may share the machine
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     print(torch.__version__, torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", flush=True)
     cfg = TrainConfig(data=args.data, out=str(work), batch_size=args.batch_size, crop=args.crop,
-                      lr=args.lr, val_every=2500, checkpoint_every_s=120, time_budget_s=args.time_budget_s,
+                      lr=args.lr, val_every=args.val_every, checkpoint_every_s=120, time_budget_s=args.time_budget_s,
                       warmup_steps=300, steps=10**9, lmbda_min=args.lmbda_min,
                       noise_sigma_max=args.noise, noise_jpeg_prob=args.noise_jpeg_prob)
     t0 = time.time()
     best = train(cfg, Path(args.resume) if args.resume else None)
     print(f"training wall time {time.time() - t0:.0f} s", flush=True)
+    if not best.exists():  # no validation beat the inherited best: return the last weights instead
+        print(f"no {best.name}; returning last.pt", flush=True)
+        best = work / "last.pt"
     shutil.copy(work / "val.jsonl", out / "val.jsonl")
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     split_state_dict(ckpt["state_dict"], out)

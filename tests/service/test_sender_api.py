@@ -292,7 +292,7 @@ def test_metrics_health_models_and_docs(client):
     for name in ("latentwire_sender_encode_seconds_bucket", "latentwire_sender_transmit_seconds_bucket",
                  "latentwire_sender_wire_bytes_total", "latentwire_sender_bpp_bucket",
                  "latentwire_sender_outbox_depth", "latentwire_sender_delivery_attempts_total",
-                 "latentwire_sender_upload_errors_total"):
+                 "latentwire_sender_upload_errors_total", "latentwire_sender_encode_batch_size_bucket"):
         assert name in text, name
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

@@ -107,6 +107,7 @@ def test_encoder_batches_jobs_of_the_same_codec_and_quality(tiny_codec, tiny_mod
 
     results, batches = asyncio.run(run())
     assert batches == 3  # the four at 0.5 together; 0.9 alone; the other model's 0.5 alone
+    assert [r.batch_size for r in results] == [4, 4, 4, 4, 1, 1]  # what /metrics' batch-size histogram sees
     codecs = [tiny_codec] * 5 + [denoiser]
     for res, rgb, q, codec in zip(results, _images(6), [0.5] * 4 + [0.9, 0.5], codecs):
         assert res.encoded.quality == q and res.encoded.stream.model == codec.name

@@ -140,3 +140,34 @@ def test_two_files_for_one_name_are_ambiguous(tiny_file):
 
     with pytest.raises(CheckpointError, match="several files"):
         find_model("lw-tiny", tiny_file.parent)
+
+
+def test_a_gpu_runs_split_weights_export_to_the_same_model(tiny_file, tmp_path):
+    """A lent GPU returns files under 16 MiB: ``export`` joins meta.pt + weights_part*.pt."""
+    from shared.checkpoint import export_model
+    from tests.gpu.train_on_device import split_state_dict
+
+    ckpt = torch.load(tiny_file, weights_only=True)
+    run = tmp_path / "gpu-run"
+    run.mkdir()
+    split_state_dict(ckpt["state_dict"], run, max_bytes=64 << 10)
+    torch.save({k: ckpt[k] for k in ("network", "train_config", "step")}, run / "meta.pt")
+    parts = sorted(run.glob("weights_part*.pt"))
+    assert len(parts) >= 3  # the tiny model's 64 KiB parts: really split
+    for p in parts:  # each part within the limit, unless it is one tensor larger than the limit
+        part = torch.load(p, weights_only=True)
+        assert len(part) == 1 or sum(t.numel() * t.element_size() for t in part.values()) <= 64 << 10
+
+    joined = export_model(run, "lw-tiny", tmp_path / "out")
+
+    assert joined.name == tiny_file.name  # same weights, same hash prefix
+    model, meta = load_model(joined)
+    assert meta["weights"] == weights_hash(ckpt["state_dict"])
+
+
+def test_a_gpu_run_folder_without_weights_is_not_found(tmp_path):
+    from shared.checkpoint import export_model
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointNotFound, match="weights_part"):
+        export_model(tmp_path / "run", "lw-tiny", tmp_path / "out")

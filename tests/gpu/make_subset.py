@@ -1,0 +1,50 @@
+"""Copy the part of a training folder that fits in a lent GPU's 64 MiB carry, keeping validation.
+
+    python tests/gpu/make_subset.py ../shared/datasets/train .data/sub --keep 7 [--offset 6]
+
+`latentwire train` holds out every 25th image by name. This keeps each held-out image and KEEP-1
+of the 24 training images that follow it (from the OFFSET-th on), so with ``--holdout-every KEEP``
+the run on the GPU holds out the very same images and its validation figures compare with the CPU
+runs'. With KEEP = 7 that is 140 of BSDS500's 500 images (about 10.4 MB), 120 of them for
+training: what fits beside the two shipped checkpoints (48 MB) and the wheels. Step OFFSET by
+KEEP-1 from one lent GPU to the next (0, 6, 12, 18) and four runs see every training image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from shared.train import HOLDOUT_EVERY, list_images, split_holdout  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("src", type=Path)
+    ap.add_argument("dst", type=Path)
+    ap.add_argument("--keep", type=int, default=7)
+    ap.add_argument("--offset", type=int, default=0, help="skip this many training images after each held-out one")
+    args = ap.parse_args()
+    if not 0 <= args.offset <= HOLDOUT_EVERY - args.keep:
+        ap.error(f"--offset must be 0..{HOLDOUT_EVERY - args.keep} with --keep {args.keep}")
+    files = list_images(args.src)
+    subset = [f for i, f in enumerate(files)
+              if i % HOLDOUT_EVERY == 0 or args.offset < i % HOLDOUT_EVERY < args.offset + args.keep]
+    args.dst.mkdir(parents=True, exist_ok=True)
+    for f in subset:
+        shutil.copy(f, args.dst / f.name)
+    held = split_holdout(files)[1]
+    import shared.train
+
+    shared.train.HOLDOUT_EVERY = args.keep
+    assert [f.name for f in split_holdout(list_images(args.dst))[1]] == [f.name for f in held]
+    print(f"{len(subset)} images ({sum(f.stat().st_size for f in subset) / 1e6:.1f} MB) in {args.dst}; "
+          f"the same {len(held)} held out with --holdout-every {args.keep}")
+
+
+if __name__ == "__main__":
+    main()
