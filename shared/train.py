@@ -134,24 +134,30 @@ def corrupt(x: torch.Tensor, sigma_max: float, jpeg_prob: float, gen: torch.Gene
             fixed_sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoising-autoencoder input: Gaussian noise with sigma ~ U[0, sigma_max] (0-255 scale) per
     image (or exactly ``fixed_sigma``), and with probability ``jpeg_prob`` a JPEG round trip at a
-    random quality 30-90 first. Returns (noisy x, sigma per image (B,) on the 0-255 scale)."""
+    random quality 30-90 first. Returns (noisy x, sigma per image (B,) on the 0-255 scale).
+
+    Draws come from ``gen`` on its own device: training passes a generator on the training device
+    (a CUDA generator keeps the noise, 3 floats per pixel, off the CPU); validation a CPU one, so
+    its noise is the same on every device."""
+    B, dev = x.shape[0], gen.device
     if jpeg_prob > 0:
+        draws = torch.rand(B, 2, generator=gen, device=dev).tolist()  # one host sync per batch
         out = []
-        for img in x:
-            if torch.rand((), generator=gen).item() < jpeg_prob:
-                q = int(30 + 60 * torch.rand((), generator=gen).item())
+        for img, (u, v) in zip(x, draws):
+            if u < jpeg_prob:
                 arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
                 buf = io.BytesIO()
-                Image.fromarray(arr).save(buf, format="JPEG", quality=q)
+                Image.fromarray(arr).save(buf, format="JPEG", quality=int(30 + 60 * v))
                 img = load_rgb_bytes(buf.getvalue()).to(x.device).float() / 255.0
             out.append(img)
         x = torch.stack(out)
     if fixed_sigma is None:
-        sigma = torch.rand(x.shape[0], generator=gen) * sigma_max
+        sigma = torch.rand(B, generator=gen, device=dev) * sigma_max
     else:
-        sigma = torch.full((x.shape[0],), float(fixed_sigma))
-    noise = torch.randn(x.shape, generator=gen).to(x.device)
-    return (x + (sigma / 255.0).to(x.device).view(-1, 1, 1, 1) * noise).clamp(0, 1), sigma.to(x.device)
+        sigma = torch.full((B,), float(fixed_sigma), device=dev)
+    noise = torch.randn(x.shape, generator=gen, device=dev).to(x.device)
+    sigma = sigma.to(x.device)
+    return (x + (sigma / 255.0).view(-1, 1, 1, 1) * noise).clamp(0, 1), sigma
 
 
 def noise_weight(sigma: torch.Tensor) -> torch.Tensor:
@@ -297,7 +303,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     train_files, val_files = split_holdout(files)
     sampler = CropSampler(train_files, cfg.crop, device, cfg.seed)
     val_images = [load_rgb(f) for f in val_files]
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     qgen = torch.Generator().manual_seed(cfg.seed + 2)
     log(f"device={device} train_images={len(train_files)} val_images={len(val_files)} "
         f"params={sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
@@ -317,7 +323,10 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
             aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
             sampler.set_state(ckpt["sampler_rng"])
             torch.set_rng_state(ckpt["torch_rng"])
-            noise_gen.set_state(ckpt["noise_rng"])
+            try:
+                noise_gen.set_state(ckpt["noise_rng"])
+            except RuntimeError:  # interrupted on another kind of device: its generator state does not fit
+                log("noise generator state is from another device; reseeded")
             qgen.set_state(ckpt["quality_rng"])
         else:
             run_start = step  # the previous segment finished (or --new-segment): new schedule

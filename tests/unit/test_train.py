@@ -52,6 +52,19 @@ def test_corrupt_adds_the_noise_it_reports():
     assert ((fixed - x) * 255).std().item() == pytest.approx(25.0, rel=0.05)
 
 
+def test_corrupt_jpeg_round_trip_is_seeded_and_mild():
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(3, 3, 8, 8), size=(64, 64), mode="bilinear")
+
+    a, sigma = corrupt(x, 0.0, 1.0, torch.Generator().manual_seed(7))
+    b, _ = corrupt(x, 0.0, 1.0, torch.Generator().manual_seed(7))
+
+    assert sigma.tolist() == [0.0] * 3 and torch.equal(a, b)  # same seed, same JPEG qualities
+    mse = ((a - x) ** 2).flatten(1).mean(1)
+    assert (mse > 0).all()  # every image went through JPEG (probability 1)
+    assert (10 * torch.log10(1 / mse) > 25).all()  # at quality 30-90: artefacts (29-32 dB here), not damage
+
+
 def test_holdout_is_every_25th_file(image_dir):
     files = sorted(image_dir.iterdir())
     train_files, val_files = split_holdout(files)
