@@ -28,7 +28,7 @@ def _add_train(sub) -> None:
                    help="start a new schedule from --resume even if its segment was interrupted")
     p.add_argument("--steps", type=int, default=100_000, help="steps in this segment")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--crop", type=_crop_size, default=256, help="training crop side, a multiple of 64")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--val-every", type=int, default=1000)
@@ -46,6 +46,15 @@ def _add_train(sub) -> None:
     p.add_argument("--no-noise-balance", action="store_true",
                    help="denoising: plain MSE (by default each crop's error is weighted to equalise noise levels)")
     p.set_defaults(func=_cmd_train)
+
+
+def _crop_size(text: str) -> int:
+    """argparse type: the crop must survive g_a and h_a's 64x downsampling whole (no torch import here)."""
+    value = int(text)
+    if value <= 0 or value % 64:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 64 (the latents are 1/64 of "
+                                         "the crop per side): use e.g. 128, 192 or 256")
+    return value
 
 
 def _cmd_train(args) -> int:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.network import NetworkConfig, VariableRateHyperprior
+from shared.network import DOWNSAMPLE, NetworkConfig, VariableRateHyperprior
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 HOLDOUT_EVERY = 25
@@ -272,6 +272,9 @@ def save_training_checkpoint(path: Path, model, optimizer, aux_optimizer, state:
 
 
 def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: bool = False) -> Path:
+    if cfg.crop <= 0 or cfg.crop % DOWNSAMPLE:
+        raise ValueError(f"crop {cfg.crop} is not a positive multiple of {DOWNSAMPLE}: the hyper-latent of a crop "
+                         f"is 1/{DOWNSAMPLE} of its side, so use e.g. 128, 192 or 256")
     device = pick_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)

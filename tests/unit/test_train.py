@@ -107,3 +107,20 @@ def test_a_new_objective_does_not_inherit_the_old_best_loss(image_dir, tmp_path)
     again = tmp_path / "again"
     train(_config(image_dir, again, steps=2), resume=clean / "last.pt", log=lambda *a: None)
     assert not (again / "best.pt").exists() and (again / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("crop", [0, 96, 160])
+def test_a_crop_that_is_not_a_multiple_of_64_is_refused_before_training(image_dir, tmp_path, crop):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        train(_config(image_dir, tmp_path / "run", crop=crop), log=lambda *a: None)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_cli_train_refuses_a_crop_that_is_not_a_multiple_of_64(image_dir, tmp_path, capsys):
+    from shared.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", str(image_dir), "--out", str(tmp_path / "run"), "--crop", "160"])
+    assert exc.value.code == 2
+    assert "160 is not a positive multiple of 64" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
