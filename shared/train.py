@@ -64,6 +64,7 @@ class TrainConfig:
     noise_balance: bool = True  # weight each crop's distortion by noise_weight(sigma)
     lmbda_min: float | None = None  # None: the network's (checkpoint's) own
     lmbda_max: float | None = None
+    holdout_every: int = HOLDOUT_EVERY  # a subset of the folder (tests/gpu/make_subset.py) keeps its held-out images
     network: dict = field(default_factory=lambda: NetworkConfig().to_dict())
 
 
@@ -74,10 +75,10 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
-def split_holdout(files: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Deterministic split: every HOLDOUT_EVERY-th file by name is held out for validation."""
-    val = files[::HOLDOUT_EVERY]
-    train = [f for i, f in enumerate(files) if i % HOLDOUT_EVERY]
+def split_holdout(files: list[Path], every: int = HOLDOUT_EVERY) -> tuple[list[Path], list[Path]]:
+    """Deterministic split: every ``every``-th file by name is held out for validation."""
+    val = files[::every]
+    train = [f for i, f in enumerate(files) if i % every]
     return train, val
 
 
@@ -303,7 +304,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
 
     files = list_images(Path(cfg.data))
-    train_files, val_files = split_holdout(files)
+    train_files, val_files = split_holdout(files, cfg.holdout_every)
     sampler = CropSampler(train_files, cfg.crop, device, cfg.seed)
     val_images = [load_rgb(f) for f in val_files]
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)

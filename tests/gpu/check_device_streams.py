@@ -10,7 +10,6 @@ A stream whose entropy parameters disagreed between devices would decode to nois
 
 from __future__ import annotations
 
-import glob
 import sys
 from pathlib import Path
 
@@ -19,18 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import msgpack  # noqa: E402
 import torch  # noqa: E402
 
+from shared.checkpoint import join_parts  # noqa: E402
 from shared.images import psnr  # noqa: E402
 from shared.network import NetworkConfig, VariableRateHyperprior, pad_to_multiple  # noqa: E402
 from shared.train import load_rgb  # noqa: E402
 
 
 def main(run_dir: Path, data_dir: Path) -> int:
-    meta = torch.load(run_dir / "meta.pt", weights_only=True)
-    state = {}
-    for f in sorted(glob.glob(str(run_dir / "weights_part*.pt"))):
-        state.update(torch.load(f, weights_only=True))
-    model = VariableRateHyperprior(NetworkConfig(**meta["network"]))
-    model.load_state_dict(state)
+    ckpt = join_parts(run_dir)
+    model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
+    model.load_state_dict(ckpt["state_dict"])
     model.eval()
     model.update(force=True)
     streams = msgpack.unpackb((run_dir / "device_streams.msgpack").read_bytes())

@@ -38,10 +38,7 @@ def main() -> None:
     for f in subset:
         shutil.copy(f, args.dst / f.name)
     held = split_holdout(files)[1]
-    import shared.train
-
-    shared.train.HOLDOUT_EVERY = args.keep
-    assert [f.name for f in split_holdout(list_images(args.dst))[1]] == [f.name for f in held]
+    assert [f.name for f in split_holdout(list_images(args.dst), args.keep)[1]] == [f.name for f in held]
     print(f"{len(subset)} images ({sum(f.stat().st_size for f in subset) / 1e6:.1f} MB) in {args.dst}; "
           f"the same {len(held)} held out with --holdout-every {args.keep}")
 

@@ -27,9 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import msgpack  # noqa: E402
 import torch  # noqa: E402
 
-import shared.train  # noqa: E402
 from shared.network import NetworkConfig, VariableRateHyperprior, pad_to_multiple  # noqa: E402
-from shared.train import TrainConfig, list_images, load_rgb, split_holdout, train  # noqa: E402
+from shared.train import HOLDOUT_EVERY, TrainConfig, list_images, load_rgb, split_holdout, train  # noqa: E402
 
 
 def split_state_dict(state: dict, out: Path, max_bytes: int = 14 << 20) -> None:
@@ -59,12 +58,10 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.0, help="denoising: sigma ~ U[0, NOISE] on 0-255")
     ap.add_argument("--noise-jpeg-prob", type=float, default=0.0)
     ap.add_argument("--val-every", type=int, default=2500)
-    ap.add_argument("--holdout-every", type=int, default=None,
-                    help="hold out every Nth image (default 25, as `latentwire train`); for a carried "
+    ap.add_argument("--holdout-every", type=int, default=HOLDOUT_EVERY,
+                    help="hold out every Nth image (default as `latentwire train`); for a carried "
                          "subset of the training folder chosen so the same images stay held out")
     args = ap.parse_args()
-    if args.holdout_every:
-        shared.train.HOLDOUT_EVERY = args.holdout_every
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp") / f"latentwire-run-{out.name}"  # two runs may share the machine
@@ -73,7 +70,8 @@ def main() -> None:
     cfg = TrainConfig(data=args.data, out=str(work), batch_size=args.batch_size, crop=args.crop,
                       lr=args.lr, val_every=args.val_every, checkpoint_every_s=120, time_budget_s=args.time_budget_s,
                       warmup_steps=300, steps=10**9, lmbda_min=args.lmbda_min,
-                      noise_sigma_max=args.noise, noise_jpeg_prob=args.noise_jpeg_prob)
+                      noise_sigma_max=args.noise, noise_jpeg_prob=args.noise_jpeg_prob,
+                      holdout_every=args.holdout_every)
     t0 = time.time()
     best = train(cfg, Path(args.resume) if args.resume else None)
     print(f"training wall time {time.time() - t0:.0f} s", flush=True)
@@ -92,7 +90,7 @@ def main() -> None:
     model.update(force=True)
     model.g_a.to(dev)
     model.h_a.to(dev)
-    _, val_files = split_holdout(list_images(Path(args.data)))
+    _, val_files = split_holdout(list_images(Path(args.data)), args.holdout_every)
     streams = []
     with torch.no_grad():
         for f in val_files[:6]:

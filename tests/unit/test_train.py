@@ -70,6 +70,8 @@ def test_holdout_is_every_25th_file(image_dir):
     train_files, val_files = split_holdout(files)
     assert [f.name for f in val_files] == ["img00.png", "img25.png"]
     assert len(train_files) == 24 and not set(train_files) & set(val_files)
+    _, every_7th = split_holdout(files, 7)  # a carried subset keeps its held-out images this way
+    assert [f.name for f in every_7th] == ["img00.png", "img07.png", "img14.png", "img21.png"]
 
 
 def test_train_writes_checkpoints_and_resumes_a_new_segment(image_dir, tmp_path):
