@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast browser bench eval clean
+.PHONY: setup demo test test-fast browser compiler bench eval clean
 
 setup: $(STAMP)
 
@@ -23,10 +23,17 @@ browser:
 	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
 	  else sudo apt-get install -y -q chromium chromium-driver; fi; }
 
+# A C++ compiler for torch.compile (`latentwire train --compile` and its test).
+compiler:
+	@command -v g++ >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q g++ >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q g++ >/dev/null; }; \
+	  else sudo apt-get install -y -q g++; fi; }
+
 demo: setup
 	$(BIN)/latentwire demo
 
-test: setup browser
+test: setup browser compiler
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

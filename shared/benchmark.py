@@ -4,6 +4,7 @@
     latentwire bench overhead   rANS bytes and container vs the entropy model's own estimate
     latentwire bench e2e        images through real sender + receiver processes (shared/e2e_bench.py)
     latentwire bench soak       both services under bounded steady load: rate, latency, RSS (shared/soak.py)
+    latentwire bench train      training step time, eager vs torch.compile (below)
 
 ``latentwire bench codec``: encode/decode latency of the shipped codec against CompressAI's
 bmshj2018 hyperprior (quality 3: the same N=128, M=192 widths) on one 768x512 image, same run.
@@ -17,6 +18,13 @@ downloaded), so its byte count is meaningless, but its work per pixel is that of
 One untimed warm-up run precedes ``--runs`` timed runs; the table gives median and p90 (nearest
 rank) in milliseconds. ``--precision`` picks our transforms' arithmetic (default auto: bf16 on
 CPUs with native bf16; see PRECISION in shared/codec.py); CompressAI's model runs in float32.
+
+``latentwire bench train``: seconds per training step (forward, rate-distortion loss, backward,
+Adam) of the shipped architecture, the way ``latentwire train`` runs it (channels_last, bf16
+transforms unless ``--no-bf16``), eager and with ``--compile``'s ``torch.compile``, on random
+crops of one batch shape. The compiled row also reports the compilation time it costs once.
+
+    latentwire bench train [--batch-size 8] [--crop 192] [--steps 12] [--device auto] [--no-compile]
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "sam
 def add_parser(sub) -> None:
     from shared.cli import _add_model_args
 
-    p = sub.add_parser("bench", help="benchmarks: codec latency, coder overhead, end-to-end services")
+    p = sub.add_parser("bench", help="benchmarks: codec latency, coder overhead, end-to-end services, training steps")
     bench = p.add_subparsers(dest="bench", required=True)
     c = bench.add_parser("codec", help="encode/decode ms: ours vs CompressAI bmshj2018-hyperprior")
     c.add_argument("--image", type=Path, help=f"image to resize to {BENCH_SIZE[0]}x{BENCH_SIZE[1]} "
@@ -58,6 +66,16 @@ def add_parser(sub) -> None:
     s = bench.add_parser("soak", help="both services under bounded steady load: rate, latency, errors, RSS")
     add_soak_arguments(s)
     s.set_defaults(func=_cmd_soak)
+
+    t = bench.add_parser("train", help="training step time: eager vs torch.compile")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop", type=int, default=192, help="crop side, a multiple of 64")
+    t.add_argument("--steps", type=int, default=12, help="timed steps per mode (>= 5), after 2 warm-up steps")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    t.add_argument("--threads", type=int, default=0, help="torch threads on a CPU (default: all cores)")
+    t.add_argument("--no-bf16", action="store_true", help="float32 transforms")
+    t.add_argument("--no-compile", action="store_true", help="time the eager step only")
+    t.set_defaults(func=_cmd_train)
 
     o = bench.add_parser("overhead", help="coded bytes vs the entropy model's own estimate")
     o.add_argument("dir", type=Path, help="folder of images (e.g. Kodak)")
@@ -191,4 +209,72 @@ def _cmd_codec(args) -> int:
     (oe, _), (od, _) = summary(ours_enc), summary(ours_dec)
     (re_, _), (rd_, _) = summary(ref_enc), summary(ref_dec)
     print(f"{'ratio ours / CompressAI (median)':<38} {oe / re_:>8.2f} {'':>8} {od / rd_:>8.2f}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    import os
+
+    import torch
+
+    from shared.network import DOWNSAMPLE, NetworkConfig, VariableRateHyperprior
+    from shared.train import TrainConfig, compile_forward, parameter_groups, pick_device, rd_loss
+
+    if args.steps < 5 or args.crop <= 0 or args.crop % DOWNSAMPLE:
+        print(f"latentwire bench train: --steps must be at least 5 and --crop a multiple of {DOWNSAMPLE}",
+              file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    autocast_dtype = None if args.no_bf16 else torch.bfloat16
+    cfg = TrainConfig(data="", out="", batch_size=args.batch_size, crop=args.crop, compile=True)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch_size, 3, args.crop, args.crop, device=device).contiguous(
+        memory_format=torch.channels_last)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rows = []
+    for mode in ("eager",) + (() if args.no_compile else ("compiled",)):
+        torch.manual_seed(0)
+        model = VariableRateHyperprior(NetworkConfig()).to(device).to(memory_format=torch.channels_last)
+        model.train()
+        optimizer = torch.optim.Adam(parameter_groups(model)[0], lr=1e-5)
+        t0 = time.perf_counter()
+        notes = []
+        forward = compile_forward(model, cfg, device, autocast_dtype, notes.append) if mode == "compiled" else model
+        sync()
+        setup_s = time.perf_counter() - t0
+        if forward is model and mode == "compiled":
+            print(f"bench train: {notes[-1]}", file=sys.stderr)
+            return 1
+
+        def step():
+            quality = torch.rand(args.batch_size, device=device)
+            loss = rd_loss(model, forward(x, quality, autocast_dtype=autocast_dtype), x, quality)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sync()
+
+        step(), step()  # warm-up: allocator growth, cudnn autotuning
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        rows.append((mode, setup_s, *summary(times)))
+
+    print(f"bench train: N=128 M=192, batch {args.batch_size} x {args.crop}x{args.crop}, "
+          f"{'float32' if args.no_bf16 else 'bf16'} transforms, device {device}"
+          + (f", torch threads {torch.get_num_threads()}" if device.type == "cpu" else "")
+          + f", {args.steps} timed steps after 2 warm-up")
+    print(f"{'mode':<10} {'compile s':>9} {'s/step med':>10} {'s/step p90':>10} {'steps/hour':>10} {'speed-up':>8}")
+    base = rows[0][2]
+    for mode, setup_s, med, p90 in rows:
+        print(f"{mode:<10} {setup_s if mode == 'compiled' else 0:>9.1f} {med:>10.3f} {p90:>10.3f} "
+              f"{3600 / med:>10.0f} {base / med:>7.2f}x")
     return 0

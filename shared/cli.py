@@ -6,7 +6,7 @@
     latentwire export runs/main/best.pt                          (writes models/<name>-<hash>.pt)
     latentwire eval ../shared/datasets/kodak --out results/kodak
     latentwire receiver [--host --port]  /  latentwire sender --receiver-url URL [--host --port]
-    latentwire bench codec|overhead|e2e|soak
+    latentwire bench codec|overhead|e2e|soak|train
 
 Every subcommand imports what it needs when it runs, so ``latentwire --help`` is instant and the
 codec tools never import the web stack.
@@ -37,6 +37,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lmbda-min", type=float, help="override the rate range's lowest lambda")
     p.add_argument("--lmbda-max", type=float, help="override the rate range's highest lambda")
     p.add_argument("--no-bf16", action="store_true", help="train the transforms in float32")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training forward: about a minute to compile, then faster steps "
+                        "(0.63 -> 0.51 s per 8x192² step on a 2-core CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA_MAX",
@@ -64,7 +67,7 @@ def _cmd_train(args) -> int:
         data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
         lr=args.lr, warmup_steps=args.warmup_steps, val_every=args.val_every,
         checkpoint_every_s=args.checkpoint_every_s, time_budget_s=args.time_budget_s,
-        seed=args.seed, bf16=not args.no_bf16, device=args.device, noise_sigma_max=args.noise,
+        seed=args.seed, bf16=not args.no_bf16, compile=args.compile, device=args.device, noise_sigma_max=args.noise,
         noise_jpeg_prob=args.noise_jpeg_prob, noise_balance=not args.no_noise_balance,
         lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max,
     )

@@ -58,6 +58,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # > 0: size `steps` to fit this wall time, measured after warm-up
     seed: int = 0
     bf16: bool = True
+    compile: bool = False  # torch.compile the training forward (validation and saving use the plain model)
     device: str = "auto"
     noise_sigma_max: float = 0.0
     noise_jpeg_prob: float = 0.0
@@ -203,6 +204,27 @@ def lr_at(step_in_run: int, cfg: TrainConfig) -> float:
     t = min(1.0, t)
     floor = cfg.lr * cfg.lr_final_fraction
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def compile_forward(model: VariableRateHyperprior, cfg: TrainConfig, device: torch.device,
+              autocast_dtype: torch.dtype | None, log) -> torch.nn.Module:
+    """``torch.compile(model)``, compiled and checked (forward and backward) on a throwaway batch of
+    the training shape; the plain model, with a log line, if the compiler fails on this stack (a
+    lent GPU's few minutes must not be lost to it). The compiled module shares the parameters."""
+    compiled = torch.compile(model)
+    x = torch.zeros(cfg.batch_size, 3, cfg.crop, cfg.crop, device=device).contiguous(memory_format=torch.channels_last)
+    quality = torch.full((cfg.batch_size,), 0.5, device=device)
+    t0 = time.monotonic()
+    try:
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            rd_loss(model, compiled(x, quality, autocast_dtype=autocast_dtype), x, quality)["loss"].backward()
+    except Exception as e:  # noqa: BLE001 - any compiler failure: train without it
+        log(f"torch.compile failed ({type(e).__name__}: {str(e)[:300]}); training without it")
+        return model
+    finally:
+        model.zero_grad(set_to_none=True)
+    log(f"torch.compile: forward and backward compiled in {time.monotonic() - t0:.0f} s")
+    return compiled
 
 
 def pick_device(name: str) -> torch.device:
@@ -352,8 +374,9 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
                 "noise_rng": noise_gen.get_state(), "quality_rng": qgen.get_state()}
 
     autocast_dtype = torch.bfloat16 if cfg.bf16 else None
+    t_start = time.monotonic()  # the time budget includes compiling
+    forward = compile_forward(model, cfg, device, autocast_dtype, log) if cfg.compile else model
     last_save = time.monotonic()
-    t_start = time.monotonic()
     budget_sized = cfg.time_budget_s <= 0 or continuing
     ema = None
     skipped = 0
@@ -372,7 +395,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
         if cfg.noise_sigma_max > 0:
             x_in, sigma = corrupt(x, cfg.noise_sigma_max, cfg.noise_jpeg_prob, noise_gen)
             weight = noise_weight(sigma) if cfg.noise_balance else None
-        out = model(x_in, quality, autocast_dtype=autocast_dtype)
+        out = forward(x_in, quality, autocast_dtype=autocast_dtype)
         losses = rd_loss(model, out, x, quality, weight)
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(losses["loss"]):

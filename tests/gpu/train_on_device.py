@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--lmbda-min", type=float, default=None, help="override the rate range's lowest lambda")
     ap.add_argument("--noise", type=float, default=0.0, help="denoising: sigma ~ U[0, NOISE] on 0-255")
     ap.add_argument("--noise-jpeg-prob", type=float, default=0.0)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training forward (falls back "
+                    "to eager if the compiler fails; the time budget includes compiling)")
     ap.add_argument("--val-every", type=int, default=2500)
     ap.add_argument("--holdout-every", type=int, default=HOLDOUT_EVERY,
                     help="hold out every Nth image (default as `latentwire train`); for a carried "
@@ -71,7 +73,7 @@ def main() -> None:
                       lr=args.lr, val_every=args.val_every, checkpoint_every_s=120, time_budget_s=args.time_budget_s,
                       warmup_steps=300, steps=10**9, lmbda_min=args.lmbda_min,
                       noise_sigma_max=args.noise, noise_jpeg_prob=args.noise_jpeg_prob,
-                      holdout_every=args.holdout_every)
+                      holdout_every=args.holdout_every, compile=args.compile)
     t0 = time.time()
     best = train(cfg, Path(args.resume) if args.resume else None)
     print(f"training wall time {time.time() - t0:.0f} s", flush=True)

@@ -126,3 +126,59 @@ def test_cli_train_refuses_a_crop_that_is_not_a_multiple_of_64(image_dir, tmp_pa
     assert exc.value.code == 2
     assert "160 is not a positive multiple of 64" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_compiled_training_follows_the_eager_run(image_dir, tmp_path):
+    # --compile swaps only the training forward for torch.compile's: the same model, the same
+    # steps and seeds, so its validation losses must match the eager run's up to float reordering.
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    runs = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}"
+        train(_config(image_dir, out, steps=4, compile=compiled), log=lambda *a: None)
+        runs[compiled] = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
+        assert torch.load(out / "last.pt", weights_only=True)["train_config"]["compile"] is compiled
+    assert counters["frames"]["ok"] > 0  # dynamo did compile the forward
+    assert [v["step"] for v in runs[True]] == [v["step"] for v in runs[False]] == [2, 4]
+    for eager, compiled in zip(runs[False], runs[True]):
+        assert np.isfinite(compiled["loss"])
+        assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
+
+
+def test_a_compiler_failure_falls_back_to_eager_training(image_dir, tmp_path, monkeypatch):
+    def broken_compile(model):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no compiler for this device")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    lines = []
+    train(_config(image_dir, tmp_path / "fallback", steps=2, compile=True), log=lines.append)
+    train(_config(image_dir, tmp_path / "eager", steps=2), log=lambda *a: None)
+
+    assert any("torch.compile failed (RuntimeError: no compiler for this device)" in line for line in lines)
+    fallback, eager = ((tmp_path / run / "val.jsonl").read_text() for run in ("fallback", "eager"))
+    assert [json.loads(v)["loss"] for v in fallback.splitlines()] == [json.loads(v)["loss"] for v in eager.splitlines()]
+
+
+def test_bench_train_prints_the_step_time_of_the_real_training_step(capsys):
+    from shared.cli import main
+
+    assert main(["bench", "train", "--crop", "64", "--batch-size", "2", "--steps", "5", "--no-compile",
+                 "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "batch 2 x 64x64, bf16 transforms, device cpu, torch threads 1" in lines[0]
+    mode, compile_s, med, p90, per_hour, speed_up = next(line for line in lines if line.startswith("eager")).split()
+    assert float(compile_s) == 0.0 and 0 < float(med) <= float(p90)
+    assert int(per_hour) == pytest.approx(3600 / float(med), rel=0.01) and speed_up == "1.00x"
+    assert not any(line.startswith("compiled") for line in lines)
+
+
+@pytest.mark.parametrize("args", [["--crop", "100"], ["--steps", "3"]])
+def test_bench_train_refuses_bad_arguments(args, capsys):
+    from shared.cli import main
+
+    assert main(["bench", "train", *args]) == 2
+    assert "--steps must be at least 5 and --crop a multiple of 64" in capsys.readouterr().err
