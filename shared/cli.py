@@ -38,8 +38,8 @@ def _add_train(sub) -> None:
     p.add_argument("--lmbda-max", type=float, help="override the rate range's highest lambda")
     p.add_argument("--no-bf16", action="store_true", help="train the transforms in float32")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training forward: about a minute to compile, then faster steps "
-                        "(0.63 -> 0.51 s per 8x192² step on a 2-core CPU)")
+                   help="torch.compile the training forward: up to a minute to compile, then faster steps "
+                        "(0.577 -> 0.531 s per 8x192² step on a 2-core CPU: latentwire bench train)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA_MAX",

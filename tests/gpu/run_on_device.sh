@@ -9,9 +9,9 @@
 #             carry the full training folder: make_subset.py --keep 25, HOLDOUT=25).
 #   HOLDOUT   --holdout-every for DATA: 7 for the default 140-image subset, 25 for the full folder.
 #   MAIN_LR, DENOISE_LR   peak learning rates (2e-4, 1e-4).
-#   COMPILE=0  train without torch.compile (default on: 1.24x faster steps on the 2-core CPU, not
-#             yet measured on a GPU; a compiler failure falls back to eager, and the budget
-#             includes compiling).
+#   COMPILE=0  train without torch.compile (default on: 1.09x faster steps on the 2-core CPU by
+#             `latentwire bench train`, not yet measured on a GPU; a compiler failure falls back
+#             to eager, and the budget includes compiling).
 #   SERVICES=1  first run both services as real processes, a CUDA sender feeding a CPU receiver
 #             (about a minute; needs .whl/svc, the services' packages the device image lacks, as
 #             cp312 wheels: fastapi, starlette, opentelemetry-api, pydantic, pydantic-core,
