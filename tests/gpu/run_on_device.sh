@@ -4,9 +4,10 @@
 # Carried: .whl (compressai and pytorch-msssim from ../shared/wheels/device) and the training
 # images in DATA (default .data/sub, from tests/gpu/make_subset.py). Settings, by environment:
 #   RUNS      which models to train, side by side on the one GPU for BUDGET_S each:
-#             "main denoise" (default) or "main" alone (the whole GPU for the codec both
-#             issues rest on; then leave the denoising checkpoint out of the working tree and
-#             carry the full training folder: make_subset.py --keep 25, HOLDOUT=25).
+#             "main denoise" (default) or "main" alone (the whole GPU for the codec the
+#             denoiser is fine-tuned from; then move the denoising checkpoint out of the working
+#             tree for the call, carry the full training folder (make_subset.py --keep 25,
+#             HOLDOUT=25) and, of .whl, only its two wheel files: .whl/svc does not fit beside).
 #   HOLDOUT   --holdout-every for DATA: 7 for the default 140-image subset, 25 for the full folder.
 #   MAIN_LR, DENOISE_LR   peak learning rates (2e-4, 1e-4).
 #   COMPILE=0  train without torch.compile (default on: 1.09x faster steps on the 2-core CPU by
