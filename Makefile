@@ -16,19 +16,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Install Debian packages $(2) when command $(1) is missing (as root, or through sudo).
+apt_need = command -v $(1) >/dev/null 2>&1 || { \
+  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q $(2) >/dev/null 2>&1 || \
+    { apt-get update -q >/dev/null && apt-get install -y -q $(2) >/dev/null; }; \
+  else sudo apt-get install -y -q $(2); fi; }
+
 # Headless Chromium for the browser test (Debian packages; Playwright's own download is not used).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
-	  else sudo apt-get install -y -q chromium chromium-driver; fi; }
+	@$(call apt_need,chromium,chromium chromium-driver)
 
 # A C++ compiler for torch.compile (`latentwire train --compile` and its test).
 compiler:
-	@command -v g++ >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q g++ >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null && apt-get install -y -q g++ >/dev/null; }; \
-	  else sudo apt-get install -y -q g++; fi; }
+	@$(call apt_need,g++,g++)
 
 demo: setup
 	$(BIN)/latentwire demo

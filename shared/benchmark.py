@@ -218,7 +218,7 @@ def _cmd_train(args) -> int:
     import torch
 
     from shared.network import DOWNSAMPLE, NetworkConfig, VariableRateHyperprior
-    from shared.train import TrainConfig, compile_forward, parameter_groups, pick_device, rd_loss
+    from shared.train import compile_forward, parameter_groups, pick_device, rd_loss
 
     if args.steps < 5 or args.crop <= 0 or args.crop % DOWNSAMPLE:
         print(f"latentwire bench train: --steps must be at least 5 and --crop a multiple of {DOWNSAMPLE}",
@@ -228,7 +228,6 @@ def _cmd_train(args) -> int:
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
     autocast_dtype = None if args.no_bf16 else torch.bfloat16
-    cfg = TrainConfig(data="", out="", batch_size=args.batch_size, crop=args.crop, compile=True)
     torch.manual_seed(0)
     x = torch.rand(args.batch_size, 3, args.crop, args.crop, device=device).contiguous(
         memory_format=torch.channels_last)
@@ -245,7 +244,8 @@ def _cmd_train(args) -> int:
         optimizer = torch.optim.Adam(parameter_groups(model)[0], lr=1e-5)
         t0 = time.perf_counter()
         notes = []
-        forward = compile_forward(model, cfg, device, autocast_dtype, notes.append) if mode == "compiled" else model
+        forward = (compile_forward(model, args.batch_size, args.crop, device, autocast_dtype, notes.append)
+                   if mode == "compiled" else model)
         sync()
         setup_s = time.perf_counter() - t0
         if forward is model and mode == "compiled":

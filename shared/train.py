@@ -206,14 +206,14 @@ def lr_at(step_in_run: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def compile_forward(model: VariableRateHyperprior, cfg: TrainConfig, device: torch.device,
-              autocast_dtype: torch.dtype | None, log) -> torch.nn.Module:
+def compile_forward(model: VariableRateHyperprior, batch_size: int, crop: int, device: torch.device,
+                    autocast_dtype: torch.dtype | None, log) -> torch.nn.Module:
     """``torch.compile(model)``, compiled and checked (forward and backward) on a throwaway batch of
     the training shape; the plain model, with a log line, if the compiler fails on this stack (a
     lent GPU's few minutes must not be lost to it). The compiled module shares the parameters."""
     compiled = torch.compile(model)
-    x = torch.zeros(cfg.batch_size, 3, cfg.crop, cfg.crop, device=device).contiguous(memory_format=torch.channels_last)
-    quality = torch.full((cfg.batch_size,), 0.5, device=device)
+    x = torch.zeros(batch_size, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
+    quality = torch.full((batch_size,), 0.5, device=device)
     t0 = time.monotonic()
     try:
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
@@ -375,7 +375,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
 
     autocast_dtype = torch.bfloat16 if cfg.bf16 else None
     t_start = time.monotonic()  # the time budget includes compiling
-    forward = compile_forward(model, cfg, device, autocast_dtype, log) if cfg.compile else model
+    forward = compile_forward(model, cfg.batch_size, cfg.crop, device, autocast_dtype, log) if cfg.compile else model
     last_save = time.monotonic()
     budget_sized = cfg.time_budget_s <= 0 or continuing
     ema = None
