@@ -10,6 +10,8 @@
 #             HOLDOUT=25) and, of .whl, only its two wheel files: .whl/svc does not fit beside).
 #   HOLDOUT   --holdout-every for DATA: 7 for the default 140-image subset, 25 for the full folder.
 #   MAIN_LR, DENOISE_LR   peak learning rates (2e-4, 1e-4).
+#   BATCH     crops of 256x256 per step (16; the main codec alone can take 32: two runs side by
+#             side at 16 each left the GPU 82 % busy).
 #   COMPILE=0  train without torch.compile (default on: 1.09x faster steps on the 2-core CPU by
 #             `latentwire bench train`, not yet measured on a GPU; a compiler failure falls back
 #             to eager, and the budget includes compiling).
@@ -58,7 +60,7 @@ for run in $RUNS; do
         *) echo "unknown run $run (main or denoise)"; exit 1 ;;
     esac
     timeout $((BUDGET + 60)) python3 tests/gpu/train_on_device.py --data "$DATA" --holdout-every "$HOLDOUT" \
-        --val-every 1500 --out $R/$run --time-budget-s "$BUDGET" --batch-size 16 --crop 256 "${extra[@]}" \
+        --val-every 1500 --out $R/$run --time-budget-s "$BUDGET" --batch-size "${BATCH:-16}" --crop 256 "${extra[@]}" \
         $([ "$COMPILE" = 1 ] && echo --compile) \
         >$R/$run/train.log 2>&1 &
     PIDS[$run]=$!
