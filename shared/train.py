@@ -39,6 +39,9 @@ from shared.network import DOWNSAMPLE, NetworkConfig, VariableRateHyperprior
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 HOLDOUT_EVERY = 25
 VAL_QUALITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
+# A time-budgeted segment is sized by the pace of its steps SIZE_FROM..SIZE_AT (after warm-up and
+# autotuning), then re-fitted over windows of at least SIZE_FROM steps.
+SIZE_FROM, SIZE_AT = 50, 250
 
 
 @dataclass
@@ -378,6 +381,11 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     forward = compile_forward(model, cfg.batch_size, cfg.crop, device, autocast_dtype, log) if cfg.compile else model
     last_save = time.monotonic()
     budget_sized = cfg.time_budget_s <= 0 or continuing
+    # Sized runs end by this time even when the steps slow down after sizing (a second run sharing
+    # the GPU finishing its compile, say): the plan is re-fitted at each validation, and the segment
+    # ends at once, validated and saved, if the deadline passes anyway.
+    deadline = None if budget_sized else t_start + cfg.time_budget_s
+    t_window, step_window = t_start, step
     ema = None
     skipped = 0
     end = run_start + cfg.steps
@@ -421,18 +429,34 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
             ema = vals if ema is None else {k: 0.9 * ema[k] + 0.1 * vals[k] for k in vals}
             bar.set_postfix(loss=f"{ema['loss']:.3f}", bpp=f"{ema['bpp']:.3f}", psnr=f"{ema['psnr']:.2f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-        if not budget_sized and step - run_start == 50:
+        if not budget_sized and step - run_start == SIZE_FROM:
             t_measure = time.monotonic()
-        if not budget_sized and step - run_start == 250:
+        if not budget_sized and step - run_start == SIZE_AT:
             # Measure steady-state speed after warm-up (cudnn autotuning makes the first steps
             # slow), then fit the segment to what is left of the time budget.
-            per_step = (time.monotonic() - t_measure) / 200
-            cfg.time_budget_s -= time.monotonic() - t_start - 250 * per_step
-            cfg.steps = max(200, int(cfg.time_budget_s / per_step * 0.97))
+            per_step = (time.monotonic() - t_measure) / (SIZE_AT - SIZE_FROM)
+            cfg.time_budget_s -= time.monotonic() - t_start - SIZE_AT * per_step
+            cfg.steps = max(SIZE_AT + 1, int(cfg.time_budget_s / per_step * 0.97))
             end = run_start + cfg.steps
             bar.total = cfg.steps
             budget_sized = True
+            t_window, step_window = time.monotonic(), step
             log(f"\n{per_step * 1000:.1f} ms/step -> {cfg.steps} steps in {cfg.time_budget_s:.0f} s")
+        elif deadline is not None and budget_sized and step % cfg.val_every == 0 and step - step_window >= SIZE_FROM:
+            # The last window holds one validation, as the rest of the segment will: its pace is the pace.
+            now = time.monotonic()
+            per_step = (now - t_window) / (step - step_window)
+            t_window, step_window = now, step
+            fits = step - run_start + int((deadline - now) / per_step * 0.97)
+            if fits < cfg.steps:
+                cfg.steps = max(step - run_start + 1, fits)
+                end = run_start + cfg.steps
+                bar.total = cfg.steps
+                log(f"\nslower than planned: {per_step * 1000:.1f} ms/step -> {cfg.steps} steps")
+        if deadline is not None and step < end and time.monotonic() > deadline:
+            log(f"\ntime budget spent at step {step}: ending the segment here")
+            end = step
+            cfg.steps = step - run_start
 
         is_last = step == end
         if step % cfg.val_every == 0 or is_last:

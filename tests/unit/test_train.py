@@ -1,15 +1,17 @@
 """``latentwire train`` on a tiny network and a folder of generated images: checkpoints, held-out
-validation, resuming, and the denoising inputs (noise level and its loss weight)."""
+validation, resuming, time budgets, and the denoising inputs (noise level and its loss weight)."""
 
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import shared.train
 from shared.train import TrainConfig, corrupt, noise_weight, split_holdout, train
 from tests.conftest import TINY_NETWORK
 
@@ -91,6 +93,38 @@ def test_train_writes_checkpoints_and_resumes_a_new_segment(image_dir, tmp_path)
     again = torch.load(out / "last.pt", weights_only=True)
     assert again["step"] == 6 and again["run_start"] == 4
     assert any(not torch.equal(again["state_dict"][k], ckpt["state_dict"][k]) for k in ckpt["state_dict"])
+
+
+@pytest.mark.parametrize("slow_from, slow_dt", [(26, 0.3), (30, 2.0)])
+def test_a_time_budget_holds_when_the_steps_slow_down_after_sizing(image_dir, tmp_path, monkeypatch,
+                                                                    slow_from, slow_dt):
+    # A fake clock that moves only as batches are drawn: 0.1 s per step, then slower (as when a
+    # second run sharing the GPU finishes compiling). Sizing at step 25 plans 38 steps for 4 s; kept,
+    # that plan would take 2.6 + 12 x 0.3 = 6.2 s, or 3 + 8 x 2 = 19 s.
+    clock = {"t": 0.0, "steps": 0}
+    real_sample = shared.train.CropSampler.sample
+
+    def timed_sample(self, batch_size):
+        clock["steps"] += 1
+        clock["t"] += 0.1 if clock["steps"] <= slow_from else slow_dt
+        return real_sample(self, batch_size)
+
+    monkeypatch.setattr(shared.train.CropSampler, "sample", timed_sample)
+    monkeypatch.setattr(shared.train, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
+    monkeypatch.setattr(shared.train, "SIZE_FROM", 5)
+    monkeypatch.setattr(shared.train, "SIZE_AT", 25)
+    lines = []
+    out = tmp_path / "run"
+    train(_config(image_dir, out, steps=10**9, time_budget_s=4.0, val_every=5), log=lines.append)
+
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    planned = [line for line in lines if "steps in 4 s" in line]
+    assert len(planned) == 1 and "-> 38 steps" in planned[0]
+    assert clock["t"] <= 4.0 + slow_dt + 1e-9  # over by at most the one step that crossed the deadline
+    assert 29 <= ckpt["step"] < 38  # shortened, yet the time was used rather than given up early
+    assert ckpt["train_config"]["steps"] == ckpt["step"]  # the segment is finished: resuming starts anew
+    vals = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
+    assert vals[-1]["step"] == ckpt["step"]  # the shortened segment still ends validated
 
 
 def test_a_new_objective_does_not_inherit_the_old_best_loss(image_dir, tmp_path):
