@@ -10,10 +10,12 @@
 #             HOLDOUT=25) and, of .whl, only its two wheel files: .whl/svc does not fit beside).
 #   HOLDOUT   --holdout-every for DATA: 7 for the default 140-image subset, 25 for the full folder.
 #   MAIN_LR, DENOISE_LR   peak learning rates (2e-4, 1e-4).
-#   DENOISE_FROM   the checkpoint the denoising run resumes from (default the shipped denoiser).
-#             With the full folder carried, only one checkpoint fits in the 64 MiB: then move the
-#             denoiser out and set DENOISE_FROM=models/lw-vr-hyperprior-*.pt, so both runs start
-#             from the main codec, the denoiser afresh (as `latentwire train --noise` on the CPU).
+#   MAIN_FROM, DENOISE_FROM   the checkpoints the runs resume from (default the shipped ones in
+#             models/). The full folder leaves room for one full-size checkpoint only; for both,
+#             carry half-size packs instead (`python tests/gpu/pack_for_device.py
+#             models/lw-vr-*.pt --out .carry`, both checkpoints moved out of the checkout,
+#             MAIN_FROM=.carry/lw-vr-hyperprior.pt DENOISE_FROM=.carry/lw-vr-denoise.pt). Or start
+#             the denoiser afresh from the main codec: DENOISE_FROM=models/lw-vr-hyperprior-*.pt.
 #   BATCH     crops of 256x256 per step (16; the main codec alone can take 32: two runs side by
 #             side at 16 each left the GPU 82 % busy).
 #   COMPILE=0  train without torch.compile (default on: 1.09x faster steps on the 2-core CPU by
@@ -58,7 +60,7 @@ declare -A PIDS
 for run in $RUNS; do
     mkdir -p $R/$run
     case $run in
-        main) extra=(--resume "$(ls models/lw-vr-hyperprior-*.pt)" --lr "${MAIN_LR:-2e-4}") ;;
+        main) extra=(--resume "$(ls ${MAIN_FROM:-models/lw-vr-hyperprior-*.pt})" --lr "${MAIN_LR:-2e-4}") ;;
         denoise) extra=(--resume "$(ls ${DENOISE_FROM:-models/lw-vr-denoise-*.pt})" --noise 50 --noise-jpeg-prob 0.1
                         --lr "${DENOISE_LR:-1e-4}") ;;
         *) echo "unknown run $run (main or denoise)"; exit 1 ;;

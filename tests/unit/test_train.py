@@ -127,6 +127,38 @@ def test_a_time_budget_holds_when_the_steps_slow_down_after_sizing(image_dir, tm
     assert vals[-1]["step"] == ckpt["step"]  # the shortened segment still ends validated
 
 
+def test_training_resumes_from_a_half_size_pack_for_the_device(image_dir, tiny_models_dir, sample_rgb, tmp_path):
+    """tests/gpu/pack_for_device.py: large float tensors as float16, coder tables left out; training
+    resumes from it in float32, and its export codes again."""
+    from shared.checkpoint import export_model, find_model
+    from shared.codec import Codec
+    from tests.gpu.pack_for_device import LARGE, pack
+
+    original = find_model("lw-tiny", tiny_models_dir)
+    packed = pack(original, tmp_path / "carry")
+    full = torch.load(original, weights_only=True)
+    small = torch.load(packed, weights_only=True)["state_dict"]
+
+    assert packed.name == "lw-tiny.pt" and small.keys() == full["state_dict"].keys()
+    halved = [k for k, v in small.items() if v.dtype == torch.float16]
+    assert len(halved) >= 4 and all(full["state_dict"][k].numel() > LARGE for k in halved)
+    for k in halved:  # rounded to float16, nothing else
+        torch.testing.assert_close(small[k].float(), full["state_dict"][k], rtol=2**-10, atol=1e-7)
+    assert [k for k, v in small.items() if v.numel() == 0] == [
+        k for k in small if k.rsplit(".", 1)[-1] in ("_quantized_cdf", "_offset", "_cdf_length")]
+    assert packed.stat().st_size < 0.5 * original.stat().st_size  # the tiny model's bytes are mostly CDF tables
+
+    out = tmp_path / "run"
+    train(_config(image_dir, out, steps=2), resume=packed, log=lambda *a: None)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == int(full["step"]) + 2
+    assert {v.dtype for v in ckpt["state_dict"].values() if v.is_floating_point()} == {torch.float32}
+
+    codec = Codec.load(export_model(out / "last.pt", "lw-tiny", tmp_path / "models"))
+    enc = codec.encode(sample_rgb, quality=0.5)
+    assert enc.nbytes > 0 and codec.decode(enc.data).shape == sample_rgb.shape
+
+
 def test_a_new_objective_does_not_inherit_the_old_best_loss(image_dir, tmp_path):
     clean = tmp_path / "clean"
     train(_config(image_dir, clean, steps=2), log=lambda *a: None)
