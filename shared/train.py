@@ -386,6 +386,13 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     # ends at once, validated and saved, if the deadline passes anyway.
     deadline = None if budget_sized else t_start + cfg.time_budget_s
     t_window, step_window = t_start, step
+
+    def replan(steps: int) -> None:
+        nonlocal end
+        cfg.steps = steps
+        end = run_start + steps
+        bar.total = steps
+
     ema = None
     skipped = 0
     end = run_start + cfg.steps
@@ -436,9 +443,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
             # slow), then fit the segment to what is left of the time budget.
             per_step = (time.monotonic() - t_measure) / (SIZE_AT - SIZE_FROM)
             cfg.time_budget_s -= time.monotonic() - t_start - SIZE_AT * per_step
-            cfg.steps = max(SIZE_AT + 1, int(cfg.time_budget_s / per_step * 0.97))
-            end = run_start + cfg.steps
-            bar.total = cfg.steps
+            replan(max(SIZE_AT + 1, int(cfg.time_budget_s / per_step * 0.97)))
             budget_sized = True
             t_window, step_window = time.monotonic(), step
             log(f"\n{per_step * 1000:.1f} ms/step -> {cfg.steps} steps in {cfg.time_budget_s:.0f} s")
@@ -449,14 +454,11 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
             t_window, step_window = now, step
             fits = step - run_start + int((deadline - now) / per_step * 0.97)
             if fits < cfg.steps:
-                cfg.steps = max(step - run_start + 1, fits)
-                end = run_start + cfg.steps
-                bar.total = cfg.steps
+                replan(max(step - run_start + 1, fits))
                 log(f"\nslower than planned: {per_step * 1000:.1f} ms/step -> {cfg.steps} steps")
         if deadline is not None and step < end and time.monotonic() > deadline:
             log(f"\ntime budget spent at step {step}: ending the segment here")
-            end = step
-            cfg.steps = step - run_start
+            replan(step - run_start)
 
         is_last = step == end
         if step % cfg.val_every == 0 or is_last:
