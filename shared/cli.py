@@ -48,6 +48,9 @@ def _add_train(sub) -> None:
                    help="denoising: probability of a JPEG round trip before the noise")
     p.add_argument("--no-noise-balance", action="store_true",
                    help="denoising: plain MSE (by default each crop's error is weighted to equalise noise levels)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train the synthesis transform g_s alone: encoder and entropy models frozen, so a "
+                        "sender's streams stay bit-identical; objective: the crops' mean PSNR")
     p.set_defaults(func=_cmd_train)
 
 
@@ -69,7 +72,7 @@ def _cmd_train(args) -> int:
         checkpoint_every_s=args.checkpoint_every_s, time_budget_s=args.time_budget_s,
         seed=args.seed, bf16=not args.no_bf16, compile=args.compile, device=args.device, noise_sigma_max=args.noise,
         noise_jpeg_prob=args.noise_jpeg_prob, noise_balance=not args.no_noise_balance,
-        lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max,
+        lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max, decoder_only=args.decoder_only,
     )
     train(cfg, args.resume, new_segment=args.new_segment)
     return 0

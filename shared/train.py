@@ -10,6 +10,13 @@ distortion is therefore weighted by ``noise_weight(sigma)`` = (the error a good 
 at sigma 25) / (the error it leaves at this sigma), which puts every noise level on an equal
 footing in dB (the weight is 1 at sigma 25). Validation then uses a fixed sigma of max/2.
 
+``--decoder-only`` trains the synthesis transform g_s alone: the analysis transform, the hyperprior
+and the entropy models stay frozen, so every stream a sender makes is bit-identical before and after
+and only the pictures a receiver draws from it change. The rate is then fixed, and
+``lambda(quality)``, which spans 125x across the range, would only tilt the decoder towards the
+highest qualities; the objective is instead the mean PSNR of the crops (each crop's own, so every
+quality and noise level counts alike), and best.pt is chosen by the mean held-out PSNR.
+
 A run is a segment of ``--steps`` steps with its own warm-up + cosine learning-rate schedule.
 Checkpoints (``last.pt`` every ``--checkpoint-every-s`` seconds, ``best.pt`` on the best held-out
 validation loss) carry the model, both optimisers, the schedule and the RNG states, so
@@ -66,6 +73,7 @@ class TrainConfig:
     noise_sigma_max: float = 0.0
     noise_jpeg_prob: float = 0.0
     noise_balance: bool = True  # weight each crop's distortion by noise_weight(sigma)
+    decoder_only: bool = False  # train g_s alone, all else frozen: streams unchanged (module docstring)
     lmbda_min: float | None = None  # None: the network's (checkpoint's) own
     lmbda_max: float | None = None
     holdout_every: int = HOLDOUT_EVERY  # a subset of the folder (tests/gpu/make_subset.py) keeps its held-out images
@@ -185,8 +193,9 @@ def load_rgb_bytes(data: bytes) -> torch.Tensor:
 
 
 def rd_loss(model: VariableRateHyperprior, out: dict, x: torch.Tensor, quality: torch.Tensor,
-            weight: torch.Tensor | None = None) -> dict:
-    """``weight`` (B,): per-crop factor on the distortion term (denoising: ``noise_weight``)."""
+            weight: torch.Tensor | None = None, decoder_only: bool = False) -> dict:
+    """``weight`` (B,): per-crop factor on the distortion term (denoising: ``noise_weight``).
+    ``decoder_only``: the loss is minus the crops' mean PSNR (the rate is frozen; module docstring)."""
     B, _, H, W = x.shape
     num_pixels = H * W
     bits = sum(
@@ -195,9 +204,9 @@ def rd_loss(model: VariableRateHyperprior, out: dict, x: torch.Tensor, quality: 
     bpp = bits / num_pixels
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)  # (B,)
     distortion = mse if weight is None else weight * mse
-    loss = (model.lmbda(quality) * 255**2 * distortion + bpp).mean()
-    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
-    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr}
+    crop_psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))  # (B,)
+    loss = -crop_psnr.mean() if decoder_only else (model.lmbda(quality) * 255**2 * distortion + bpp).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": crop_psnr.mean()}
 
 
 def lr_at(step_in_run: int, cfg: TrainConfig) -> float:
@@ -237,10 +246,20 @@ def pick_device(name: str) -> torch.device:
 
 
 def parameter_groups(model: torch.nn.Module) -> tuple[list, list]:
+    """(trainable parameters, the entropy bottleneck's quantiles)."""
     main, aux = [], []
     for n, p in model.named_parameters():
-        (aux if n.endswith(".quantiles") else main).append(p)
+        if n.endswith(".quantiles"):
+            aux.append(p)
+        elif p.requires_grad:
+            main.append(p)
     return main, aux
+
+
+def freeze_all_but_synthesis(model: VariableRateHyperprior) -> None:
+    """``--decoder-only``: g_s trains; g_a, the hyperprior, the gains and the entropy models do not."""
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith("g_s."))
 
 
 @torch.no_grad()
@@ -271,7 +290,8 @@ def validate(model: VariableRateHyperprior, images: list[torch.Tensor], device: 
             psnrs.append((10 * torch.log10(1 / mse)).item())
         per_q[q] = {"loss": float(np.mean(losses)), "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
     model.train()
-    return {"loss": float(np.mean([v["loss"] for v in per_q.values()])), "per_quality": per_q}
+    return {"loss": float(np.mean([v["loss"] for v in per_q.values()])),
+            "psnr": float(np.mean([v["psnr"] for v in per_q.values()])), "per_quality": per_q}
 
 
 def _objective(run: dict) -> tuple:
@@ -279,7 +299,8 @@ def _objective(run: dict) -> tuple:
     sigma = float(run.get("noise_sigma_max", 0.0))
     net = run.get("network", {})
     rate_range = (float(net.get("lmbda_min", 0.0)), float(net.get("lmbda_max", 0.0)))
-    return sigma, float(run.get("noise_jpeg_prob", 0.0)), sigma > 0 and bool(run.get("noise_balance", False)), rate_range
+    return (sigma, float(run.get("noise_jpeg_prob", 0.0)), sigma > 0 and bool(run.get("noise_balance", False)),
+            rate_range, bool(run.get("decoder_only", False)))
 
 
 def save_training_checkpoint(path: Path, model, optimizer, aux_optimizer, state: dict, cfg: TrainConfig) -> None:
@@ -324,6 +345,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
         model.load_state_dict(ckpt["state_dict"])
     model.to(device).to(memory_format=torch.channels_last)
     model.train()
+    if cfg.decoder_only:
+        freeze_all_but_synthesis(model)
     main_params, aux_params = parameter_groups(model)
     optimizer = torch.optim.Adam(main_params, lr=cfg.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
@@ -344,7 +367,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
         best_val = float(ckpt.get("best_val", float("inf")))
         prev_run = ckpt["train_config"]
         run_start = int(ckpt.get("run_start", 0))
-        if not new_segment and "optimizer" in ckpt and step - run_start < int(prev_run["steps"]):
+        same_params = bool(prev_run.get("decoder_only", False)) == cfg.decoder_only  # Adam's state fits
+        if not new_segment and same_params and "optimizer" in ckpt and step - run_start < int(prev_run["steps"]):
             continuing = True  # an interrupted segment: same schedule, same optimiser state
             cfg.steps, cfg.lr, cfg.warmup_steps = int(prev_run["steps"]), float(prev_run["lr"]), int(prev_run["warmup_steps"])
             cfg.lr_final_fraction = float(prev_run["lr_final_fraction"])
@@ -363,7 +387,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
                 # A different task (e.g. denoising fine-tuned from the clean codec): the old
                 # validation loss measured something else, so it cannot gate best.pt.
                 best_val = float("inf")
-            if "optimizer" in ckpt:
+            if "optimizer" in ckpt and same_params:
                 optimizer.load_state_dict(ckpt["optimizer"])  # keep Adam's moments, not its lr
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr
@@ -411,7 +435,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
             x_in, sigma = corrupt(x, cfg.noise_sigma_max, cfg.noise_jpeg_prob, noise_gen)
             weight = noise_weight(sigma) if cfg.noise_balance else None
         out = forward(x_in, quality, autocast_dtype=autocast_dtype)
-        losses = rd_loss(model, out, x, quality, weight)
+        losses = rd_loss(model, out, x, quality, weight, cfg.decoder_only)
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(losses["loss"]):
             # A rare bf16 overflow must not poison Adam's moments: drop the batch, keep going.
@@ -424,10 +448,11 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
         if cfg.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_grad_norm)
         optimizer.step()
-        aux_loss = model.aux_loss()
-        aux_optimizer.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        aux_optimizer.step()
+        if not cfg.decoder_only:  # the quantiles set z's medians: frozen with the rest of the coder
+            aux_loss = model.aux_loss()
+            aux_optimizer.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux_optimizer.step()
         step += 1
         bar.update(1)
 
@@ -465,15 +490,17 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
             v = validate(model, val_images, device,
                          (cfg.noise_sigma_max / 2, 0.0) if cfg.noise_sigma_max > 0 else None)
             pq = " ".join(f"q{q:.2f}:{r['bpp']:.3f}bpp/{r['psnr']:.2f}dB" for q, r in v["per_quality"].items())
-            log(f"\nstep {step} val_loss {v['loss']:.4f} {pq}")
+            log(f"\nstep {step} val_loss {v['loss']:.4f} mean_psnr {v['psnr']:.3f} {pq}")
             with open(out_dir / "val.jsonl", "a") as fh:
                 fh.write(json.dumps({"step": step, "time_s": time.monotonic() - t_start, **v}) + "\n")
-            if v["loss"] < best_val:
-                best_val = v["loss"]
+            score = -v["psnr"] if cfg.decoder_only else v["loss"]  # what this run's objective selects by
+            if score < best_val:
+                best_val = score
                 save_training_checkpoint(out_dir / "best.pt", model, optimizer, aux_optimizer, state(), cfg)
         if is_last or time.monotonic() - last_save > cfg.checkpoint_every_s:
             save_training_checkpoint(out_dir / "last.pt", model, optimizer, aux_optimizer, state(), cfg)
             last_save = time.monotonic()
     bar.close()
-    log(f"done at step {step}; best held-out val loss {best_val:.4f}; checkpoints in {out_dir}")
+    what = "minus mean PSNR" if cfg.decoder_only else "loss"
+    log(f"done at step {step}; best held-out val {what} {best_val:.4f}; checkpoints in {out_dir}")
     return out_dir / "best.pt"

@@ -177,6 +177,41 @@ def test_a_new_objective_does_not_inherit_the_old_best_loss(image_dir, tmp_path)
     assert not (again / "best.pt").exists() and (again / "last.pt").is_file()
 
 
+def test_decoder_only_training_moves_g_s_alone_and_leaves_the_streams_bit_identical(
+        image_dir, tiny_models_dir, sample_rgb, tmp_path):
+    """--decoder-only: g_s changes, nothing else does, so the exported codec writes the same bytes and
+    draws other pixels from them; best.pt is chosen by the mean held-out PSNR."""
+    from shared.checkpoint import export_model, find_model
+    from shared.codec import Codec
+
+    original = find_model("lw-tiny", tiny_models_dir)
+    before = torch.load(original, weights_only=True)["state_dict"]
+    out = tmp_path / "dec"
+    train(_config(image_dir, out, steps=4, lr=1e-3, decoder_only=True), resume=original, log=lambda *a: None)
+    after = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    assert moved and all(k.startswith("g_s.") for k in moved)
+    assert len(moved) >= 6  # the four layers' weights and biases, the inverse GDNs' beta and gamma
+    vals = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in vals] == [2, 4]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["best_val"] == pytest.approx(-max(v["psnr"] for v in vals))
+    assert best["train_config"]["decoder_only"] is True
+
+    old, new = Codec.load(original), Codec.load(export_model(out / "last.pt", "lw-tiny", tmp_path / "models"))
+    for q in (0.0, 0.5, 1.0):
+        a, b = old.encode(sample_rgb, quality=q), new.encode(sample_rgb, quality=q)
+        assert a.stream.strings == b.stream.strings  # the same code on the wire
+        assert np.abs(old.decode(a.data).astype(int) - new.decode(b.data).astype(int)).max() > 0
+
+    # Full training resumed from it starts Adam afresh (its state covers g_s only) and trains all again.
+    full = tmp_path / "full"
+    train(_config(image_dir, full, steps=2), resume=out / "last.pt", log=lambda *a: None)
+    again = torch.load(full / "last.pt", weights_only=True)["state_dict"]
+    assert not torch.equal(again["g_a.0.weight"], after["g_a.0.weight"])
+
+
 @pytest.mark.parametrize("crop", [0, 96, 160])
 def test_a_crop_that_is_not_a_multiple_of_64_is_refused_before_training(image_dir, tmp_path, crop):
     with pytest.raises(ValueError, match="multiple of 64"):
