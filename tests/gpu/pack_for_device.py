@@ -7,9 +7,9 @@ The two shipped checkpoints (23.8 MB each) and the whole training folder (37.2 M
 one call together. Packed, they do: every floating-point tensor of more than LARGE elements (the
 convolution weights, 99.8 % of the float bytes) is stored as float16, the entropy coder's CDF
 tables are left out (export rebuilds them), everything else (gains, entropy-model parameters) is
-kept as it is. ``train --resume PACKED`` loads them into the
-float32 network, so training continues in float32 from weights rounded to 11 significant bits;
-the run exports float32 weights as usual. Prints each file's size and what a call carrying
+kept as it is. ``train --resume PACKED`` loads them into the float32 network, so training
+continues in float32 from weights rounded to 11 significant bits; the run exports float32
+weights as usual. Prints each file's size and what a call carrying
 ``.carry``, ``.data/full`` and the two wheel files would send.
 """
 
@@ -28,8 +28,6 @@ from shared.checkpoint import safe_load  # noqa: E402
 
 LARGE = 4096
 CARRY_LIMIT = 64 << 20
-
-
 CODER_TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
 
 
