@@ -51,6 +51,9 @@ def _add_train(sub) -> None:
     p.add_argument("--decoder-only", action="store_true",
                    help="train the synthesis transform g_s alone: encoder and entropy models frozen, so a "
                         "sender's streams stay bit-identical; objective: the crops' mean PSNR")
+    p.add_argument("--synthesis-blocks", type=int, default=None, metavar="K",
+                   help="residual refinement blocks per g_s stage (default: the resumed model's, else 0); "
+                        "more than --resume has grows its decoder, the new blocks starting as the identity")
     p.set_defaults(func=_cmd_train)
 
 
@@ -73,6 +76,7 @@ def _cmd_train(args) -> int:
         seed=args.seed, bf16=not args.no_bf16, compile=args.compile, device=args.device, noise_sigma_max=args.noise,
         noise_jpeg_prob=args.noise_jpeg_prob, noise_balance=not args.no_noise_balance,
         lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max, decoder_only=args.decoder_only,
+        synthesis_blocks=args.synthesis_blocks,
     )
     train(cfg, args.resume, new_segment=args.new_segment)
     return 0

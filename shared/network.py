@@ -30,7 +30,8 @@ stream encoded on any device decodes on a CPU receiver: see ``DEVICE POLICY`` in
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,9 @@ class NetworkConfig:
     levels: int = 8
     lmbda_min: float = 0.0012
     lmbda_max: float = 0.15
+    # Residual refinement blocks in g_s after each of its first two inverse-GDN stages (1/8 and 1/4
+    # of the image side). 0 is the plain Balle et al. synthesis; see ``grow_synthesis``.
+    synthesis_blocks: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,10 +73,7 @@ class VariableRateHyperprior(CompressionModel):
         self.g_a = nn.Sequential(
             conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
         )
-        self.g_s = nn.Sequential(
-            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
-            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
-        )
+        self.g_s = synthesis_transform(M, N, config.synthesis_blocks)
         self.h_a = nn.Sequential(
             conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
             conv(N, N, stride=2, kernel_size=5), nn.LeakyReLU(inplace=True),
@@ -218,6 +219,53 @@ class VariableRateHyperprior(CompressionModel):
         return super().update(
             scale_table=get_scale_table() if scale_table is None else scale_table, force=force, **kwargs
         )
+
+
+def synthesis_transform(M: int, N: int, blocks: int) -> nn.Sequential:
+    """g_s: four stride-2 deconvolutions with inverse GDN, plus ``blocks`` ``ResidualBlock`` after
+    each of the first two inverse GDNs. The plain layers keep the names "0".."6" whatever
+    ``blocks`` is (the refinement stages are "r1" and "r3"), so a plain model's weights load into
+    a grown one unchanged: see ``grow_synthesis``."""
+    layers = [deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+              deconv(N, N), GDN(N, inverse=True), deconv(N, 3)]
+    named: list[tuple[str, nn.Module]] = []
+    for i, layer in enumerate(layers):
+        named.append((str(i), layer))
+        if blocks and i in (1, 3):
+            named.append((f"r{i}", nn.Sequential(*(ResidualBlock(N) for _ in range(blocks)))))
+    return nn.Sequential(OrderedDict(named))
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(leaky_relu(conv(x))), 3x3 convolutions. The second convolution starts at zero, so a
+    freshly added block is the identity and a grown decoder starts exactly where the old one was."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.2))
+
+
+def grow_synthesis(model: VariableRateHyperprior, blocks: int) -> VariableRateHyperprior:
+    """A copy of ``model`` whose g_s has ``blocks`` refinement blocks per stage (more than it has).
+
+    Every existing tensor is copied; the new blocks start as the identity, so the grown model codes
+    the same streams and decodes the same pixels until its decoder is trained
+    (``latentwire train --decoder-only --synthesis-blocks K``)."""
+    if blocks <= model.config.synthesis_blocks:
+        raise ValueError(f"the model already has {model.config.synthesis_blocks} synthesis blocks per stage; "
+                         f"--synthesis-blocks must be larger to grow it")
+    grown = VariableRateHyperprior(replace(model.config, synthesis_blocks=blocks))
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    new = {k for k in missing if k.startswith(("g_s.r1.", "g_s.r3."))}
+    if unexpected or set(missing) != new:
+        raise ValueError(f"cannot grow this model: unexpected {unexpected}, missing {sorted(set(missing) - new)}")
+    return grown
 
 
 # ---- inference forms of the transforms ------------------------------------------------------

@@ -16,6 +16,9 @@ and only the pictures a receiver draws from it change. The rate is then fixed, a
 ``lambda(quality)``, which spans 125x across the range, would only tilt the decoder towards the
 highest qualities; the objective is instead the mean PSNR of the crops (each crop's own, so every
 quality and noise level counts alike), and best.pt is chosen by the mean held-out PSNR.
+``--synthesis-blocks K`` gives g_s K residual refinement blocks per stage (``network.synthesis_transform``);
+resuming a model with fewer grows it, the new blocks starting as the identity, which with
+``--decoder-only`` buys the receiver a stronger decoder for the very same streams.
 
 A run is a segment of ``--steps`` steps with its own warm-up + cosine learning-rate schedule.
 Checkpoints (``last.pt`` every ``--checkpoint-every-s`` seconds, ``best.pt`` on the best held-out
@@ -34,14 +37,14 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from shared.network import DOWNSAMPLE, NetworkConfig, VariableRateHyperprior
+from shared.network import DOWNSAMPLE, NetworkConfig, VariableRateHyperprior, grow_synthesis
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 HOLDOUT_EVERY = 25
@@ -74,6 +77,7 @@ class TrainConfig:
     noise_jpeg_prob: float = 0.0
     noise_balance: bool = True  # weight each crop's distortion by noise_weight(sigma)
     decoder_only: bool = False  # train g_s alone, all else frozen: streams unchanged (module docstring)
+    synthesis_blocks: int | None = None  # None: the checkpoint's; more than it has grows g_s (module docstring)
     lmbda_min: float | None = None  # None: the network's (checkpoint's) own
     lmbda_max: float | None = None
     holdout_every: int = HOLDOUT_EVERY  # a subset of the folder (tests/gpu/make_subset.py) keeps its held-out images
@@ -322,6 +326,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     if cfg.crop <= 0 or cfg.crop % DOWNSAMPLE:
         raise ValueError(f"crop {cfg.crop} is not a positive multiple of {DOWNSAMPLE}: the hyper-latent of a crop "
                          f"is 1/{DOWNSAMPLE} of its side, so use e.g. 128, 192 or 256")
+    if cfg.synthesis_blocks is not None and cfg.synthesis_blocks < 0:
+        raise ValueError(f"synthesis_blocks must be 0 or more, got {cfg.synthesis_blocks}")
     device = pick_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
@@ -343,6 +349,14 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     model = VariableRateHyperprior(NetworkConfig(**cfg.network))
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
+    blocks = cfg.synthesis_blocks
+    if blocks is not None and blocks != model.config.synthesis_blocks:
+        if ckpt is None:
+            model = VariableRateHyperprior(replace(model.config, synthesis_blocks=blocks))
+        else:
+            model = grow_synthesis(model, blocks)  # raises when asked to shrink
+            log(f"g_s grown to {blocks} refinement block(s) per stage (identity at first)")
+    cfg.network = model.config.to_dict()
     model.to(device).to(memory_format=torch.channels_last)
     model.train()
     if cfg.decoder_only:
@@ -367,7 +381,9 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
         best_val = float(ckpt.get("best_val", float("inf")))
         prev_run = ckpt["train_config"]
         run_start = int(ckpt.get("run_start", 0))
-        same_params = bool(prev_run.get("decoder_only", False)) == cfg.decoder_only  # Adam's state fits
+        # Adam's state fits only the same set of trained parameters.
+        same_params = (bool(prev_run.get("decoder_only", False)) == cfg.decoder_only
+                       and int(ckpt["network"].get("synthesis_blocks", 0)) == model.config.synthesis_blocks)
         if not new_segment and same_params and "optimizer" in ckpt and step - run_start < int(prev_run["steps"]):
             continuing = True  # an interrupted segment: same schedule, same optimiser state
             cfg.steps, cfg.lr, cfg.warmup_steps = int(prev_run["steps"]), float(prev_run["lr"]), int(prev_run["warmup_steps"])

@@ -58,3 +58,23 @@ def sample_rgb():
     from shared.images import load_image
 
     return load_image(DATA / "crop_97x71.png").rgb
+
+
+@pytest.fixture(scope="session")
+def tiny_refined_codec(tmp_path_factory):
+    """The tiny model grown to one residual refinement block per g_s stage, with those blocks
+    randomised (a freshly grown block is the identity and would test nothing)."""
+    from shared.checkpoint import export_model
+    from shared.codec import Codec
+    from shared.network import NetworkConfig, VariableRateHyperprior, grow_synthesis
+
+    torch.manual_seed(2)
+    model = grow_synthesis(VariableRateHyperprior(NetworkConfig(**TINY_NETWORK)), 1)
+    with torch.no_grad():
+        for name, p in model.g_s.named_parameters():
+            if name.startswith(("r1.", "r3.")) and ".conv2." in name:
+                p.normal_(0, 0.05)
+    d = tmp_path_factory.mktemp("refined-models")
+    src = d / "refined-train.ckpt"
+    torch.save({"network": model.config.to_dict(), "state_dict": model.state_dict()}, src)
+    return Codec.load(export_model(src, "lw-tiny-refined", d))

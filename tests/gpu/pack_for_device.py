@@ -3,7 +3,7 @@ lent GPU").
 
     python tests/gpu/pack_for_device.py models/lw-vr-hyperprior-*.pt models/lw-vr-denoise-*.pt --out .carry
 
-The two shipped checkpoints (23.8 MB each) and the whole training folder (37.2 MB) do not fit in
+The two shipped checkpoints (23.8 and 28.5 MB) and the whole training folder (37.2 MB) do not fit in
 one call together. Packed, they do: every floating-point tensor of more than LARGE elements (the
 convolution weights, 99.8 % of the float bytes) is stored as float16, the entropy coder's CDF
 tables are left out (export rebuilds them), everything else (gains, entropy-model parameters) is

@@ -46,7 +46,7 @@ def test_encoding_is_identical_under_1_2_and_3_threads(request, codec_fixture, p
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("codec_fixture", CODECS)
+@pytest.mark.parametrize("codec_fixture", [*CODECS, "tiny_refined_codec"])  # the last: g_s with residual blocks
 def test_decoding_is_identical_under_1_2_and_3_threads(request, codec_fixture, precision, kodim_rgb,
                                                        restore_threads):
     # 3 threads is the case that once broke: oneDNN's transposed convolutions split their

@@ -75,3 +75,37 @@ def test_bf16_costs_the_shipped_model_under_a_tenth_of_a_db(shipped_codec, kodim
         assert abs(db16 - db32) < 0.1, f"q={quality}: fp32 {db32:.3f} dB, bf16 {db16:.3f} dB"
         assert abs(n16 - n32) / n32 < 0.01, f"q={quality}: fp32 {n32} B, bf16 {n16} B"
         assert np.abs(bf16.decode(data).astype(int) - fp32.decode(data).astype(int)).max() <= 4
+
+
+def test_a_grown_synthesis_starts_as_the_identity_and_keeps_the_plain_layers_names(tiny_codec):
+    from shared.network import ResidualBlock, grow_synthesis
+
+    plain = tiny_codec.model
+    grown = grow_synthesis(plain, 2).eval()
+    y = torch.randn(1, plain.config.M, 3, 4)
+
+    before, after = plain.state_dict(), grown.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # every old tensor, same name
+    assert sorted({k.split(".")[1] for k in set(after) - set(before)}) == ["r1", "r3"]
+    assert sum(isinstance(m, ResidualBlock) for m in grown.g_s.modules()) == 4  # 2 per stage
+    assert grown.config.synthesis_blocks == 2
+    with torch.no_grad():
+        assert float((grown.g_s(y) - plain.g_s(y)).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="must be larger"):
+        grow_synthesis(grown, 2)
+
+
+def test_the_refined_synthesis_has_an_inference_form_that_computes_it(tiny_refined_codec):
+    model = tiny_refined_codec.model
+    y = torch.randn(2, model.config.M, 4, 5)
+
+    with torch.inference_mode():
+        ref = model.g_s(y)
+        fp32 = InferenceTransform(model.g_s, torch.float32)(y)
+        plain_part = y
+        for name, layer in model.g_s.named_children():
+            plain_part = plain_part if name.startswith("r") else layer(plain_part)  # skip the blocks
+
+    assert fp32.shape == ref.shape == (2, 3, 64, 80)
+    assert float((fp32 - ref).abs().max()) < 1e-5
+    assert float((plain_part - ref).abs().max()) > 1e-3  # the randomised blocks do change the picture

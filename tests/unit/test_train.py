@@ -283,3 +283,43 @@ def test_bench_train_refuses_bad_arguments(args, capsys):
 
     assert main(["bench", "train", *args]) == 2
     assert "--steps must be at least 5 and --crop a multiple of 64" in capsys.readouterr().err
+
+
+def test_synthesis_blocks_grow_the_decoder_of_a_resumed_model_and_the_streams_stay_the_same(
+        image_dir, tiny_models_dir, sample_rgb, tmp_path):
+    """--decoder-only --synthesis-blocks 1 from a plain model: g_s gains a residual block per stage,
+    which trains (it starts as the identity); the encoder side, and so every stream, is unchanged."""
+    from shared.checkpoint import export_model, find_model
+    from shared.codec import Codec
+
+    original = find_model("lw-tiny", tiny_models_dir)
+    before = torch.load(original, weights_only=True)["state_dict"]
+    out = tmp_path / "grown"
+    train(_config(image_dir, out, steps=4, lr=1e-3, decoder_only=True, synthesis_blocks=1), resume=original,
+          log=lambda *a: None)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+
+    assert ckpt["network"]["synthesis_blocks"] == 1
+    after = ckpt["state_dict"]
+    new = set(after) - set(before)
+    assert {k.split(".")[1] for k in new} == {"r1", "r3"} and len(new) == 8  # 2 blocks x 2 convs x (w, b)
+    assert float(after["g_s.r1.0.conv2.weight"].abs().max()) > 0  # left the identity
+    assert all(k.startswith("g_s.") for k in before if not torch.equal(after[k], before[k]))
+
+    old, grown = Codec.load(original), Codec.load(export_model(out / "last.pt", "lw-tiny", tmp_path / "models"))
+    assert grown.model.config.synthesis_blocks == 1
+    for q in (0.0, 1.0):
+        a, b = old.encode(sample_rgb, quality=q), grown.encode(sample_rgb, quality=q)
+        assert a.stream.strings == b.stream.strings
+        assert grown.decode(b.data).shape == sample_rgb.shape
+
+    # Resuming keeps the grown shape (and Adam's state, which fits it); shrinking is refused.
+    train(_config(image_dir, tmp_path / "more", steps=2, decoder_only=True), resume=out / "last.pt",
+          log=lambda *a: None)
+    assert torch.load(tmp_path / "more" / "last.pt", weights_only=True)["network"]["synthesis_blocks"] == 1
+    with pytest.raises(ValueError, match="must be larger"):
+        train(_config(image_dir, tmp_path / "shrink", decoder_only=True, synthesis_blocks=0),
+              resume=out / "last.pt", log=lambda *a: None)
+    with pytest.raises(ValueError, match="0 or more"):
+        train(_config(image_dir, tmp_path / "negative", synthesis_blocks=-1), log=lambda *a: None)
+    assert not (tmp_path / "negative").exists()
