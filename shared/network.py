@@ -221,6 +221,11 @@ class VariableRateHyperprior(CompressionModel):
         )
 
 
+# g_s layers after which ``synthesis_blocks`` residual blocks go (its first two inverse GDNs); each
+# stage of blocks is named "r<index>".
+REFINED_AFTER = (1, 3)
+
+
 def synthesis_transform(M: int, N: int, blocks: int) -> nn.Sequential:
     """g_s: four stride-2 deconvolutions with inverse GDN, plus ``blocks`` ``ResidualBlock`` after
     each of the first two inverse GDNs. The plain layers keep the names "0".."6" whatever
@@ -231,7 +236,7 @@ def synthesis_transform(M: int, N: int, blocks: int) -> nn.Sequential:
     named: list[tuple[str, nn.Module]] = []
     for i, layer in enumerate(layers):
         named.append((str(i), layer))
-        if blocks and i in (1, 3):
+        if blocks and i in REFINED_AFTER:
             named.append((f"r{i}", nn.Sequential(*(ResidualBlock(N) for _ in range(blocks)))))
     return nn.Sequential(OrderedDict(named))
 
@@ -262,7 +267,7 @@ def grow_synthesis(model: VariableRateHyperprior, blocks: int) -> VariableRateHy
                          f"--synthesis-blocks must be larger to grow it")
     grown = VariableRateHyperprior(replace(model.config, synthesis_blocks=blocks))
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    new = {k for k in missing if k.startswith(("g_s.r1.", "g_s.r3."))}
+    new = {k for k in missing if k.startswith(tuple(f"g_s.r{i}." for i in REFINED_AFTER))}
     if unexpected or set(missing) != new:
         raise ValueError(f"cannot grow this model: unexpected {unexpected}, missing {sorted(set(missing) - new)}")
     return grown

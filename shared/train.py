@@ -37,7 +37,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -345,18 +345,17 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     for key in ("lmbda_min", "lmbda_max"):
         if getattr(cfg, key) is not None:
             cfg.network[key] = getattr(cfg, key)
+    blocks = cfg.synthesis_blocks
+    if ckpt is None and blocks is not None:
+        cfg.network["synthesis_blocks"] = blocks
     torch.manual_seed(cfg.seed)
     model = VariableRateHyperprior(NetworkConfig(**cfg.network))
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
-    blocks = cfg.synthesis_blocks
-    if blocks is not None and blocks != model.config.synthesis_blocks:
-        if ckpt is None:
-            model = VariableRateHyperprior(replace(model.config, synthesis_blocks=blocks))
-        else:
+        if blocks is not None and blocks != model.config.synthesis_blocks:
             model = grow_synthesis(model, blocks)  # raises when asked to shrink
+            cfg.network = model.config.to_dict()
             log(f"g_s grown to {blocks} refinement block(s) per stage (identity at first)")
-    cfg.network = model.config.to_dict()
     model.to(device).to(memory_format=torch.channels_last)
     model.train()
     if cfg.decoder_only:

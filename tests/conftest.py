@@ -23,13 +23,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(getattr(pytest.mark, tier))
 
 
-def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0) -> Path:
-    """Export a seeded random tiny model into ``models_dir`` (deterministic: same seed, same hash)."""
+def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0, model=None) -> Path:
+    """Export a seeded random tiny model (or ``model``) into ``models_dir`` (deterministic: same
+    seed, same hash)."""
     from shared.checkpoint import export_model
     from shared.network import NetworkConfig, VariableRateHyperprior
 
-    torch.manual_seed(seed)
-    model = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK))
+    if model is None:
+        torch.manual_seed(seed)
+        model = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK))
     src = models_dir / f"{name}-train.ckpt"
     torch.save({"network": model.config.to_dict(), "state_dict": model.state_dict(),
                 "train_config": {"note": "random init, for tests"}}, src)
@@ -64,7 +66,6 @@ def sample_rgb():
 def tiny_refined_codec(tmp_path_factory):
     """The tiny model grown to one residual refinement block per g_s stage, with those blocks
     randomised (a freshly grown block is the identity and would test nothing)."""
-    from shared.checkpoint import export_model
     from shared.codec import Codec
     from shared.network import NetworkConfig, VariableRateHyperprior, grow_synthesis
 
@@ -75,6 +76,4 @@ def tiny_refined_codec(tmp_path_factory):
             if name.startswith(("r1.", "r3.")) and ".conv2." in name:
                 p.normal_(0, 0.05)
     d = tmp_path_factory.mktemp("refined-models")
-    src = d / "refined-train.ckpt"
-    torch.save({"network": model.config.to_dict(), "state_dict": model.state_dict()}, src)
-    return Codec.load(export_model(src, "lw-tiny-refined", d))
+    return Codec.load(make_tiny_model_file(d, "lw-tiny-refined", model=model))
