@@ -86,6 +86,8 @@ class ModelInfo(BaseModel):
     precision: str = Field(description="arithmetic of the transforms: fp32 | bf16")
     network: dict
     max_side: int
+    clean_first: dict | None = Field(None, description="denoising models: the rule by which the sender codes its "
+                                     "own clean reconstruction instead of the upload (shared/codec.py, CLEAN FIRST)")
 
 
 class ModelsOut(BaseModel):

@@ -135,6 +135,9 @@ def _cmd_encode(args) -> int:
     original = args.image.stat().st_size
     print(f"{out}: {enc.nbytes} bytes, {enc.bpp:.3f} bpp, quality {enc.quality:.4f}, "
           f"{img.width}x{img.height}, {original / enc.nbytes:.1f}x smaller than {args.image.name}")
+    if enc.noise is not None:  # a denoising model (CLEAN FIRST in shared/codec.py)
+        print(f"noise estimate {enc.noise:.1f} grey levels (rms); coded "
+              + ("the model's clean reconstruction" if enc.cleaned else "the image as uploaded"))
     return 0
 
 

@@ -192,6 +192,25 @@ class VariableRateHyperprior(CompressionModel):
         y_lik = self.gaussian_conditional.likelihood_lower_bound(y_lik)
         return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik.double()).sum()))
 
+    @torch.no_grad()
+    def quantize_latents(self, y: Tensor, z: Tensor, quality: float) -> Tensor:
+        """The y_hat that coding (y, z) at ``quality`` and decoding the strings gives (float64, CPU),
+        bit for bit, without running the entropy coder: for a sender that wants the reconstruction
+        only (CLEAN FIRST in codec.py). Mirrors CompressAI's rounding: symbols round(v - mean); z_hat
+        is dequantised in the medians' float32 as ``EntropyBottleneck.decompress`` does."""
+        B = y.shape[0]
+        q = torch.full((B,), float(quality), dtype=torch.float64)
+        _, hg = self.gains(q, dtype=torch.float64)
+        z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
+        medians = self.entropy_bottleneck._get_medians().detach().cpu()  # (1, N, 1, 1) float32
+        z_hat_s = (torch.round(z_s - medians.to(torch.float64)).float() + medians).to(torch.float64)
+        # Contiguous like the entropy decoder's output: h_s's float64 convolutions round differently
+        # on a channels_last input (by about 1e-13), and the means must match the decoder's exactly.
+        z_hat_s = z_hat_s.contiguous()
+        _, means_s, g, _ = self.entropy_parameters(z_hat_s, q)
+        y_hat_s = torch.round(y.detach().to("cpu", torch.float64) * g - means_s) + means_s
+        return y_hat_s / g
+
     def compress(self, x: Tensor, quality: float) -> dict:
         y, z = self.analysis(x)
         return self.compress_latents(y, z, quality)

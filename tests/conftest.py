@@ -23,9 +23,10 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(getattr(pytest.mark, tier))
 
 
-def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0, model=None) -> Path:
+def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0, model=None,
+                         train_config: dict | None = None) -> Path:
     """Export a seeded random tiny model (or ``model``) into ``models_dir`` (deterministic: same
-    seed, same hash)."""
+    seed, same hash). ``train_config``: what the file says it was trained with."""
     from shared.checkpoint import export_model
     from shared.network import NetworkConfig, VariableRateHyperprior
 
@@ -34,7 +35,7 @@ def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0
         model = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK))
     src = models_dir / f"{name}-train.ckpt"
     torch.save({"network": model.config.to_dict(), "state_dict": model.state_dict(),
-                "train_config": {"note": "random init, for tests"}}, src)
+                "train_config": train_config or {"note": "random init, for tests"}}, src)
     path = export_model(src, name, models_dir)
     src.unlink()
     return path
@@ -44,7 +45,10 @@ def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0
 def tiny_models_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models")
     make_tiny_model_file(d)
-    make_tiny_model_file(d, TINY_DENOISE_MODEL, seed=1)
+    # Says it was trained on noisy inputs, so it codes the way denoising models do (CLEAN FIRST in
+    # shared/codec.py): random weights reconstruct far from the upload, so always its reconstruction.
+    make_tiny_model_file(d, TINY_DENOISE_MODEL, seed=1,
+                         train_config={"note": "random init, for tests", "noise_sigma_max": 50.0})
     return d
 
 

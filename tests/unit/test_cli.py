@@ -23,6 +23,19 @@ def test_encode_then_decode_restores_the_size(tmp_path, tiny_models_dir, capsys)
         assert im.size == (97, 71)
 
 
+def test_encode_with_a_denoising_model_reports_the_noise_estimate(tmp_path, tiny_models_dir, capsys):
+    src = DATA / "crop_97x71.png"
+    lw = tmp_path / "n.lw"
+    assert main(["encode", str(src), "-o", str(lw), "--quality", "0.3", "--model", TINY_DENOISE_MODEL,
+                 "--models-dir", str(tiny_models_dir)]) == 0
+    enc = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir).encode(load_image(src).rgb, quality=0.3)
+    assert lw.read_bytes() == enc.data
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"noise estimate {enc.noise:.1f} grey levels (rms); coded the model's clean reconstruction"
+    assert main(["encode", str(src), "-o", str(lw), "--model", TINY_MODEL, "--models-dir", str(tiny_models_dir)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1  # a model trained on clean photos: no estimate
+
+
 def test_decode_uses_the_model_the_stream_names(tmp_path, tiny_models_dir, sample_rgb):
     denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
     lw = tmp_path / "d.lw"

@@ -1,0 +1,119 @@
+"""Clean first (shared/codec.py, CLEAN FIRST): a denoising codec codes its own quality-1
+reconstruction instead of the upload at qualities up to ``CleanFirst.max_quality(noise)``."""
+
+import numpy as np
+import pytest
+
+from shared.codec import CleanFirst, Codec
+from shared.errors import BudgetTooSmall
+from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
+
+ALWAYS = CleanFirst(quality_at_ref=2.0, per_grey_level=0.0)  # every quality codes the reconstruction
+NEVER = CleanFirst(quality_at_ref=-1.0, per_grey_level=0.0)  # none does
+
+
+def rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a.astype(np.float64) - b.astype(np.float64)))))
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_codec):
+    return tiny_codec  # lw-tiny: trained on clean inputs, so no rule
+
+
+def with_rule(codec: Codec, rule: CleanFirst | None) -> Codec:
+    return Codec(codec.model, codec.name, codec.weights, clean_first=rule)
+
+
+def test_the_rule_is_a_line_through_the_held_out_crossovers():
+    rule = CleanFirst()
+    assert rule.max_quality(24.0) == pytest.approx(0.65)  # sigma 25
+    assert rule.max_quality(15.0) == pytest.approx(0.02)  # sigma 15: hardly ever
+    assert rule.max_quality(5.0) < 0  # a clean photo: never
+    assert rule.max_quality(29.0) == pytest.approx(1.0)  # from about sigma 30: always
+    assert rule.max_quality(44.0) > 1.0  # sigma 50
+
+
+def test_load_gives_the_rule_to_models_trained_on_noise_only(tiny_models_dir):
+    assert Codec.load(TINY_MODEL, tiny_models_dir).clean_first is None
+    denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
+    assert denoiser.clean_first == CleanFirst()
+    assert denoiser.info()["clean_first"] == {"noise_ref": 24.0, "quality_at_ref": 0.65, "per_grey_level": 0.07}
+    assert Codec.load(TINY_DENOISE_MODEL, tiny_models_dir, clean_first=None).clean_first is None
+
+
+def test_below_the_limit_the_stream_codes_the_reconstruction(plain, kodim_crop):
+    cleaned = plain.decode(plain.encode(kodim_crop, quality=1.0).data)
+    enc = with_rule(plain, ALWAYS).encode(kodim_crop, quality=0.4)
+
+    assert enc.cleaned is True
+    assert enc.noise == pytest.approx(rms(kodim_crop, cleaned), rel=1e-5)
+    assert enc.data == plain.encode(cleaned, quality=0.4).data  # an ordinary stream of the model
+    assert enc.quality == 0.4 and enc.stream.quality == pytest.approx(0.4)
+
+
+def test_above_the_limit_the_stream_codes_the_upload(plain, kodim_crop):
+    enc = with_rule(plain, NEVER).encode(kodim_crop, quality=0.4)
+
+    assert enc.cleaned is False
+    assert enc.noise is not None and enc.noise > 0
+    assert enc.data == plain.encode(kodim_crop, quality=0.4).data
+
+
+def test_the_limit_splits_the_quality_range(plain, kodim_crop):
+    cleaned = plain.decode(plain.encode(kodim_crop, quality=1.0).data)
+    noise = rms(kodim_crop, cleaned)
+    codec = with_rule(plain, CleanFirst(noise_ref=noise, quality_at_ref=0.5, per_grey_level=0.0))
+    for q, expect_cleaned in ((0.0, True), (0.5, True), (0.51, False), (1.0, False)):
+        enc = codec.encode(kodim_crop, quality=q)
+        assert enc.cleaned is expect_cleaned, q
+        source = cleaned if expect_cleaned else kodim_crop
+        assert enc.data == plain.encode(source, quality=q).data, q
+
+
+def test_a_byte_budget_searches_across_the_limit(plain, kodim_crop):
+    cleaned = plain.decode(plain.encode(kodim_crop, quality=1.0).data)
+    codec = with_rule(plain, CleanFirst(noise_ref=rms(kodim_crop, cleaned), quality_at_ref=0.5, per_grey_level=0.0))
+    low, high = codec.encode(kodim_crop, quality=0.0), codec.encode(kodim_crop, quality=1.0)
+    budget = codec.encode(kodim_crop, quality=0.8).nbytes
+    enc = codec.encode(kodim_crop, max_bytes=budget)
+
+    assert enc.nbytes <= budget < high.nbytes
+    assert 0.79 < enc.quality < 1.0 and enc.cleaned is False  # the upload's streams, above the limit
+    assert enc.data == codec.encode(kodim_crop, quality=enc.quality).data
+    assert codec.encode(kodim_crop, max_bytes=high.nbytes).data == high.data
+    with pytest.raises(BudgetTooSmall) as err:
+        codec.encode(kodim_crop, max_bytes=low.nbytes - 1)
+    assert err.value.min_bytes == low.nbytes
+    assert low.cleaned is True
+
+
+def test_a_batch_decides_image_by_image(plain, kodim_crop):
+    codec = with_rule(plain, ALWAYS)
+    other = np.ascontiguousarray(kodim_crop[::-1])
+    batch = codec.encode_batch([kodim_crop, other], quality=0.3)
+    assert [e.data for e in batch] == [codec.encode(im, quality=0.3).data for im in (kodim_crop, other)]
+    assert all(e.cleaned for e in batch)
+
+
+def test_receivers_decode_clean_first_streams_without_the_rule(plain, kodim_crop):
+    enc = with_rule(plain, ALWAYS).encode(kodim_crop, quality=0.6)
+    out = plain.decode(enc.data)
+    assert out.shape == kodim_crop.shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("quality", [0.0, 0.37, 1.0])
+def test_quantize_latents_is_the_decoders_y_hat_bit_for_bit(tiny_codec, kodim_crop, quality):
+    import torch
+
+    from shared import bitstream as bs
+
+    model = tiny_codec.model
+    with torch.inference_mode():
+        y, z = tiny_codec._analysis(kodim_crop)
+        q = bs.coded_quality(quality)
+        out = model.compress_latents(y, z, q)
+        decoded = model.decode_latents(out["strings"], out["shape"], q)
+        direct = model.quantize_latents(y, z, q)
+    assert direct.dtype == decoded.dtype == torch.float64
+    assert torch.equal(direct, decoded)
