@@ -202,7 +202,7 @@ class VariableRateHyperprior(CompressionModel):
         q = torch.full((B,), float(quality), dtype=torch.float64)
         _, hg = self.gains(q, dtype=torch.float64)
         z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
-        medians = self.entropy_bottleneck._get_medians().detach().cpu()  # (1, N, 1, 1) float32
+        medians = self.entropy_bottleneck._get_medians().detach().cpu()  # (N, 1, 1) float32
         z_hat_s = (torch.round(z_s - medians.to(torch.float64)).float() + medians).to(torch.float64)
         # Contiguous like the entropy decoder's output: h_s's float64 convolutions round differently
         # on a channels_last input (by about 1e-13), and the means must match the decoder's exactly.
