@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -297,12 +297,9 @@ class Codec:
         return self._g_s(y_hat).clamp_(0, 1).float().cpu()
 
     def info(self) -> dict:
-        rule = self.clean_first
         return {"name": self.name, "weights": self.weights, "device": str(self.device),
                 "precision": self.precision, "network": self.model.config.to_dict(), "max_side": self.max_side,
-                "clean_first": None if rule is None else {
-                    "noise_ref": rule.noise_ref, "quality_at_ref": rule.quality_at_ref,
-                    "per_grey_level": rule.per_grey_level}}
+                "clean_first": None if self.clean_first is None else asdict(self.clean_first)}
 
 
 def load_optional(name_or_path: str, models_dir: Path = DEFAULT_MODELS_DIR, device: str = "cpu",

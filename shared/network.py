@@ -175,29 +175,11 @@ class VariableRateHyperprior(CompressionModel):
         y_strings = self.gaussian_conditional.compress(y_s, indexes, means=means_s)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
 
-    @torch.no_grad()
-    def estimate_bits(self, y: Tensor, z: Tensor, quality: float) -> float:
-        """The entropy models' own estimate, -log2 P(symbols), of what ``compress_latents``
-        codes for the same (y, z, quality): the yardstick for the coder's overhead."""
-        B = y.shape[0]
-        q = torch.full((B,), float(quality), dtype=torch.float64)
-        _, hg = self.gains(q, dtype=torch.float64)
-        z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
-        medians = self.entropy_bottleneck._get_medians().detach().to(torch.float64)
-        z_hat_s = torch.round(z_s - medians) + medians
-        _, z_lik = self.entropy_bottleneck(z_hat_s.float(), training=False)
-        _, means_s, g, scales_s = self.entropy_parameters(z_hat_s, q)
-        y_hat_s = torch.round(y.detach().to("cpu", torch.float64) * g - means_s) + means_s
-        y_lik = self.gaussian_conditional._likelihood(y_hat_s, scales_s, means_s)
-        y_lik = self.gaussian_conditional.likelihood_lower_bound(y_lik)
-        return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik.double()).sum()))
-
-    @torch.no_grad()
-    def quantize_latents(self, y: Tensor, z: Tensor, quality: float) -> Tensor:
-        """The y_hat that coding (y, z) at ``quality`` and decoding the strings gives (float64, CPU),
-        bit for bit, without running the entropy coder: for a sender that wants the reconstruction
-        only (CLEAN FIRST in codec.py). Mirrors CompressAI's rounding: symbols round(v - mean); z_hat
-        is dequantised in the medians' float32 as ``EntropyBottleneck.decompress`` does."""
+    def _hat_latents(self, y: Tensor, z: Tensor, quality: float) -> tuple[Tensor, ...]:
+        """What the entropy decoder reconstructs for (y, z) coded at ``quality``, bit for bit, without
+        running the coder: (z_hat_s, means_s, y gain, scales_s, y_hat_s), float64 on the CPU.
+        Mirrors CompressAI's rounding: symbols round(v - mean); z_hat is dequantised in the medians'
+        float32 as ``EntropyBottleneck.decompress`` does."""
         B = y.shape[0]
         q = torch.full((B,), float(quality), dtype=torch.float64)
         _, hg = self.gains(q, dtype=torch.float64)
@@ -207,8 +189,26 @@ class VariableRateHyperprior(CompressionModel):
         # Contiguous like the entropy decoder's output: h_s's float64 convolutions round differently
         # on a channels_last input (by about 1e-13), and the means must match the decoder's exactly.
         z_hat_s = z_hat_s.contiguous()
-        _, means_s, g, _ = self.entropy_parameters(z_hat_s, q)
+        _, means_s, g, scales_s = self.entropy_parameters(z_hat_s, q)
         y_hat_s = torch.round(y.detach().to("cpu", torch.float64) * g - means_s) + means_s
+        return z_hat_s, means_s, g, scales_s, y_hat_s
+
+    @torch.no_grad()
+    def estimate_bits(self, y: Tensor, z: Tensor, quality: float) -> float:
+        """The entropy models' own estimate, -log2 P(symbols), of what ``compress_latents``
+        codes for the same (y, z, quality): the yardstick for the coder's overhead."""
+        z_hat_s, means_s, _, scales_s, y_hat_s = self._hat_latents(y, z, quality)
+        _, z_lik = self.entropy_bottleneck(z_hat_s.float(), training=False)
+        y_lik = self.gaussian_conditional._likelihood(y_hat_s, scales_s, means_s)
+        y_lik = self.gaussian_conditional.likelihood_lower_bound(y_lik)
+        return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik.double()).sum()))
+
+    @torch.no_grad()
+    def quantize_latents(self, y: Tensor, z: Tensor, quality: float) -> Tensor:
+        """The y_hat that coding (y, z) at ``quality`` and decoding the strings gives (float64, CPU),
+        bit for bit, without the entropy coder: for a sender that wants the reconstruction only
+        (CLEAN FIRST in codec.py)."""
+        _, _, g, _, y_hat_s = self._hat_latents(y, z, quality)
         return y_hat_s / g
 
     def compress(self, x: Tensor, quality: float) -> dict:
