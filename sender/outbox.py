@@ -9,6 +9,9 @@ holds the frame and delivers it when it starts again. A frame's life::
                │  └── transient failure: attempts+1, next_attempt_at = now + backoff
                └───── permanent 4xx ───────────────> failed     (receiver's error kept)
 
+Schema 2 added ``noise`` and ``cleaned`` (clean first, shared/codec.py); a schema 1 outbox is
+migrated in place when the sender opens it (its frames get NULL and 0: nothing was estimated).
+
 All database work runs on one dedicated thread (sqlite3 calls block, and a commit waits for the
 disk): the event loop only awaits it. One thread also means one connection and no lock contention
 inside this process; a second sender on the same data_dir is refused by ``sender.lock``.
@@ -26,7 +29,7 @@ from typing import Any, Callable
 
 from sender.errors import OutboxError, OutboxFull
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("queued", "delivered", "failed")
 
 _SCHEMA = """
@@ -45,6 +48,8 @@ CREATE TABLE IF NOT EXISTS frames (
     psnr            REAL,                       -- NULL when lossless (infinite)
     quality         REAL NOT NULL,
     jpeg            TEXT,                       -- JSON {"bytes","psnr","quality","fits"}; NULL: preview=false
+    noise           REAL,                       -- clean first: the upload's noise estimate (rms grey levels)
+    cleaned         INTEGER NOT NULL DEFAULT 0, -- 1: the stream codes the denoiser's reconstruction
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,                       -- JSON {"error","message",("http_status")}
@@ -54,6 +59,11 @@ CREATE TABLE IF NOT EXISTS frames (
 CREATE INDEX IF NOT EXISTS frames_due ON frames (next_attempt_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS frames_created ON frames (created_at);
 """
+# schema version -> the statements that take an outbox of that version to the next one.
+_MIGRATIONS = {
+    1: ("ALTER TABLE frames ADD COLUMN noise REAL",
+        "ALTER TABLE frames ADD COLUMN cleaned INTEGER NOT NULL DEFAULT 0"),
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,8 @@ class NewFrame:
     psnr: float | None
     quality: float
     jpeg: dict | None
+    noise: float | None  # clean first (shared/codec.py): the noise estimate; None for other models
+    cleaned: bool  # the stream codes the denoiser's own reconstruction rather than the upload
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,8 @@ class FrameRecord:
     psnr: float | None
     quality: float
     jpeg: dict | None
+    noise: float | None
+    cleaned: bool
     attempts: int
     next_attempt_at: float | None
     last_error: dict | None
@@ -110,16 +124,16 @@ class FrameRecord:
 
 
 _RECORD_COLUMNS = ("id, created_at, status, filename, mode, width, height, original_bytes, bytes, bpp, psnr, "
-                   "quality, jpeg, attempts, next_attempt_at, last_error, delivered_at, receiver_status")
+                   "quality, jpeg, noise, cleaned, attempts, next_attempt_at, last_error, delivered_at, receiver_status")
 
 
 def _record(row: tuple) -> FrameRecord:
     (id_, created_at, status, filename, mode, width, height, original_bytes, nbytes, bpp, psnr, quality, jpeg,
-     attempts, next_attempt_at, last_error, delivered_at, receiver_status) = row
+     noise, cleaned, attempts, next_attempt_at, last_error, delivered_at, receiver_status) = row
     return FrameRecord(
         id=id_, created_at=created_at, status=status, filename=filename, mode=mode, width=width, height=height,
         original_bytes=original_bytes, nbytes=nbytes, bpp=bpp, psnr=psnr, quality=quality,
-        jpeg=json.loads(jpeg) if jpeg else None, attempts=attempts,
+        jpeg=json.loads(jpeg) if jpeg else None, noise=noise, cleaned=bool(cleaned), attempts=attempts,
         next_attempt_at=next_attempt_at if status == "queued" else None,
         last_error=json.loads(last_error) if last_error else None, delivered_at=delivered_at,
         receiver_status=receiver_status,
@@ -159,11 +173,25 @@ class Outbox:
         conn.execute("PRAGMA synchronous=FULL")  # WAL + FULL: each COMMIT is fsync'd
         conn.execute("PRAGMA busy_timeout=5000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, *_MIGRATIONS, SCHEMA_VERSION):
             conn.close()
-            raise OutboxError(f"{self.path} has outbox schema {version}; this sender reads {SCHEMA_VERSION}: "
-                              "deliver or move the old outbox with the sender version that wrote it")
-        conn.executescript(_SCHEMA)
+            raise OutboxError(f"{self.path} has outbox schema {version}; this sender reads schemas 1 to "
+                              f"{SCHEMA_VERSION}: deliver or move the newer outbox with the sender version "
+                              "that wrote it")
+        if version == 0:  # a new file
+            conn.executescript(_SCHEMA)
+        for old in range(version, SCHEMA_VERSION) if version else ():
+            try:  # each step commits with its version stamp, or not at all
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _MIGRATIONS[old]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={old + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.close()
+                raise
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._conn = conn
 
@@ -198,10 +226,11 @@ class Outbox:
                 )
             c.executemany(
                 "INSERT INTO frames (id, created_at, status, stream, filename, mode, width, height, original_bytes, "
-                "bytes, bpp, psnr, quality, jpeg, next_attempt_at) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "bytes, bpp, psnr, quality, jpeg, noise, cleaned, next_attempt_at) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(f.id, f.created_at, f.stream, f.filename, f.mode, f.width, f.height, f.original_bytes, f.nbytes,
-                  f.bpp, f.psnr, f.quality, json.dumps(f.jpeg) if f.jpeg else None, f.created_at) for f in frames],
+                  f.bpp, f.psnr, f.quality, json.dumps(f.jpeg) if f.jpeg else None, f.noise, int(f.cleaned),
+                  f.created_at) for f in frames],
             )
             c.execute("COMMIT")
         except BaseException:

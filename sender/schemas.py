@@ -36,6 +36,10 @@ class ImageOut(BaseModel):
     psnr: float | None = Field(description="dB of the reconstruction the receiver will show, against the upload; "
                                "null when exact or when uploaded with preview=false")
     quality: float = Field(description="the quality the stream was coded at (the one found for max_bytes)")
+    noise: float | None = Field(description="mode=denoise: the sender's estimate of the upload's noise, rms grey "
+                                "levels (about 4-5 on clean photos, 24 at sigma 25); null in other modes")
+    cleaned: bool = Field(description="true: the stream codes the denoiser's own clean reconstruction of the "
+                          "upload rather than the upload (clean first; see /v1/models)")
     jpeg_same_bytes: JpegSameBytes | None = Field(description="null when uploaded with preview=false")
     preview: bool = Field(description="whether the sender decoded the stream and kept previews (upload's preview)")
     attempts: int = Field(description="POSTs that carried this frame")
@@ -53,6 +57,7 @@ class ImageOut(BaseModel):
             id=r.id, filename=r.filename, mode=r.mode, status=r.status, width=r.width, height=r.height,
             original_bytes=r.original_bytes, bytes=r.nbytes, bpp=round(r.bpp, 5),
             ratio=round(r.original_bytes / r.nbytes, 3), psnr=r.psnr, quality=r.quality,
+            noise=None if r.noise is None else round(r.noise, 2), cleaned=r.cleaned,
             jpeg_same_bytes=JpegSameBytes(**r.jpeg) if r.jpeg else None, attempts=r.attempts,
             last_error=DeliveryError(**r.last_error) if r.last_error else None, created_at=r.created_at,
             next_attempt_at=r.next_attempt_at, delivered_at=r.delivered_at, receiver_status=r.receiver_status,

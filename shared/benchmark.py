@@ -48,6 +48,8 @@ def add_parser(sub) -> None:
     c.add_argument("--runs", type=int, default=7, help="timed runs per measurement (>= 5)")
     c.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     c.add_argument("--quality", type=float, default=0.5, help="our quality for the timed encodes")
+    c.add_argument("--max-bytes", type=int, default=None,
+                   help="time our encodes to this byte budget instead (the rate search)")
     _add_model_args(c)
     c.set_defaults(func=_cmd_codec)
 
@@ -181,8 +183,9 @@ def _cmd_codec(args) -> int:
     H, W = rgb.shape[:2]
 
     codec = _load_codec(args)
-    enc = codec.encode(rgb, quality=args.quality)
-    ours_enc = timings_ms(lambda: codec.encode(rgb, quality=args.quality), args.runs)
+    rate = {"quality": args.quality} if args.max_bytes is None else {"max_bytes": args.max_bytes}
+    enc = codec.encode(rgb, **rate)
+    ours_enc = timings_ms(lambda: codec.encode(rgb, **rate), args.runs)
     ours_dec = timings_ms(lambda: codec.decode(enc.data), args.runs)
 
     torch.manual_seed(0)
@@ -196,7 +199,8 @@ def _cmd_codec(args) -> int:
         ref_dec = timings_ms(lambda: ref.decompress(out["strings"], out["shape"]), args.runs)
 
     rows = [
-        (f"ours {codec.name} {codec.precision} q={args.quality:g}", ours_enc, ours_dec,
+        (f"ours {codec.name} {codec.precision} "
+         + (f"q={args.quality:g}" if args.max_bytes is None else f"max_bytes={args.max_bytes}"), ours_enc, ours_dec,
          f"{enc.nbytes} B ({enc.bpp:.3f} bpp)"),
         ("CompressAI bmshj2018-hyperprior q3", ref_enc, ref_dec, f"{ref_bytes} B (random weights)"),
     ]

@@ -51,6 +51,13 @@ form.addEventListener("submit", async (event) => {
   }
 });
 
+// Denoise mode: the sender's noise estimate, and whether it coded its own clean reconstruction.
+function denoiseNote(image) {
+  if (image.noise === null || image.noise === undefined) return "";
+  return `; noise estimate ${image.noise.toFixed(1)} grey levels, ` +
+    (image.cleaned ? "coded its clean reconstruction" : "coded the upload as it is");
+}
+
 function addCard(image, file) {
   const card = cardTemplate.content.firstElementChild.cloneNode(true);
   card.dataset.id = image.id;
@@ -61,7 +68,7 @@ function addCard(image, file) {
   card.querySelector(".reconstruction").src = image.reconstruction_url;
   card.querySelector(".ours").textContent =
     `latentwire${image.mode === "denoise" ? " (denoise)" : ""}: ${kib(image.bytes)}, ${image.bpp.toFixed(3)} bpp, PSNR ${fmt(image.psnr, 2)} dB, ` +
-    `quality ${image.quality.toFixed(3)}, ${image.ratio.toFixed(1)}x smaller`;
+    `quality ${image.quality.toFixed(3)}, ${image.ratio.toFixed(1)}x smaller` + denoiseNote(image);
   const jpeg = image.jpeg_same_bytes;
   card.querySelector(".jpeg").src = image.jpeg_url;
   if (jpeg) {

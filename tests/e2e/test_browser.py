@@ -64,3 +64,36 @@ def test_sender_upload_page_shows_comparison(services, browser, tmp_path):
     text = page.locator("[data-id]").first.inner_text()
     assert "PSNR" in text or "dB" in text
     page.close()
+
+
+def test_denoise_uploads_show_the_noise_estimate(tmp_path, tiny_models_dir, browser):
+    """mode=denoise on the upload page: the card says what clean first decided (the random tiny
+    denoiser's estimate is far above any limit, so it codes its reconstruction)."""
+    import secrets
+
+    from shared.launcher import ServicePair
+    from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
+
+    denoise = {"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
+               "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL}
+    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
+                       models_dir=tiny_models_dir, extra_env=denoise)
+    try:
+        pair.start()
+        page = browser.new_page()
+        page.goto(pair.sender.url + "/")
+        path = tmp_path / "noisy.png"
+        path.write_bytes(png_bytes(80, 60, seed=5))
+        page.check("input[name=mode][value=denoise]")
+        page.set_input_files("input[type=file]", str(path))
+        page.locator("form [type=submit], form button").first.click()
+        page.wait_for_function("document.querySelectorAll('[data-id] img').length >= 3", timeout=30_000)
+        text = page.locator("[data-id] .ours").first.inner_text()
+        image_id = page.locator("[data-id]").first.get_attribute("data-id")
+        record = httpx.get(f"{pair.sender.url}/v1/images/{image_id}").json()
+        page.close()
+    finally:
+        pair.stop()
+    assert record["mode"] == "denoise" and record["cleaned"] is True and record["noise"] > 50
+    assert text.startswith("latentwire (denoise):")
+    assert f"noise estimate {record['noise']:.1f} grey levels, coded its clean reconstruction" in text

@@ -202,3 +202,62 @@ def test_the_real_receiver_app_stores_what_the_sender_sends(tmp_path, tiny_model
             meta = rc.get(f"/v1/images/{d['id']}")
             assert meta.status_code == 200, meta.text
             assert (meta.json()["width"], meta.json()["height"]) == (d["width"], d["height"])
+
+
+# The frames table as outbox schema 1 created it (before noise and cleaned), to test the migration.
+SCHEMA_1 = """
+CREATE TABLE frames (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'delivered', 'failed')), stream BLOB,
+    filename TEXT NOT NULL, mode TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
+    original_bytes INTEGER NOT NULL, bytes INTEGER NOT NULL, bpp REAL NOT NULL, psnr REAL,
+    quality REAL NOT NULL, jpeg TEXT, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
+    last_error TEXT, delivered_at REAL, receiver_status TEXT
+);
+CREATE INDEX frames_due ON frames (next_attempt_at) WHERE status = 'queued';
+CREATE INDEX frames_created ON frames (created_at);
+PRAGMA user_version=1;
+"""
+
+
+def test_a_schema_1_outbox_is_migrated_and_its_frames_delivered(tmp_path, tiny_models_dir):
+    import sqlite3
+
+    from shared.codec import Codec
+
+    enc = Codec.load(TINY_MODEL, tiny_models_dir).encode(np.zeros((40, 48, 3), np.uint8), quality=0.5)
+    frame_id = "ab" * 16
+    db = sqlite3.connect(tmp_path / "outbox.sqlite3")
+    db.executescript(SCHEMA_1)
+    db.execute("INSERT INTO frames (id, created_at, status, stream, filename, mode, width, height, original_bytes, "
+               "bytes, bpp, psnr, quality, next_attempt_at) VALUES (?, ?, 'queued', ?, 'old.png', 'standard', 48, "
+               "40, 999, ?, ?, NULL, 0.5, 0)", (frame_id, time.time(), enc.data, enc.nbytes, enc.bpp))
+    db.commit()
+    db.close()
+
+    receiver = Receiver()
+    with app_with(tmp_path, tiny_models_dir, receiver) as client:
+        done = wait_status(client, frame_id, "delivered")
+        assert (done["noise"], done["cleaned"], done["bytes"]) == (None, False, enc.nbytes)
+        new_id, = upload(client, png(seed=4))  # new frames go into the migrated table
+        assert wait_status(client, new_id, "delivered")["cleaned"] is False
+    assert receiver.stored == Counter({frame_id: 1, new_id: 1})
+    db = sqlite3.connect(tmp_path / "outbox.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("SELECT noise, cleaned FROM frames WHERE id = ?", (frame_id,)).fetchone() == (None, 0)
+    db.close()
+
+
+def test_an_outbox_of_a_newer_schema_is_refused_untouched(tmp_path, tiny_models_dir):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "outbox.sqlite3")
+    db.executescript(SCHEMA_1.replace("user_version=1", "user_version=3"))
+    db.close()
+    with pytest.raises(OutboxError, match=r"outbox schema 3; this sender reads schemas 1 to 2"):
+        with app_with(tmp_path, tiny_models_dir, Receiver()):
+            pass
+    db = sqlite3.connect(tmp_path / "outbox.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert "noise" not in [row[1] for row in db.execute("PRAGMA table_info(frames)")]
+    db.close()

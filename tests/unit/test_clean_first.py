@@ -71,9 +71,13 @@ def test_the_limit_splits_the_quality_range(plain, kodim_crop):
         assert enc.data == plain.encode(source, quality=q).data, q
 
 
+def _split_at_half(plain: Codec, rgb: np.ndarray) -> Codec:
+    cleaned = plain.decode(plain.encode(rgb, quality=1.0).data)
+    return with_rule(plain, CleanFirst(noise_ref=rms(rgb, cleaned), quality_at_ref=0.5, per_grey_level=0.0))
+
+
 def test_a_byte_budget_searches_across_the_limit(plain, kodim_crop):
-    cleaned = plain.decode(plain.encode(kodim_crop, quality=1.0).data)
-    codec = with_rule(plain, CleanFirst(noise_ref=rms(kodim_crop, cleaned), quality_at_ref=0.5, per_grey_level=0.0))
+    codec = _split_at_half(plain, kodim_crop)
     low, high = codec.encode(kodim_crop, quality=0.0), codec.encode(kodim_crop, quality=1.0)
     budget = codec.encode(kodim_crop, quality=0.8).nbytes
     enc = codec.encode(kodim_crop, max_bytes=budget)
@@ -86,6 +90,42 @@ def test_a_byte_budget_searches_across_the_limit(plain, kodim_crop):
         codec.encode(kodim_crop, max_bytes=low.nbytes - 1)
     assert err.value.min_bytes == low.nbytes
     assert low.cleaned is True
+
+
+def test_a_budget_below_the_uploads_streams_is_filled_with_the_reconstructions(plain, kodim_crop):
+    """Between the reconstruction's stream at the limit and the upload's just past it, the budget
+    goes to the reconstruction's streams past the limit (the rule alone would stop at the limit).
+    Sigma-50 noise and a limit of 0.9 open that gap even for the tiny model, whose reconstructions
+    cost the same at every quality (so how much of the budget is used is measured on the shipped
+    denoiser, in test_shipped_model.py)."""
+    from shared.evaluate import add_noise
+
+    noisy = add_noise(kodim_crop, 50.0, "kodim_crop")
+    cleaned = plain.decode(plain.encode(noisy, quality=1.0).data)
+    codec = with_rule(plain, CleanFirst(noise_ref=rms(noisy, cleaned), quality_at_ref=0.9, per_grey_level=0.0))
+    at_limit = codec.encode(noisy, quality=0.9)
+    past = codec.encode(noisy, quality=0.9 + 2**-20)
+    assert at_limit.cleaned and not past.cleaned
+    assert past.nbytes > at_limit.nbytes + 32, (at_limit.nbytes, past.nbytes)
+
+    budget = (at_limit.nbytes + past.nbytes) // 2
+    enc = codec.encode(noisy, max_bytes=budget)
+    assert enc.cleaned is True and 0.9 < enc.quality <= 1.0
+    assert enc.nbytes <= budget
+    assert enc.data == plain.encode(cleaned, quality=enc.quality).data  # an ordinary stream of C
+    # Budgets from the stream at the limit up to the upload's past it never get fewer bytes.
+    sizes = [codec.encode(noisy, max_bytes=b).nbytes for b in range(at_limit.nbytes, past.nbytes + 1, 8)]
+    assert sizes == sorted(sizes) and sizes[0] == at_limit.nbytes
+    upload = codec.encode(noisy, max_bytes=past.nbytes)  # the upload's, as the quality past the limit gives
+    assert upload.cleaned is False and upload.quality > 0.9 and upload.nbytes == past.nbytes
+
+
+def test_a_budget_fits_the_reconstruction_at_every_quality_when_the_upload_never_fits(plain, kodim_crop):
+    codec = with_rule(plain, ALWAYS)
+    top = codec.encode(kodim_crop, quality=1.0)
+    assert top.cleaned and codec.encode(kodim_crop, max_bytes=top.nbytes).data == top.data
+    never = with_rule(plain, NEVER)
+    assert never.encode(kodim_crop, max_bytes=top.nbytes).cleaned is False
 
 
 def test_a_batch_decides_image_by_image(plain, kodim_crop):
