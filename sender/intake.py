@@ -112,6 +112,7 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
             mode=rate.mode, width=im.width, height=im.height, original_bytes=len(up.data), nbytes=enc.nbytes,
             bpp=enc.bpp, psnr=None if result.psnr is None else finite(result.psnr), quality=enc.quality,
             jpeg=jpeg.summary() if jpeg else None, noise=enc.noise, cleaned=enc.cleaned,
+            coded_size=enc.stream.coded_size,
         )
         accepted.append(_Accepted(frame, png, jpeg))
         svc.metrics.encode_seconds.observe(result.encode_s)
@@ -150,7 +151,7 @@ def _record(f: NewFrame) -> FrameRecord:
     return FrameRecord(
         id=f.id, created_at=f.created_at, status="queued", filename=f.filename, mode=f.mode, width=f.width,
         height=f.height, original_bytes=f.original_bytes, nbytes=f.nbytes, bpp=f.bpp, psnr=f.psnr,
-        quality=f.quality, jpeg=f.jpeg, noise=f.noise, cleaned=f.cleaned, attempts=0, next_attempt_at=f.created_at,
-        last_error=None, delivered_at=None, receiver_status=None,
+        quality=f.quality, jpeg=f.jpeg, noise=f.noise, cleaned=f.cleaned, coded_size=f.coded_size, attempts=0,
+        next_attempt_at=f.created_at, last_error=None, delivered_at=None, receiver_status=None,
     )
 

@@ -9,8 +9,9 @@ holds the frame and delivers it when it starts again. A frame's life::
                │  └── transient failure: attempts+1, next_attempt_at = now + backoff
                └───── permanent 4xx ───────────────> failed     (receiver's error kept)
 
-Schema 2 added ``noise`` and ``cleaned`` (clean first, shared/codec.py); a schema 1 outbox is
-migrated in place when the sender opens it (its frames get NULL and 0: nothing was estimated).
+Schema 2 added ``noise`` and ``cleaned`` (clean first) and ``coded_height`` / ``coded_width``
+(RESOLUTION; both in shared/codec.py). A schema 1 outbox is migrated in place when the sender
+opens it: its frames get NULL, 0 and NULL (nothing was estimated; coded at their own size).
 
 All database work runs on one dedicated thread (sqlite3 calls block, and a commit waits for the
 disk): the event loop only awaits it. One thread also means one connection and no lock contention
@@ -50,6 +51,8 @@ CREATE TABLE IF NOT EXISTS frames (
     jpeg            TEXT,                       -- JSON {"bytes","psnr","quality","fits"}; NULL: preview=false
     noise           REAL,                       -- clean first: the upload's noise estimate (rms grey levels)
     cleaned         INTEGER NOT NULL DEFAULT 0, -- 1: the stream codes the denoiser's reconstruction
+    coded_height    INTEGER,                    -- the reduced size it was coded at; NULL: height x width
+    coded_width     INTEGER,
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,                       -- JSON {"error","message",("http_status")}
@@ -62,7 +65,9 @@ CREATE INDEX IF NOT EXISTS frames_created ON frames (created_at);
 # schema version -> the statements that take an outbox of that version to the next one.
 _MIGRATIONS = {
     1: ("ALTER TABLE frames ADD COLUMN noise REAL",
-        "ALTER TABLE frames ADD COLUMN cleaned INTEGER NOT NULL DEFAULT 0"),
+        "ALTER TABLE frames ADD COLUMN cleaned INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE frames ADD COLUMN coded_height INTEGER",
+        "ALTER TABLE frames ADD COLUMN coded_width INTEGER"),
 }
 
 
@@ -85,6 +90,7 @@ class NewFrame:
     jpeg: dict | None
     noise: float | None  # clean first (shared/codec.py): the noise estimate; None for other models
     cleaned: bool  # the stream codes the denoiser's own reconstruction rather than the upload
+    coded_size: tuple[int, int] | None  # (height, width) it was coded at when smaller than its own
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,7 @@ class FrameRecord:
     jpeg: dict | None
     noise: float | None
     cleaned: bool
+    coded_size: tuple[int, int] | None
     attempts: int
     next_attempt_at: float | None
     last_error: dict | None
@@ -124,16 +131,17 @@ class FrameRecord:
 
 
 _RECORD_COLUMNS = ("id, created_at, status, filename, mode, width, height, original_bytes, bytes, bpp, psnr, "
-                   "quality, jpeg, noise, cleaned, attempts, next_attempt_at, last_error, delivered_at, receiver_status")
+                   "quality, jpeg, noise, cleaned, coded_height, coded_width, attempts, next_attempt_at, last_error, delivered_at, receiver_status")
 
 
 def _record(row: tuple) -> FrameRecord:
     (id_, created_at, status, filename, mode, width, height, original_bytes, nbytes, bpp, psnr, quality, jpeg,
-     noise, cleaned, attempts, next_attempt_at, last_error, delivered_at, receiver_status) = row
+     noise, cleaned, coded_height, coded_width, attempts, next_attempt_at, last_error, delivered_at, receiver_status) = row
     return FrameRecord(
         id=id_, created_at=created_at, status=status, filename=filename, mode=mode, width=width, height=height,
         original_bytes=original_bytes, nbytes=nbytes, bpp=bpp, psnr=psnr, quality=quality,
-        jpeg=json.loads(jpeg) if jpeg else None, noise=noise, cleaned=bool(cleaned), attempts=attempts,
+        jpeg=json.loads(jpeg) if jpeg else None, noise=noise, cleaned=bool(cleaned),
+        coded_size=None if coded_height is None else (coded_height, coded_width), attempts=attempts,
         next_attempt_at=next_attempt_at if status == "queued" else None,
         last_error=json.loads(last_error) if last_error else None, delivered_at=delivered_at,
         receiver_status=receiver_status,
@@ -226,11 +234,11 @@ class Outbox:
                 )
             c.executemany(
                 "INSERT INTO frames (id, created_at, status, stream, filename, mode, width, height, original_bytes, "
-                "bytes, bpp, psnr, quality, jpeg, noise, cleaned, next_attempt_at) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "bytes, bpp, psnr, quality, jpeg, noise, cleaned, coded_height, coded_width, next_attempt_at) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(f.id, f.created_at, f.stream, f.filename, f.mode, f.width, f.height, f.original_bytes, f.nbytes,
                   f.bpp, f.psnr, f.quality, json.dumps(f.jpeg) if f.jpeg else None, f.noise, int(f.cleaned),
-                  f.created_at) for f in frames],
+                  *(f.coded_size or (None, None)), f.created_at) for f in frames],
             )
             c.execute("COMMIT")
         except BaseException:

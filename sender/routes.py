@@ -66,7 +66,9 @@ async def upload_images(
     request: Request,
     svc: ServicesDep,
     quality: Annotated[float | None, Query(description="0 (fewest bytes) .. 1 (best); default from settings")] = None,
-    max_bytes: Annotated[int | None, Query(description="best quality whose stream fits this many bytes")] = None,
+    max_bytes: Annotated[int | None, Query(description="the best stream that fits this many bytes; below what the "
+                                                    "full size needs, coded at a reduced size and shown at the full "
+                                                    "size (coded_width / coded_height in the answer)")] = None,
     mode: Annotated[str | None, Query(description=f"one of: {', '.join(MODES)}; default from settings. denoise: "
                                       "the model trained to drop noise (fewer bytes, cleaner image)")] = None,
     preview: Annotated[bool, Query(description="false: skip the sender's own decode (psnr null), the JPEG "

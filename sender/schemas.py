@@ -36,6 +36,10 @@ class ImageOut(BaseModel):
     psnr: float | None = Field(description="dB of the reconstruction the receiver will show, against the upload; "
                                "null when exact or when uploaded with preview=false")
     quality: float = Field(description="the quality the stream was coded at (the one found for max_bytes)")
+    coded_width: int = Field(description="the width the picture was coded at: below width when a byte budget too "
+                             "small for the full size was met at a reduced size (the receiver shows it at width "
+                             "x height; bitstream format version 3)")
+    coded_height: int
     noise: float | None = Field(description="mode=denoise: the sender's estimate of the upload's noise, rms grey "
                                 "levels (about 4-5 on clean photos, 24 at sigma 25); null in other modes")
     cleaned: bool = Field(description="true: the stream codes the denoiser's own clean reconstruction of the "
@@ -58,6 +62,8 @@ class ImageOut(BaseModel):
             original_bytes=r.original_bytes, bytes=r.nbytes, bpp=round(r.bpp, 5),
             ratio=round(r.original_bytes / r.nbytes, 3), psnr=r.psnr, quality=r.quality,
             noise=None if r.noise is None else round(r.noise, 2), cleaned=r.cleaned,
+            coded_height=r.coded_size[0] if r.coded_size else r.height,
+            coded_width=r.coded_size[1] if r.coded_size else r.width,
             jpeg_same_bytes=JpegSameBytes(**r.jpeg) if r.jpeg else None, attempts=r.attempts,
             last_error=DeliveryError(**r.last_error) if r.last_error else None, created_at=r.created_at,
             next_attempt_at=r.next_attempt_at, delivered_at=r.delivered_at, receiver_status=r.receiver_status,

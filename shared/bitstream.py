@@ -2,8 +2,8 @@
 
 Every stream is one msgpack object (bin for bytes, str for text) that begins with the magic
 bytes ``LWIC`` and then the format version, so a reader of any version can tell which layout
-follows. This build writes version 2 and reads versions 1 and 2; any other version is refused
-with ``UnsupportedVersion``.
+follows. This build writes version 2, and version 3 for a picture coded at a reduced resolution;
+it reads versions 1, 2 and 3; any other version is refused with ``UnsupportedVersion``.
 
 Version 2 is one msgpack array of 13 items, by position (71-74 bytes besides the two strings for
 a 768x512 image and the shipped model, where version 1 took 156-159), so every stream begins with
@@ -28,6 +28,18 @@ the same bytes (``\\x9d\\xc4\\x04LWIC\\x02``)::
 
 Integers use msgpack's smallest encoding (as every msgpack writer does); the only float is the
 quality, packed as float32.
+
+Version 3 is version 2 plus two items, for a picture coded at a reduced resolution (a byte
+budget too small for the full one: ``Codec.encode``, RESOLUTION). It begins
+``\x9f\xc4\x04LWIC\x03``::
+
+    13  coded_height  int   1..height                the size the picture was coded at; y_shape
+    14  coded_width   int   1..width                 and z_shape follow it, not height x width
+
+at least one of them smaller than height / width (a stream at full resolution is version 2, so
+every reader of version 2 still reads it). The decoder synthesises coded_height x coded_width
+pixels and resizes them to height x width with Pillow's Lanczos filter on 8-bit RGB, which is
+integer arithmetic and gives the same pixels on every machine.
 
 Version 1 (written until the compact layout; still read, e.g. ``tests/data/golden.lw`` and
 streams in old outboxes) is one msgpack map with these keys in this order, beginning with
@@ -56,10 +68,12 @@ with a valid CRC would otherwise make the rANS decoder read past the end of its 
 
 Checks, in order, before any tensor is allocated. ``loads``/``parse``: total length, msgpack
 structure (with parser limits), magic, version, field types, size and latent shapes against each
-other, each string's CRC, then each string's rANS framing. ``check_model`` (which ``Codec.parse``
+other (version 3: the coded size within the declared one, the latents following the coded size),
+each string's CRC, then each string's rANS framing. ``check_model`` (which ``Codec.parse``
 and ``Codec.decode`` apply next): model and weights (``ModelMismatch`` names both), size against
 the decoder's limit, latent channels. Only then is the entropy decoder run. Golden streams
-(``tests/data/golden.lw``, version 1, and ``tests/data/golden-v2.lw``) pin both layouts.
+(``tests/data/golden.lw``, version 1, ``tests/data/golden-v2.lw`` and ``tests/data/golden-v3.lw``)
+pin the three layouts.
 """
 
 from __future__ import annotations
@@ -81,14 +95,17 @@ from shared.errors import (
 )
 
 MAGIC = b"LWIC"
-VERSION = 2  # what this build writes
-READ_VERSIONS = (1, 2)
+VERSION = 2  # what this build writes for a picture coded at its own size
+RESAMPLED_VERSION = 3  # ... and for one coded at a reduced resolution
+READ_VERSIONS = (1, 2, 3)
 # Largest possible stream: 4096x4096 at the top rate is well under 8 MB; anything bigger is not ours.
 MAX_STREAM_BYTES = 64 << 20
 WEIGHTS_BYTES = 8  # 16 hex digits, as shared.checkpoint.weights_hash writes them
 _KEYS_V1 = ("magic", "version", "model", "weights", "size", "quality", "y_shape", "z_shape", "strings", "crc32")
 FIELDS_V2 = ("magic", "version", "model", "weights", "height", "width", "quality", "y_shape", "z_shape",
              "y", "z", "y_crc32", "z_crc32")
+FIELDS_V3 = FIELDS_V2 + ("coded_height", "coded_width")
+_LAYOUTS = {1: "map", 2: "array", 3: "array"}
 _HEX_WEIGHTS = re.compile(r"^[0-9a-f]{%d}$" % (2 * WEIGHTS_BYTES))
 # rANS framing (CompressAI's Rans64: 32-bit words, 8-byte final state in [RANS64_L, RANS64_L << 32)).
 RANS_WORD_BYTES = 4
@@ -114,6 +131,16 @@ class Bitstream:
     z_shape: tuple[int, int, int]
     strings: tuple[bytes, bytes]  # (y, z)
     version: int = VERSION  # the layout ``to_bytes`` writes: the one it was parsed from, or VERSION
+    # Version 3: (coded_height, coded_width), the reduced size the latents are for. None: height x width.
+    coded_size: tuple[int, int] | None = None
+
+    @property
+    def coded_height(self) -> int:
+        return self.height if self.coded_size is None else self.coded_size[0]
+
+    @property
+    def coded_width(self) -> int:
+        return self.width if self.coded_size is None else self.coded_size[1]
 
     def to_obj(self) -> list | dict:
         """The msgpack object of this stream's version (a list for version 2, a map for 1)."""
@@ -125,15 +152,18 @@ class Bitstream:
                 "y_shape": list(self.y_shape), "z_shape": list(self.z_shape),
                 "strings": [y, z], "crc32": [zlib.crc32(y), zlib.crc32(z)],
             }
-        if self.version != 2:
+        if self.version not in (2, 3):
             raise ValueError(f"cannot write bitstream format version {self.version}")
+        if (self.version == 3) != (self.coded_size is not None):
+            raise ValueError("version 3 is for, and only for, a stream with a coded_size")
         if not _HEX_WEIGHTS.match(self.weights):
             raise ValueError(f"weights must be {2 * WEIGHTS_BYTES} lowercase hex digits, got {self.weights!r}")
         if coded_quality(self.quality) != self.quality:
             raise ValueError(f"quality {self.quality!r} is not a float32: code with coded_quality(q)")
-        return [MAGIC, 2, self.model, bytes.fromhex(self.weights), self.height, self.width,
-                float(self.quality), list(self.y_shape), list(self.z_shape), y, z,
-                zlib.crc32(y), zlib.crc32(z)]
+        fields = [MAGIC, self.version, self.model, bytes.fromhex(self.weights), self.height, self.width,
+                  float(self.quality), list(self.y_shape), list(self.z_shape), y, z,
+                  zlib.crc32(y), zlib.crc32(z)]
+        return fields if self.coded_size is None else fields + list(self.coded_size)
 
     # Old name, kept for callers written before version 2 (it returns a list for version 2).
     to_dict = to_obj
@@ -180,10 +210,10 @@ def parse(obj: dict | list) -> Bitstream:
     """
     if isinstance(obj, list):
         magic, version = (obj + [None, None])[:2]
-        layout = 2
+        layout = "array"
     elif isinstance(obj, dict):
         magic, version = obj.get("magic"), obj.get("version")
-        layout = 1
+        layout = "map"
     else:
         raise NotABitstream("a bitstream is a msgpack array (or a map, version 1)")
     if magic != MAGIC:
@@ -195,11 +225,10 @@ def parse(obj: dict | list) -> Bitstream:
             f"bitstream format version {version}; this build reads versions "
             f"{', '.join(map(str, READ_VERSIONS))}: upgrade latentwire (newer) or re-encode the image (older)"
         )
-    if version != layout:
-        kinds = {1: "map", 2: "array"}
-        raise NotABitstream(f"a version {version} bitstream is a msgpack {kinds[version]}; "
-                            f"this one is a msgpack {kinds[layout]}")
-    fields = _fields_v1(obj) if version == 1 else _fields_v2(obj)
+    if _LAYOUTS[version] != layout:
+        raise NotABitstream(f"a version {version} bitstream is a msgpack {_LAYOUTS[version]}; "
+                            f"this one is a msgpack {layout}")
+    fields = _fields_v1(obj) if version == 1 else _fields_v2(obj, FIELDS_V2 if version == 2 else FIELDS_V3)
     return _check(version=version, **fields)
 
 
@@ -221,10 +250,11 @@ def _fields_v1(obj: dict) -> dict:
                 strings=strings, crcs=crcs)
 
 
-def _fields_v2(obj: list) -> dict:
-    if len(obj) != len(FIELDS_V2):
-        raise NotABitstream(f"a version 2 bitstream has {len(FIELDS_V2)} fields, this one {len(obj)}")
-    f = dict(zip(FIELDS_V2, obj))
+def _fields_v2(obj: list, names: tuple[str, ...]) -> dict:
+    """Version 2's fields, or version 3's (``names``: FIELDS_V3)."""
+    if len(obj) != len(names):
+        raise NotABitstream(f"a version {obj[1]} bitstream has {len(names)} fields, this one {len(obj)}")
+    f = dict(zip(names, obj))
     weights = f["weights"]
     if not isinstance(weights, bytes) or len(weights) != WEIGHTS_BYTES:
         raise NotABitstream(f"weights must be {WEIGHTS_BYTES} bytes")
@@ -237,12 +267,15 @@ def _fields_v2(obj: list) -> dict:
     quality = f["quality"]
     if _is_number(quality) and not math.isnan(quality) and coded_quality(quality) != quality:
         raise NotABitstream("quality must be a float32")
+    coded_size = None
+    if "coded_height" in f:
+        coded_size = tuple(_int_list([f["coded_height"], f["coded_width"]], 2, "coded_height/coded_width"))
     return dict(model=f["model"], weights=weights.hex(), height=height, width=width, quality=quality,
-                y_shape=f["y_shape"], z_shape=f["z_shape"], strings=strings, crcs=crcs)
+                y_shape=f["y_shape"], z_shape=f["z_shape"], strings=strings, crcs=crcs, coded_size=coded_size)
 
 
 def _check(version: int, model, weights: str, height: int, width: int, quality, y_shape, z_shape,
-           strings: list[bytes], crcs: list[int]) -> Bitstream:
+           strings: list[bytes], crcs: list[int], coded_size: tuple[int, int] | None = None) -> Bitstream:
     """The checks both versions share, in the order the module docstring gives."""
     if not isinstance(model, str):
         raise NotABitstream("model must be a string")
@@ -252,10 +285,16 @@ def _check(version: int, model, weights: str, height: int, width: int, quality, 
         raise NotABitstream("quality must be a number in [0, 1]")
     if height < 1 or width < 1:
         raise NotABitstream(f"declared size {height}x{width} is empty")
-    pad_h, pad_w = -(-height // 64) * 64, -(-width // 64) * 64
+    coded_h, coded_w = (height, width) if coded_size is None else coded_size
+    if coded_size is not None and not (1 <= coded_h <= height and 1 <= coded_w <= width
+                                       and coded_size != (height, width)):
+        raise NotABitstream(f"coded size {coded_h}x{coded_w} must be within the declared {height}x{width} "
+                            "and smaller in at least one side (a full-size stream is version 2)")
+    pad_h, pad_w = -(-coded_h // 64) * 64, -(-coded_w // 64) * 64
     if y_shape[1:] != [pad_h // 16, pad_w // 16] or z_shape[1:] != [pad_h // 64, pad_w // 64]:
         raise NotABitstream(
-            f"latent shapes y={y_shape} z={z_shape} do not match the declared size {height}x{width}"
+            f"latent shapes y={y_shape} z={z_shape} do not match the "
+            + (f"declared size {height}x{width}" if coded_size is None else f"coded size {coded_h}x{coded_w}")
         )
     for name, s, c in zip(("y", "z"), strings, crcs):
         if zlib.crc32(s) != c:
@@ -267,7 +306,7 @@ def _check(version: int, model, weights: str, height: int, width: int, quality, 
         _check_rans_framing(name, s)
     return Bitstream(model=model, weights=weights, height=height, width=width, quality=float(quality),
                      y_shape=tuple(y_shape), z_shape=tuple(z_shape), strings=(strings[0], strings[1]),
-                     version=version)
+                     version=version, coded_size=coded_size)
 
 
 def _check_rans_framing(name: str, s: bytes) -> None:

@@ -88,7 +88,8 @@ def _add_codec_tools(sub) -> None:
     p.add_argument("-o", "--output", type=Path, help="default: IMAGE with suffix .lw")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--quality", type=float, help="0 (fewest bytes) .. 1 (best); default 0.5")
-    rate.add_argument("--max-bytes", type=int, help="best quality whose coded size fits this many bytes")
+    rate.add_argument("--max-bytes", type=int, help="the best stream that fits this many bytes (below the full "
+                      "size's lowest rate, coded at a reduced size; it still decodes to the full size)")
     _add_model_args(p)
     p.set_defaults(func=_cmd_encode)
 
@@ -135,6 +136,9 @@ def _cmd_encode(args) -> int:
     original = args.image.stat().st_size
     print(f"{out}: {enc.nbytes} bytes, {enc.bpp:.3f} bpp, quality {enc.quality:.4f}, "
           f"{img.width}x{img.height}, {original / enc.nbytes:.1f}x smaller than {args.image.name}")
+    if enc.stream.coded_size is not None:  # RESOLUTION in shared/codec.py
+        h, w = enc.stream.coded_size
+        print(f"coded at {w}x{h} to fit the budget (format version 3); decodes to {img.width}x{img.height}")
     if enc.noise is not None:  # a denoising model (CLEAN FIRST in shared/codec.py)
         print(f"noise estimate {enc.noise:.1f} grey levels (rms); coded "
               + ("the model's clean reconstruction" if enc.cleaned else "the image as uploaded"))

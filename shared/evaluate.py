@@ -3,11 +3,14 @@
     latentwire eval ../shared/datasets/kodak --out runs/eval-kodak \\
         [--qualities 0,0.2,0.4,0.6,0.8,1] [--limit N] [--reference-dir ../shared/reference/compressai_kodak]
         [--no-baselines] [--noise SIGMA] [--model NAME|PATH --models-dir DIR] [--threads N] [--timing cpu]
+        [--budgets 0.02,0.04,0.06]
     latentwire eval ../shared/datasets/kodak --noise 25 --denoise-model lw-vr-denoise --grid kodim23.png
     latentwire eval --train-baselines ../shared/datasets/train     (recreates models/baseline-*)
 
 Every number is measured on real bytes in this run, on the same images:
   * ours: ``len(Codec.encode(...).data)`` (the whole .lw container) at each ``--qualities`` point;
+    with ``--budgets``, also ``<ours>@budget``: ``Codec.encode(max_bytes=bpp * H * W / 8)`` at each
+    of those bpp, which may code a picture at a reduced size (RESOLUTION in shared/codec.py);
   * Pillow JPEG (optimize=True), WebP (method=6) and AVIF (speed 6), each over a quality sweep;
   * the two seed-idea baselines of ``shared.baselines`` (PCA + rANS, plain autoencoder + zlib).
 Per image and setting: bpp = 8 * bytes / (H * W); PSNR-RGB on the 8-bit decoded image; MS-SSIM
@@ -65,6 +68,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: runs/eval-<DIR name>)")
     p.add_argument("--qualities", default=DEFAULT_QUALITIES, help=f"our quality points (default {DEFAULT_QUALITIES})")
     p.add_argument("--limit", type=int, help="only the first N images (by name)")
+    p.add_argument("--budgets", default=None, metavar="BPPS",
+                   help="also our byte-budget mode at these bpp, e.g. 0.02,0.04,0.06 (key <ours>@budget)")
     p.add_argument("--reference-dir", type=Path, help="CompressAI result JSONs to overlay and BD-compare")
     p.add_argument("--no-baselines", action="store_true", help="only our codec (no JPEG/WebP/AVIF/seed baselines)")
     p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
@@ -119,6 +124,18 @@ def learned_contender(codec, qualities: list[float]) -> Contender:
 
     return Contender(codec.name, codec.name, f"latentwire {codec.name}, weights {codec.weights}",
                      [setting(q) for q in qualities])
+
+
+def budget_contender(codec, bpps: list[float]) -> Contender:
+    """``codec`` asked for the best stream within bpp * H * W / 8 bytes, per image."""
+    def setting(bpp: float) -> Setting:
+        def encode(rgb):
+            return codec.encode(rgb, max_bytes=max(1, int(bpp * rgb.shape[0] * rgb.shape[1] / 8))).data
+        return Setting(f"budget={bpp:g}bpp", encode, codec.decode)
+
+    return Contender(f"{codec.name}@budget", f"{codec.name} (byte budgets)",
+                     f"latentwire {codec.name}, weights {codec.weights}, encode(max_bytes=...)",
+                     [setting(b) for b in bpps])
 
 
 def pillow_contenders(threads: int = 0) -> list[Contender]:
@@ -561,6 +578,15 @@ def _cmd_eval(args) -> int:
             return 2
         contenders.append(learned_contender(denoiser, qualities))
         ours = denoiser.name
+    if args.budgets:
+        try:
+            budgets = [float(b) for b in args.budgets.split(",")]
+        except ValueError:
+            budgets = []
+        if not budgets or min(budgets) <= 0:
+            print("latentwire eval: --budgets takes positive bpp values, e.g. 0.02,0.04,0.06", file=sys.stderr)
+            return 2
+        contenders.append(budget_contender(denoiser if args.denoise_model else codec, budgets))
     if args.grid and not (args.noise > 0 and args.denoise_model and not args.no_baselines):
         print("latentwire eval: --grid needs --noise, --denoise-model and the baselines", file=sys.stderr)
         return 2

@@ -154,7 +154,7 @@ class VariableRateHyperprior(CompressionModel):
         z_hat = z_hat_s.detach().to("cpu", torch.float64) / hg
         scales, means = h_s64(z_hat).chunk(2, 1)
         scales_s = scales * g
-        return self.gaussian_conditional.build_indexes(scales_s), means * g, g, scales_s
+        return scale_indexes(self.gaussian_conditional, scales_s), means * g, g, scales_s
 
     def analysis(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The quality-independent part of encoding: (y, z) for x (B, 3, H, W), H and W multiples of 64."""
@@ -238,6 +238,16 @@ class VariableRateHyperprior(CompressionModel):
         return super().update(
             scale_table=get_scale_table() if scale_table is None else scale_table, force=force, **kwargs
         )
+
+
+def scale_indexes(conditional, scales: Tensor) -> Tensor:
+    """``GaussianConditional.build_indexes``, bit for bit, as one search rather than a pass over
+    the tensor per scale-table entry (64 passes, most of what each coding in a rate search cost).
+    CompressAI's index is (entries - 1) minus the count of entries but the last at or above the
+    scale, which is the count of those below it: ``searchsorted`` with ``right=False``."""
+    scales = conditional.lower_bound_scale(scales).contiguous()
+    table = conditional.scale_table[:-1].to(device=scales.device, dtype=scales.dtype)
+    return torch.searchsorted(table, scales, right=False).to(torch.int32)
 
 
 # g_s layers after which ``synthesis_blocks`` residual blocks go (its first two inverse GDNs); each

@@ -13,7 +13,8 @@ i.e. the signature covers every byte that carries meaning. Each frame is a map::
     sent_at   float64                                  sender's UNIX time when it was first queued
     stream    bin                                      the codec bitstream, the ``.lw`` container
                                                        byte for byte (``shared.bitstream``: format
-                                                       version 2, or 1 for streams encoded before it)
+                                                       version 2, 3 for a picture coded at a reduced
+                                                       size, or 1 for streams encoded before 2)
 
 Wire version 1 (senders before the compact container) differs only in ``"wire": 1`` and in
 ``stream``, which is the version 1 bitstream's map itself rather than its bytes. Receivers of

@@ -51,6 +51,12 @@ form.addEventListener("submit", async (event) => {
   }
 });
 
+// A byte budget too small for the full size: coded smaller, shown at the full size.
+function resizeNote(image) {
+  if (image.coded_width === image.width && image.coded_height === image.height) return "";
+  return `; coded at ${image.coded_width}x${image.coded_height} to fit the budget, shown at ${image.width}x${image.height}`;
+}
+
 // Denoise mode: the sender's noise estimate, and whether it coded its own clean reconstruction.
 function denoiseNote(image) {
   if (image.noise === null || image.noise === undefined) return "";
@@ -68,7 +74,7 @@ function addCard(image, file) {
   card.querySelector(".reconstruction").src = image.reconstruction_url;
   card.querySelector(".ours").textContent =
     `latentwire${image.mode === "denoise" ? " (denoise)" : ""}: ${kib(image.bytes)}, ${image.bpp.toFixed(3)} bpp, PSNR ${fmt(image.psnr, 2)} dB, ` +
-    `quality ${image.quality.toFixed(3)}, ${image.ratio.toFixed(1)}x smaller` + denoiseNote(image);
+    `quality ${image.quality.toFixed(3)}, ${image.ratio.toFixed(1)}x smaller` + resizeNote(image) + denoiseNote(image);
   const jpeg = image.jpeg_same_bytes;
   card.querySelector(".jpeg").src = image.jpeg_url;
   if (jpeg) {

@@ -56,6 +56,27 @@ def test_receiver_pixels_equal_a_local_decode_of_the_same_stream(services, tiny_
     assert hashlib.sha256(got.tobytes()).hexdigest() == hashlib.sha256(expected.tobytes()).hexdigest()
 
 
+def test_a_budget_below_the_full_sizes_lowest_rate_arrives_full_size(services, tiny_models_dir):
+    """A byte budget the full size cannot meet crosses as a reduced-size (format version 3) stream,
+    and the receiver stores exactly what this codec decodes from it, at the upload's size."""
+    upload = png_bytes(192, 128, seed=12)
+    codec = Codec.load(TINY_MODEL, tiny_models_dir)
+    rgb = load_image(upload).rgb
+    budget = codec.encode(rgb, quality=0.0).nbytes - 1
+    enc = codec.encode(rgb, max_bytes=budget)
+    assert enc.stream.version == 3
+    with httpx.Client(base_url=services.sender.url, timeout=60) as sender, \
+            httpx.Client(base_url=services.receiver.url, timeout=60) as receiver:
+        (img,) = sender.post("/v1/images", params={"max_bytes": budget}, content=upload,
+                             headers={"content-type": "image/png"}).json()["images"]
+        assert img["bytes"] == enc.nbytes <= budget
+        assert (img["coded_height"], img["coded_width"]) == enc.stream.coded_size
+        meta = wait_until(lambda: _stored(receiver, img["id"]), 30, what="the frame to be stored")
+        assert (meta["width"], meta["height"]) == (192, 128) and meta["stream_bytes"] == enc.nbytes
+        got = np.asarray(Image.open(io.BytesIO(receiver.get(f"/v1/images/{img['id']}.png").content)).convert("RGB"))
+    assert np.array_equal(got, codec.decode(enc.data))
+
+
 def test_denoise_mode_frames_decode_with_the_denoising_model(tmp_path, tiny_models_dir):
     """mode=denoise through real processes: the frame names the second model and the receiver,
     configured with it, stores exactly that model's decode."""

@@ -59,6 +59,24 @@ def test_stored_frame_is_decoded_listed_and_described(receiver_client, receiver_
         assert db.execute("SELECT id, width, height FROM images").fetchall() == [(image_id, 40, 30)]
 
 
+def test_a_stream_coded_at_a_reduced_size_is_stored_at_its_declared_size(receiver_client, receiver_frames):
+    from tests.service.conftest import receiver_rgb
+
+    rgb = receiver_rgb(192, 128, seed=4)
+    enc = receiver_frames.codec.encode(rgb, quality=0.4, scale=0.5)  # format version 3, coded at 96x64
+    assert enc.stream.version == 3 and enc.stream.coded_size == (64, 96)
+    body, (image_id,) = receiver_frames.body(encoded=enc)
+    r = receiver_post(receiver_client, body)
+    assert r.status_code == 200, r.text
+
+    pixels = _png(receiver_client, image_id)
+    assert pixels.shape == (128, 192, 3)
+    assert np.array_equal(pixels, receiver_frames.codec.decode(enc.data))
+    meta = receiver_client.get(f"/v1/images/{image_id}").json()
+    assert (meta["width"], meta["height"]) == (192, 128)
+    assert meta["bpp"] == pytest.approx(enc.nbytes * 8 / (192 * 128))
+
+
 def test_duplicate_id_is_not_stored_twice(receiver_client, receiver_frames, receiver_settings):
     body, (image_id,) = receiver_frames.body()
     assert receiver_post(receiver_client, body).json()["results"][0]["status"] == "stored"

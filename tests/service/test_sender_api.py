@@ -215,6 +215,22 @@ def test_bad_parameters(client, params, status, error, words):
     assert r.json()["error"] == error and words in r.json()["message"]
 
 
+def test_a_budget_below_the_full_sizes_lowest_rate_is_coded_smaller_and_shown_full_size(client):
+    data = png(192, 128, seed=5)  # (a 64x64 picture has no smaller latents: they pad to 64)
+    low = client.post("/v1/images", params={"quality": 0.0}, files={"file": ("x.png", data)}).json()["images"][0]
+    assert (low["coded_width"], low["coded_height"]) == (192, 128)
+    r = client.post("/v1/images", params={"max_bytes": low["bytes"] - 1}, files={"file": ("x.png", data)})
+    assert r.status_code == 202, r.text
+    image = r.json()["images"][0]
+    assert image["bytes"] <= low["bytes"] - 1
+    assert (image["width"], image["height"]) == (192, 128)
+    assert image["coded_width"] < 192 and image["coded_height"] < 128  # one of the reduced sizes
+    rec = client.get(image["reconstruction_url"])
+    assert Image.open(io.BytesIO(rec.content)).size == (192, 128)
+    done = wait_status(client, image["id"], "delivered")
+    assert (done["coded_width"], done["coded_height"]) == (image["coded_width"], image["coded_height"])
+
+
 def test_budget_too_small_names_the_minimum(client):
     r = client.post("/v1/images", params={"max_bytes": 10}, files={"file": ("a.png", png(seed=10))})
     assert r.status_code == 422

@@ -239,12 +239,14 @@ def test_a_schema_1_outbox_is_migrated_and_its_frames_delivered(tmp_path, tiny_m
     with app_with(tmp_path, tiny_models_dir, receiver) as client:
         done = wait_status(client, frame_id, "delivered")
         assert (done["noise"], done["cleaned"], done["bytes"]) == (None, False, enc.nbytes)
+        assert (done["coded_width"], done["coded_height"]) == (48, 40)  # coded at its own size
         new_id, = upload(client, png(seed=4))  # new frames go into the migrated table
         assert wait_status(client, new_id, "delivered")["cleaned"] is False
     assert receiver.stored == Counter({frame_id: 1, new_id: 1})
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
     assert db.execute("PRAGMA user_version").fetchone()[0] == 2
-    assert db.execute("SELECT noise, cleaned FROM frames WHERE id = ?", (frame_id,)).fetchone() == (None, 0)
+    assert db.execute("SELECT noise, cleaned, coded_height, coded_width FROM frames WHERE id = ?",
+                      (frame_id,)).fetchone() == (None, 0, None, None)
     db.close()
 
 

@@ -1,6 +1,7 @@
 """Damaged, truncated and foreign streams: each is refused with a specific BitstreamError before
 any pixel is decoded, never with another exception and never with pixels. Every check runs on
-the current container (format version 2) and on the version 1 container this build still reads."""
+the current container (format version 2), on version 3 (a picture coded at a reduced size) and on
+the version 1 container this build still reads."""
 
 from __future__ import annotations
 
@@ -21,13 +22,25 @@ from shared.errors import (
     UnsupportedVersion,
 )
 
-VERSIONS = [2, 1]
+VERSIONS = [2, 1, 3]
 # How each container spells "this is version N" right after the magic.
-VERSION_MARK = {2: b"LWIC\x02", 1: b"\xa7version\x01"}
+VERSION_MARK = {2: b"LWIC\x02", 1: b"\xa7version\x01", 3: b"LWIC\x03"}
 
 
 def _as_version(stream: bs.Bitstream, version: int) -> bs.Bitstream:
-    return dataclasses.replace(stream, version=version)
+    """The stream in ``version``'s layout. For version 3 the 71x97 crop says it was coded at 70x97,
+    which pads to the same 128x128 latents: a valid version 3 stream of the same strings."""
+    if version == 3:
+        return dataclasses.replace(stream, version=3, coded_size=(stream.height - 1, stream.width))
+    return dataclasses.replace(stream, version=version, coded_size=None)
+
+
+def _size_fields(version: int, height: int, width: int) -> dict:
+    """Fields declaring a height x width picture (coded one row smaller in version 3)."""
+    if version == 1:
+        return {"size": [height, width]}
+    fields = {"height": height, "width": width}
+    return fields if version == 2 else {**fields, "coded_height": height - 1, "coded_width": width}
 
 
 def _container(stream: bs.Bitstream, version: int) -> bytes:
@@ -36,11 +49,11 @@ def _container(stream: bs.Bitstream, version: int) -> bytes:
 
 def _repack(stream: bs.Bitstream, layout: int = 2, **fields) -> bytes:
     """The stream's container in version ``layout`` with some fields replaced (CRCs still those
-    of its strings). Field names are version 2's (``bs.FIELDS_V2``) or version 1's map keys."""
+    of its strings). Field names are version 2's or 3's (``bs.FIELDS_V3``) or version 1's map keys."""
     obj = _as_version(stream, layout).to_obj()
     for name, value in fields.items():
-        if layout == 2:
-            obj[bs.FIELDS_V2.index(name)] = value
+        if layout in (2, 3):
+            obj[bs.FIELDS_V3.index(name)] = value
         else:
             obj[name] = value
     return msgpack.packb(obj, use_bin_type=True)  # floats as float64: a float32 value stays exact
@@ -156,13 +169,13 @@ def test_wrong_magic_is_not_a_bitstream(tiny_codec, data):
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("other", [0, 3, 127])
+@pytest.mark.parametrize("other", [0, 4, 127])
 def test_other_format_versions_are_unsupported(tiny_codec, data, version, other):
     mark = VERSION_MARK[version]
     damaged = data.replace(mark, mark[:-1] + bytes([other]), 1)
     assert damaged != data
 
-    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2"):
+    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2, 3"):
         tiny_codec.decode(damaged)
 
 
@@ -223,7 +236,7 @@ def test_declared_size_over_the_decoders_limit(tiny_codec, tiny_models_dir, data
 
 def test_declared_size_over_4096_is_refused_before_decoding(tiny_codec, tiny_stream, version):
     # 5000x5000 with consistent latent shapes and valid CRCs: only the size limit can refuse it.
-    size = {"height": 5000, "width": 5000} if version == 2 else {"size": [5000, 5000]}
+    size = _size_fields(version, 5000, 5000)
     data = _repack(tiny_stream.stream, version, y_shape=[24, 316, 316], z_shape=[16, 79, 79], **size)
 
     assert bs.loads(data).height == 5000
@@ -242,6 +255,8 @@ INCONSISTENT_V2 = [
     {"y_shape": [24, -8, 8]},
     {"y_shape": [24, 8]},
 ]
+# In version 3 the latents follow the coded size, so a larger declared size alone is consistent.
+INCONSISTENT_IN_V3 = [f for f in INCONSISTENT_V2 if f not in ({"width": 200}, {"height": 200})]
 INCONSISTENT_V1 = [
     {"size": [71, 200]},
     {"size": [200, 97]},
@@ -259,8 +274,10 @@ def _ids(fields: dict) -> str:
     return "-".join(f"{k}={v!r}" for k, v in fields.items())
 
 
-@pytest.mark.parametrize(("version", "fields"), [(2, f) for f in INCONSISTENT_V2] + [(1, f) for f in INCONSISTENT_V1],
-                         ids=[f"v2-{_ids(f)}" for f in INCONSISTENT_V2] + [f"v1-{_ids(f)}" for f in INCONSISTENT_V1])
+@pytest.mark.parametrize(("version", "fields"), [(2, f) for f in INCONSISTENT_V2] + [(1, f) for f in INCONSISTENT_V1]
+                         + [(3, f) for f in INCONSISTENT_IN_V3],
+                         ids=[f"v2-{_ids(f)}" for f in INCONSISTENT_V2] + [f"v1-{_ids(f)}" for f in INCONSISTENT_V1]
+                         + [f"v3-{_ids(f)}" for f in INCONSISTENT_IN_V3])
 def test_shapes_inconsistent_with_the_size_are_not_a_bitstream(tiny_codec, tiny_stream, version, fields):
     with pytest.raises(NotABitstream):
         tiny_codec.decode(_repack(tiny_stream.stream, version, **fields))
@@ -300,8 +317,10 @@ WRONG_V1 = [
 ]
 
 
-@pytest.mark.parametrize(("version", "fields"), [(2, f) for f in WRONG_V2] + [(1, f) for f in WRONG_V1],
-                         ids=[f"v2-{_ids(f)}" for f in WRONG_V2] + [f"v1-{_ids(f)}" for f in WRONG_V1])
+@pytest.mark.parametrize(("version", "fields"), [(2, f) for f in WRONG_V2] + [(1, f) for f in WRONG_V1]
+                         + [(3, f) for f in WRONG_V2],
+                         ids=[f"v2-{_ids(f)}" for f in WRONG_V2] + [f"v1-{_ids(f)}" for f in WRONG_V1]
+                         + [f"v3-{_ids(f)}" for f in WRONG_V2])
 def test_wrongly_typed_fields_are_not_a_bitstream(tiny_stream, version, fields):
     with pytest.raises(NotABitstream):
         bs.loads(_repack(tiny_stream.stream, version, **fields))
@@ -356,8 +375,59 @@ def test_the_writer_refuses_what_version_2_cannot_hold(tiny_stream):
         dataclasses.replace(tiny_stream.stream, quality=0.7).to_bytes()
     with pytest.raises(ValueError, match="hex digits"):
         dataclasses.replace(tiny_stream.stream, weights="xyz").to_bytes()
-    with pytest.raises(ValueError, match="version 3"):
+    with pytest.raises(ValueError, match="format version 4"):
+        dataclasses.replace(tiny_stream.stream, version=4).to_bytes()
+    # Version 3 carries a coded size and only version 3 does: one layout per kind of stream.
+    with pytest.raises(ValueError, match="version 3 is for, and only for, a stream with a coded_size"):
         dataclasses.replace(tiny_stream.stream, version=3).to_bytes()
+    with pytest.raises(ValueError, match="version 3 is for, and only for, a stream with a coded_size"):
+        dataclasses.replace(tiny_stream.stream, coded_size=(70, 97)).to_bytes()
+
+
+def test_version_3_is_version_2_plus_the_coded_size(tiny_stream):
+    v2, v3 = tiny_stream.stream.to_obj(), _as_version(tiny_stream.stream, 3).to_obj()
+    assert v3[:1] + v3[2:13] == v2[:1] + v2[2:] and (v2[1], v3[1]) == (2, 3)
+    assert v3[13:] == [70, 97]
+    data = _container(tiny_stream.stream, 3)
+    assert data.startswith(b"\x9f\xc4\x04LWIC\x03") and len(data) == len(tiny_stream.data) + 2
+    parsed = bs.loads(data)
+    assert (parsed.version, parsed.coded_size, parsed.coded_height, parsed.coded_width) == (3, (70, 97), 70, 97)
+    assert (parsed.height, parsed.width) == (71, 97) and parsed.to_bytes() == data
+
+
+def test_a_version_3_stream_decodes_at_its_declared_size(tiny_codec, tiny_stream):
+    assert tiny_codec.decode(_container(tiny_stream.stream, 3)).shape == (71, 97, 3)
+
+
+@pytest.mark.parametrize("count", [13, 14, 16])
+def test_a_version_3_array_of_another_length_is_not_a_bitstream(tiny_stream, count):
+    obj = _as_version(tiny_stream.stream, 3).to_obj()
+    obj = (obj + [0])[:count]
+
+    with pytest.raises(NotABitstream, match=f"version 3 bitstream has 15 fields, this one {count}"):
+        bs.loads(msgpack.packb(obj, use_bin_type=True))
+
+
+INCONSISTENT_V3 = [
+    {"coded_height": 72},  # larger than the declared 71
+    {"coded_width": 98},
+    {"coded_height": 71},  # the declared size itself: that is a version 2 stream
+    {"coded_height": 0},
+    {"coded_width": 0},
+    {"coded_height": 30},  # pads to 64 rows: the latents are for 128
+    {"coded_width": 200, "width": 200},  # consistent with each other, not with the latents
+    {"coded_height": 70.0},
+    {"coded_width": None},
+    {"coded_height": -1},
+]
+
+
+@pytest.mark.parametrize("fields", INCONSISTENT_V3, ids=[_ids(f) for f in INCONSISTENT_V3])
+def test_a_coded_size_the_latents_or_the_declared_size_contradict_is_not_a_bitstream(tiny_codec, tiny_stream,
+                                                                                  fields):
+    data = _repack(tiny_stream.stream, 3, **fields)
+    assert _error_of(bs.loads, data) is NotABitstream
+    assert _error_of(tiny_codec.decode, data) is NotABitstream
 
 
 def test_parse_accepts_the_unpacked_object_and_the_bitstream(tiny_codec, tiny_stream, version):

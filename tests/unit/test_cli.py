@@ -36,6 +36,24 @@ def test_encode_with_a_denoising_model_reports_the_noise_estimate(tmp_path, tiny
     assert len(capsys.readouterr().out.splitlines()) == 1  # a model trained on clean photos: no estimate
 
 
+def test_a_budget_below_the_full_sizes_lowest_rate_is_coded_smaller_and_decodes_full_size(tmp_path, tiny_models_dir,
+                                                                                         capsys):
+    src = DATA / "crop_97x71.png"
+    lw, png = tmp_path / "b.lw", tmp_path / "b.png"
+    codec = Codec.load(TINY_MODEL, tiny_models_dir)
+    budget = codec.encode(load_image(src).rgb, quality=0.0).nbytes - 1
+    assert main(["encode", str(src), "-o", str(lw), "--max-bytes", str(budget), "--model", TINY_MODEL,
+                 "--models-dir", str(tiny_models_dir)]) == 0
+    enc = codec.encode(load_image(src).rgb, max_bytes=budget)
+    assert lw.read_bytes() == enc.data and enc.nbytes <= budget
+    h, w = enc.stream.coded_size
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"coded at {w}x{h} to fit the budget (format version 3); decodes to 97x71")
+    assert main(["decode", str(lw), "-o", str(png), "--models-dir", str(tiny_models_dir)]) == 0
+    with Image.open(png) as im:
+        assert im.size == (97, 71)
+
+
 def test_decode_uses_the_model_the_stream_names(tmp_path, tiny_models_dir, sample_rgb):
     denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
     lw = tmp_path / "d.lw"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 
@@ -152,3 +153,24 @@ def test_info_names_the_model_and_its_weights(tiny_codec):
     assert info["network"]["M"] == TINY_M
     assert info["network"]["N"] == TINY_N
     assert info["max_side"] == 4096
+
+
+def test_scale_indexes_are_compressais_build_indexes_bit_for_bit(tiny_codec):
+    """The coder's table choice (network.scale_indexes) must equal CompressAI's own loop exactly,
+    at the table's entries, between them, beyond both ends and below the lower bound."""
+    from shared.network import scale_indexes
+
+    gc = tiny_codec.model.gaussian_conditional
+    table = gc.scale_table.to(torch.float64)
+    g = torch.Generator().manual_seed(0)
+    scales = torch.cat([
+        table, torch.nextafter(table, torch.full_like(table, math.inf)),
+        torch.nextafter(table, torch.full_like(table, -math.inf)),
+        torch.exp(torch.empty(4000, dtype=torch.float64).uniform_(-6, 5, generator=g)),
+        torch.tensor([0.0, 1e-9, 1e9], dtype=torch.float64),
+    ]).reshape(1, -1, 1, 1)
+
+    ours = scale_indexes(gc, scales)
+    assert ours.dtype == torch.int32
+    assert torch.equal(ours, gc.build_indexes(scales))
+    assert int(ours.min()) == 0 and int(ours.max()) == len(table) - 1

@@ -127,14 +127,45 @@ def test_eval_command_writes_results_csv_and_plot(tmp_path, tiny_models_dir, cap
     assert "BD-rate" in printed and TINY_MODEL in printed
 
 
-def test_eval_with_noise_compares_denoisers_at_equal_rate(tmp_path, tiny_models_dir, capsys):
-    from shared.cli import main
-    from tests.conftest import DATA, TINY_DENOISE_MODEL, TINY_MODEL
+def _one_crop(tmp_path, sample: str, box: tuple[int, int, int, int], name: str):
+    """A folder ``tmp_path/images`` holding one crop of a sample image, saved as ``name``."""
+    from tests.conftest import DATA
 
     images = tmp_path / "images"
     images.mkdir()
-    with Image.open(DATA / "samples" / "kodim01_half.png") as im:
-        im.convert("RGB").crop((0, 0, 96, 80)).save(images / "a.png")
+    with Image.open(DATA / "samples" / sample) as im:
+        im.convert("RGB").crop(box).save(images / name)
+    return images
+
+
+def test_eval_budgets_measure_the_byte_budget_mode(tmp_path, tiny_models_dir, capsys):
+    from shared.cli import main
+    from shared.codec import Codec
+    from shared.images import load_image
+    from tests.conftest import TINY_MODEL
+
+    images = _one_crop(tmp_path, "kodim15_half.png", (0, 0, 192, 128), "crop.png")
+    out = tmp_path / "out"
+    rc = main(["eval", str(images), "--out", str(out), "--no-baselines", "--qualities", "0,1", "--budgets",
+               "0.1,0.5", "--model", TINY_MODEL, "--models-dir", str(tiny_models_dir)])
+
+    assert rc == 0
+    entry = json.loads((out / "results.json").read_text())["codecs"][f"{TINY_MODEL}@budget"]
+    codec = Codec.load(TINY_MODEL, tiny_models_dir)
+    rgb = load_image(images / "crop.png").rgb
+    for bpp, measured in zip((0.1, 0.5), entry["results"]["bpp"]):
+        enc = codec.encode(rgb, max_bytes=int(bpp * 192 * 128 / 8))  # what the eval asked for
+        assert measured == pytest.approx(enc.nbytes * 8 / (192 * 128)) and measured <= bpp
+    assert main(["eval", str(images), "--no-baselines", "--budgets", "0,0.1", "--model", TINY_MODEL,
+                 "--models-dir", str(tiny_models_dir)]) == 2
+    assert "--budgets takes positive bpp values" in capsys.readouterr().err
+
+
+def test_eval_with_noise_compares_denoisers_at_equal_rate(tmp_path, tiny_models_dir, capsys):
+    from shared.cli import main
+    from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
+
+    images = _one_crop(tmp_path, "kodim01_half.png", (0, 0, 96, 80), "a.png")
     out = tmp_path / "out"
 
     rc = main(["eval", str(images), "--out", str(out), "--qualities", "0,0.5,1", "--noise", "25",
