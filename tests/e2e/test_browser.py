@@ -97,3 +97,32 @@ def test_denoise_uploads_show_the_noise_estimate(tmp_path, tiny_models_dir, brow
     assert record["mode"] == "denoise" and record["cleaned"] is True and record["noise"] > 50
     assert text.startswith("latentwire (denoise):")
     assert f"noise estimate {record['noise']:.1f} grey levels, coded its clean reconstruction" in text
+
+
+def test_a_budget_below_the_lowest_rate_shows_the_coded_size(services, browser, tmp_path, tiny_models_dir):
+    """Byte budget on the upload page, below what the full size needs: the card says the picture
+    was coded smaller and is shown at its own size."""
+    from shared.codec import Codec
+    from shared.images import load_image
+    from tests.conftest import TINY_MODEL
+
+    data = png_bytes(192, 128, seed=13)
+    codec = Codec.load(TINY_MODEL, tiny_models_dir)
+    budget = codec.encode(load_image(data).rgb, quality=0.0).nbytes - 1
+    enc = codec.encode(load_image(data).rgb, max_bytes=budget)
+    path = tmp_path / "budget.png"
+    path.write_bytes(data)
+    page = browser.new_page()
+    page.goto(services.sender.url + "/")
+    page.check("input[name=rate][value=max_bytes]")
+    page.fill("#max-bytes", str(budget))
+    page.set_input_files("input[type=file]", str(path))
+    page.locator("form [type=submit], form button").first.click()
+    page.wait_for_function("document.querySelectorAll('[data-id] img').length >= 3", timeout=30_000)
+    text = page.locator("[data-id] .ours").first.inner_text()
+    shown = page.locator("[data-id] .reconstruction").first.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    page.close()
+    h, w = enc.stream.coded_size
+    assert f"coded at {w}x{h} to fit the budget, shown at 192x128" in text
+    assert text.startswith(f"latentwire: {enc.nbytes} B, ")  # the same stream this codec makes
+    assert shown == [192, 128]
