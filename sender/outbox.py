@@ -131,12 +131,14 @@ class FrameRecord:
 
 
 _RECORD_COLUMNS = ("id, created_at, status, filename, mode, width, height, original_bytes, bytes, bpp, psnr, "
-                   "quality, jpeg, noise, cleaned, coded_height, coded_width, attempts, next_attempt_at, last_error, delivered_at, receiver_status")
+                   "quality, jpeg, noise, cleaned, coded_height, coded_width, attempts, next_attempt_at, last_error, "
+                   "delivered_at, receiver_status")
 
 
 def _record(row: tuple) -> FrameRecord:
     (id_, created_at, status, filename, mode, width, height, original_bytes, nbytes, bpp, psnr, quality, jpeg,
-     noise, cleaned, coded_height, coded_width, attempts, next_attempt_at, last_error, delivered_at, receiver_status) = row
+     noise, cleaned, coded_height, coded_width, attempts, next_attempt_at, last_error, delivered_at,
+     receiver_status) = row
     return FrameRecord(
         id=id_, created_at=created_at, status=status, filename=filename, mode=mode, width=width, height=height,
         original_bytes=original_bytes, nbytes=nbytes, bpp=bpp, psnr=psnr, quality=quality,
