@@ -82,7 +82,7 @@ import torch
 from shared import bitstream as bs
 from shared.checkpoint import DEFAULT_MODELS_DIR, load_model, weights_hash
 from shared.errors import BudgetTooSmall, CorruptBitstream, QualityOutOfRange
-from shared.images import DEFAULT_MAX_SIDE
+from shared.images import DEFAULT_MAX_SIDE, psnr
 from shared.network import DOWNSAMPLE, InferenceTransform, VariableRateHyperprior, pad_to_multiple
 
 DEFAULT_MODEL = "lw-vr-hyperprior"
@@ -184,7 +184,10 @@ class Codec:
             raise QualityOutOfRange(f"max_bytes must be positive, got {max_bytes}")
         coded = None if scale is None else coded_size(rgb.shape, check_scale(scale))
         with self._lock, torch.inference_mode():
-            y, z = self._analysis(rgb)
+            # The full size's analysis: for its own streams and for the clean estimate, which a
+            # fixed reduced size of a plain codec needs neither of.
+            full = coded is None or self.clean_first is not None
+            y, z = self._analysis(rgb) if full else (None, None)
             estimate = self._clean_estimate(rgb, y, z) if self.clean_first is not None else None
             code, segments, reference = self._coder(rgb, y, z, estimate, coded)
             if quality is not None:
@@ -303,8 +306,7 @@ class Codec:
                 f"bytes for this {rgb.shape[1]}x{rgb.shape[0]} image; raise max_bytes to at least "
                 f"{smallest.min_bytes}", min_bytes=smallest.min_bytes,
             )
-        errors = [_squared_error(self._decode_stream(enc.stream), reference) for enc in candidates]
-        return candidates[int(np.argmin(errors))]
+        return max(candidates, key=lambda enc: psnr(reference, self._decode_stream(enc.stream)))
 
     def _reconstruct(self, y: torch.Tensor, z: torch.Tensor, quality: float, shape: tuple) -> np.ndarray:
         """What a receiver would show for (y, z) coded at ``quality``, without the entropy coder."""
@@ -420,24 +422,23 @@ def load_optional(name_or_path: str, models_dir: Path = DEFAULT_MODELS_DIR, devi
         return None
 
 
-def check_quality(quality: float) -> float:
+def _number_in(value, name: str, interval: str, inside, meaning: str) -> float:
+    """``value`` as a float if ``inside(value)``, else QualityOutOfRange naming ``interval``."""
     try:
-        q = float(quality)
+        v = float(value)
     except (TypeError, ValueError) as exc:
-        raise QualityOutOfRange(f"quality must be a number in [0, 1], got {quality!r}") from exc
-    if math.isnan(q) or not 0.0 <= q <= 1.0:
-        raise QualityOutOfRange(f"quality must be in [0, 1] (0 = fewest bytes, 1 = best), got {quality!r}")
-    return q
+        raise QualityOutOfRange(f"{name} must be a number in {interval}, got {value!r}") from exc
+    if math.isnan(v) or not inside(v):
+        raise QualityOutOfRange(f"{name} must be in {interval} ({meaning}), got {value!r}")
+    return v
+
+
+def check_quality(quality: float) -> float:
+    return _number_in(quality, "quality", "[0, 1]", lambda q: 0.0 <= q <= 1.0, "0 = fewest bytes, 1 = best")
 
 
 def check_scale(scale: float) -> float:
-    try:
-        s = float(scale)
-    except (TypeError, ValueError) as exc:
-        raise QualityOutOfRange(f"scale must be a number in (0, 1], got {scale!r}") from exc
-    if math.isnan(s) or not 0.0 < s <= 1.0:
-        raise QualityOutOfRange(f"scale must be in (0, 1] (the fraction of the size to code at), got {scale!r}")
-    return s
+    return _number_in(scale, "scale", "(0, 1]", lambda s: 0.0 < s <= 1.0, "the fraction of the size to code at")
 
 
 def coded_size(shape: tuple, scale: float) -> tuple[int, int] | None:
@@ -453,10 +454,6 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     return np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.LANCZOS))
-
-
-def _squared_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sum(np.square(a.astype(np.float64) - b.astype(np.float64))))
 
 
 def resolve_device(device: str) -> torch.device:
