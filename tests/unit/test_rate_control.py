@@ -4,14 +4,15 @@ impossible requests are RateErrors that say what would work."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from shared.codec import RATE_SEARCH_STEPS, check_quality
+from shared.codec import RATE_SEARCH_SLACK, RATE_SEARCH_STEPS, _highest_fitting, check_quality
 from shared.errors import BudgetTooSmall, QualityOutOfRange
 
-QUALITY_STEP = 2.0**-RATE_SEARCH_STEPS  # the resolution of the bisection
+QUALITY_STEP = 2.0**-RATE_SEARCH_STEPS  # the resolution of the search
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,75 @@ def test_the_budget_is_spent_to_the_search_resolution(tiny_codec, kodim_crop, fi
     for budget, enc in fitted[:-1]:
         above = tiny_codec.encode(kodim_crop, quality=min(1.0, enc.quality + QUALITY_STEP))
         assert above.nbytes > budget, f"budget {budget}: quality {enc.quality} left room"
+
+
+def _bisection(code, max_bytes: int):
+    """The search rate control used before ITP: 12 halvings of [0, 1], keeping the best fit."""
+    lo, hi, best = 0.0, 1.0, code(0.0)
+    for _ in range(RATE_SEARCH_STEPS):
+        mid = (lo + hi) / 2
+        enc = code(mid)
+        if enc.nbytes <= max_bytes:
+            best, lo = enc, mid
+        else:
+            hi = mid
+    return best
+
+
+def test_the_codec_finds_the_bisection_stream(tiny_codec, kodim_crop, fitted):
+    for budget, enc in fitted[:-1]:
+        reference = _bisection(lambda q: tiny_codec.encode(kodim_crop, quality=q), budget)
+        assert (enc.quality, enc.data) == (reference.quality, reference.data)
+
+
+def _search(size, max_bytes: int) -> tuple[float, int]:
+    """(the quality _highest_fitting finds for a ``size(quality)`` curve, how many it coded)."""
+    calls = []
+
+    def code(q: float):
+        calls.append(q)
+        return SimpleNamespace(nbytes=size(q), quality=q)
+
+    found = _highest_fitting(code, (0.0, code(0.0)), (1.0, code(1.0)), max_bytes)
+    return found.quality, len(calls) - 2
+
+
+SIZE_CURVES = {  # quality -> bytes: a learned codec's near-exponential curve, and harder shapes
+    "exponential": lambda q: int(900 * math.exp(4.2 * q)),
+    "steps of 1/20": lambda q: int(900 * math.exp(4.2 * round(q * 20) / 20)),
+    "one jump": lambda q: 900 + int(q * 40) + (50_000 if q > 0.61803 else 0),
+    "flat then steep": lambda q: int(900 * (1 + 40 * q**8)),
+}
+
+
+@pytest.mark.parametrize("curve", SIZE_CURVES, ids=list(SIZE_CURVES))
+def test_the_search_lands_where_bisection_does_within_one_extra_coding(curve):
+    size = SIZE_CURVES[curve]
+    budgets = np.linspace(size(0.0), size(1.0) - 1, 60).astype(int)
+    found = [_search(size, int(n)) for n in budgets]
+    reference = [_bisection(lambda q: SimpleNamespace(nbytes=size(q), quality=q), int(n)).quality for n in budgets]
+
+    assert [q for q, _ in found] == reference
+    assert max(calls for _, calls in found) <= RATE_SEARCH_STEPS + RATE_SEARCH_SLACK
+
+
+def test_the_search_codes_about_half_as_often_as_bisection_on_a_codec_curve():
+    size = SIZE_CURVES["exponential"]
+    calls = [_search(size, int(n))[1] for n in np.linspace(size(0.0), size(1.0) - 1, 60)]
+
+    assert np.mean(calls) <= RATE_SEARCH_STEPS / 2
+    assert max(calls) <= 7
+
+
+def test_sizes_that_dip_still_give_a_stream_that_fits():
+    def size(q: float) -> int:  # grows overall, with dips of up to 30 bytes
+        return int(2000 * math.exp(3 * q)) - (30 if int(q * 512) % 2 else 0)
+
+    for budget in range(2100, 40_000, 997):
+        q, calls = _search(size, budget)
+        assert size(q) <= budget
+        assert size(min(q + 2 * QUALITY_STEP, 1.0)) > budget - 30
+        assert calls <= RATE_SEARCH_STEPS + RATE_SEARCH_SLACK
 
 
 def test_the_highest_rate_budget_gives_quality_1(tiny_codec, kodim_crop, fitted, rate_range):
