@@ -1,6 +1,8 @@
 """Clean first (shared/codec.py, CLEAN FIRST): a denoising codec codes its own quality-1
 reconstruction instead of the upload at qualities up to ``CleanFirst.max_quality(noise)``."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,8 @@ def test_load_gives_the_rule_to_models_trained_on_noise_only(tiny_models_dir):
     assert Codec.load(TINY_MODEL, tiny_models_dir).clean_first is None
     denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
     assert denoiser.clean_first == CleanFirst()
-    assert denoiser.info()["clean_first"] == {"noise_ref": 24.0, "quality_at_ref": 0.65, "per_grey_level": 0.07}
+    assert denoiser.info()["clean_first"] == {"noise_ref": 24.0, "quality_at_ref": 0.65, "per_grey_level": 0.07,
+                                              "gap_ratio": 1.1}
     assert Codec.load(TINY_DENOISE_MODEL, tiny_models_dir, clean_first=None).clean_first is None
 
 
@@ -104,8 +107,8 @@ def test_a_budget_below_the_uploads_streams_is_filled_with_the_reconstructions(p
     cleaned = plain.decode(plain.encode(noisy, quality=1.0).data)
     codec = with_rule(plain, CleanFirst(noise_ref=rms(noisy, cleaned), quality_at_ref=0.9, per_grey_level=0.0))
     at_limit = codec.encode(noisy, quality=0.9)
-    past = codec.encode(noisy, quality=0.9 + 2**-20)
-    assert at_limit.cleaned and not past.cleaned
+    past = plain.encode(noisy, quality=0.9 + 2**-20)  # the upload's stream just past the limit
+    assert at_limit.cleaned
     assert past.nbytes > at_limit.nbytes + 32, (at_limit.nbytes, past.nbytes)
 
     budget = (at_limit.nbytes + past.nbytes) // 2
@@ -118,6 +121,46 @@ def test_a_budget_below_the_uploads_streams_is_filled_with_the_reconstructions(p
     assert sizes == sorted(sizes) and sizes[0] == at_limit.nbytes
     upload = codec.encode(noisy, max_bytes=past.nbytes)  # the upload's, as the quality past the limit gives
     assert upload.cleaned is False and upload.quality > 0.9 and upload.nbytes == past.nbytes
+
+
+@pytest.fixture(scope="module")
+def gap(plain, kodim_crop):
+    """(noisy crop, its clean reconstruction, a codec limited at 0.9): sigma-50 noise opens a gap
+    between the reconstruction's stream at the limit and the upload's just past it."""
+    from shared.evaluate import add_noise
+
+    noisy = add_noise(kodim_crop, 50.0, "kodim_crop")
+    cleaned = plain.decode(plain.encode(noisy, quality=1.0).data)
+    return noisy, cleaned, with_rule(plain, CleanFirst(noise_ref=rms(noisy, cleaned), quality_at_ref=0.9,
+                                                       per_grey_level=0.0))
+
+
+def test_qualities_past_the_limit_spread_over_rates_up_to_the_uploads_best(plain, gap):
+    noisy, cleaned, codec = gap
+    at_limit, past = codec.encode(noisy, quality=0.9), plain.encode(noisy, quality=0.9 + 2**-20)
+    assert past.nbytes > codec.clean_first.gap_ratio * at_limit.nbytes  # the gap is there
+
+    qualities = [0.9 + 2**-20, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0]
+    streams = [codec.encode(noisy, quality=q) for q in qualities]
+    sizes = [at_limit.nbytes] + [enc.nbytes for enc in streams]
+    assert sizes == sorted(sizes)
+    assert abs(streams[0].nbytes - at_limit.nbytes) <= 8  # no step at the limit
+    assert streams[0].cleaned is True and streams[-1].cleaned is False
+    assert streams[-1].data == plain.encode(noisy, quality=1.0).data  # quality 1: the upload's best, as before
+    assert [enc.quality for enc in streams] == qualities  # the quality asked; the stream stores what was coded
+    # Each is an ordinary stream of the model, of C or of the upload, as a byte budget would pick.
+    for enc in streams[:-1]:
+        source = cleaned if enc.cleaned else noisy
+        assert enc.data == plain.encode(source, quality=float(enc.stream.quality)).data
+        assert enc.data == codec.encode(noisy, max_bytes=enc.nbytes).data
+
+
+def test_without_a_gap_past_the_limit_the_upload_is_coded_at_the_quality(plain, gap):
+    noisy, cleaned, codec = gap
+    no_gap = with_rule(plain, replace(codec.clean_first, gap_ratio=1e6))
+    for q in (0.92, 0.97):
+        enc = no_gap.encode(noisy, quality=q)
+        assert enc.cleaned is False and enc.data == plain.encode(noisy, quality=q).data
 
 
 def test_a_budget_fits_the_reconstruction_at_every_quality_when_the_upload_never_fits(plain, kodim_crop):
