@@ -120,7 +120,10 @@ def test_a_budget_below_the_lowest_rate_shows_the_coded_size(services, browser, 
     page.locator("form [type=submit], form button").first.click()
     page.wait_for_function("document.querySelectorAll('[data-id] img').length >= 3", timeout=30_000)
     text = page.locator("[data-id] .ours").first.inner_text()
-    shown = page.locator("[data-id] .reconstruction").first.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    reconstruction = page.locator("[data-id] .reconstruction").first
+    page.wait_for_function(  # the element exists before its picture has loaded
+        "el => el.complete && el.naturalWidth > 0", arg=reconstruction.element_handle(), timeout=10_000)
+    shown = reconstruction.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     page.close()
     h, w = enc.stream.coded_size
     assert f"coded at {w}x{h} to fit the budget, shown at 192x128" in text
