@@ -95,17 +95,25 @@ def test_a_byte_budget_searches_across_the_limit(plain, kodim_crop):
     assert low.cleaned is True
 
 
-def test_a_budget_below_the_uploads_streams_is_filled_with_the_reconstructions(plain, kodim_crop):
+@pytest.fixture(scope="module")
+def gap(plain, kodim_crop):
+    """(noisy crop, its clean reconstruction, a codec limited at 0.9): sigma-50 noise opens a gap
+    between the reconstruction's stream at the limit and the upload's just past it."""
+    from shared.evaluate import add_noise
+
+    noisy = add_noise(kodim_crop, 50.0, "kodim_crop")
+    cleaned = plain.decode(plain.encode(noisy, quality=1.0).data)
+    return noisy, cleaned, with_rule(plain, CleanFirst(noise_ref=rms(noisy, cleaned), quality_at_ref=0.9,
+                                                       per_grey_level=0.0))
+
+
+def test_a_budget_below_the_uploads_streams_is_filled_with_the_reconstructions(plain, gap):
     """Between the reconstruction's stream at the limit and the upload's just past it, the budget
     goes to the reconstruction's streams past the limit (the rule alone would stop at the limit).
     Sigma-50 noise and a limit of 0.9 open that gap even for the tiny model, whose reconstructions
     cost the same at every quality (so how much of the budget is used is measured on the shipped
     denoiser, in test_shipped_model.py)."""
-    from shared.evaluate import add_noise
-
-    noisy = add_noise(kodim_crop, 50.0, "kodim_crop")
-    cleaned = plain.decode(plain.encode(noisy, quality=1.0).data)
-    codec = with_rule(plain, CleanFirst(noise_ref=rms(noisy, cleaned), quality_at_ref=0.9, per_grey_level=0.0))
+    noisy, cleaned, codec = gap
     at_limit = codec.encode(noisy, quality=0.9)
     past = plain.encode(noisy, quality=0.9 + 2**-20)  # the upload's stream just past the limit
     assert at_limit.cleaned
@@ -121,18 +129,6 @@ def test_a_budget_below_the_uploads_streams_is_filled_with_the_reconstructions(p
     assert sizes == sorted(sizes) and sizes[0] == at_limit.nbytes
     upload = codec.encode(noisy, max_bytes=past.nbytes)  # the upload's, as the quality past the limit gives
     assert upload.cleaned is False and upload.quality > 0.9 and upload.nbytes == past.nbytes
-
-
-@pytest.fixture(scope="module")
-def gap(plain, kodim_crop):
-    """(noisy crop, its clean reconstruction, a codec limited at 0.9): sigma-50 noise opens a gap
-    between the reconstruction's stream at the limit and the upload's just past it."""
-    from shared.evaluate import add_noise
-
-    noisy = add_noise(kodim_crop, 50.0, "kodim_crop")
-    cleaned = plain.decode(plain.encode(noisy, quality=1.0).data)
-    return noisy, cleaned, with_rule(plain, CleanFirst(noise_ref=rms(noisy, cleaned), quality_at_ref=0.9,
-                                                       per_grey_level=0.0))
 
 
 def test_qualities_past_the_limit_spread_over_rates_up_to_the_uploads_best(plain, gap):

@@ -139,18 +139,25 @@ def test_clean_first_leaves_clean_and_lightly_noisy_photos_alone(denoisers, kodi
     assert light.cleaned is False and 8.0 < light.noise < 12.0
 
 
-def test_a_budget_between_the_limits_streams_is_used_for_a_cleaner_picture(denoisers, kodim_rgb):
+@pytest.fixture(scope="module")
+def noisy_at_limit(denoisers, kodim_rgb):
+    """(kodim23 half with the eval's sigma-25 noise, the clean-first limit the sender finds for it)."""
+    from shared.evaluate import add_noise
+
+    rule, _ = denoisers
+    noisy = add_noise(kodim_rgb, 25.0, "kodim23_half.png")
+    return noisy, rule.clean_first.max_quality(rule.encode(noisy, quality=0.0).noise)
+
+
+def test_a_budget_between_the_limits_streams_is_used_for_a_cleaner_picture(denoisers, kodim_rgb, noisy_at_limit):
     """At sigma 25 the reconstruction's stream at the limit and the upload's just past it differ
     twofold in size here; a budget halfway between (geometric mean) is filled with the
     reconstruction's stream past the limit. Measured with lw-vr-denoise-36b060c8: 71 % of the budget
     -> 100 %, +0.29 dB against the clean image."""
     import numpy as np
 
-    from shared.evaluate import add_noise
-
     rule, one_pass = denoisers
-    noisy = add_noise(kodim_rgb, 25.0, "kodim23_half.png")
-    limit = rule.clean_first.max_quality(rule.encode(noisy, quality=0.0).noise)
+    noisy, limit = noisy_at_limit
     at_limit = rule.encode(noisy, quality=limit)
     past = one_pass.encode(noisy, quality=float(np.nextafter(np.float32(limit), np.float32(2.0))))
     budget = int(np.sqrt(at_limit.nbytes * past.nbytes))
@@ -163,7 +170,7 @@ def test_a_budget_between_the_limits_streams_is_used_for_a_cleaner_picture(denoi
     assert gain > 0.1, f"{gain:.2f} dB"
 
 
-def test_qualities_across_the_limit_rise_in_rate_without_a_step(denoisers, kodim_rgb):
+def test_qualities_across_the_limit_rise_in_rate_without_a_step(denoisers, kodim_rgb, noisy_at_limit):
     """Qualities past the limit spread over the rates between the reconstruction's stream at the
     limit and the upload's at quality 1, where the upload's stream just past the limit used to be
     twice as big. Measured with lw-vr-denoise-36b060c8 (kodim23 half, sigma 25): at most 1.21
@@ -171,11 +178,8 @@ def test_qualities_across_the_limit_rise_in_rate_without_a_step(denoisers, kodim
     more each time."""
     import numpy as np
 
-    from shared.evaluate import add_noise
-
     rule, _ = denoisers
-    noisy = add_noise(kodim_rgb, 25.0, "kodim23_half.png")
-    limit = rule.clean_first.max_quality(rule.encode(noisy, quality=0.0).noise)
+    noisy, limit = noisy_at_limit
     qualities = [limit - 0.1, limit - 0.05, limit] + list(np.linspace(limit, 1.0, 8)[1:])
     streams = [rule.encode(noisy, quality=float(q)) for q in qualities]
     sizes = [enc.nbytes for enc in streams]
