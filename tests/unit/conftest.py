@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared.codec import CleanFirst, Codec
 from tests.conftest import make_tiny_model_file
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -17,6 +18,12 @@ DATA = TESTS / "data"
 # Half-size Kodak image (384x256): the smallest natural image the shipped model is checked on.
 KODIM = DATA / "samples" / "kodim23_half.png"
 OTHER_TINY_MODEL = "lw-tiny-other"
+ALWAYS = CleanFirst(quality_at_ref=2.0, per_grey_level=0.0)  # clean first: every quality codes the reconstruction
+
+
+def with_rule(codec: Codec, rule: CleanFirst | None) -> Codec:
+    """``codec``'s model and weights under another clean-first rule (None: none)."""
+    return Codec(codec.model, codec.name, codec.weights, clean_first=rule)
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import pytest
 from shared.codec import CleanFirst, Codec
 from shared.errors import BudgetTooSmall
 from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
+from tests.unit.conftest import ALWAYS, with_rule
 
-ALWAYS = CleanFirst(quality_at_ref=2.0, per_grey_level=0.0)  # every quality codes the reconstruction
 NEVER = CleanFirst(quality_at_ref=-1.0, per_grey_level=0.0)  # none does
 
 
@@ -21,10 +21,6 @@ def rms(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def plain(tiny_codec):
     return tiny_codec  # lw-tiny: trained on clean inputs, so no rule
-
-
-def with_rule(codec: Codec, rule: CleanFirst | None) -> Codec:
-    return Codec(codec.model, codec.name, codec.weights, clean_first=rule)
 
 
 def test_the_rule_is_a_line_through_the_held_out_crossovers():

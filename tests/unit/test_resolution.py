@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from shared.codec import RESIZE_BELOW_QUALITY, RESIZE_SCALES, CleanFirst, Codec, coded_size, resize_rgb
+from shared.codec import RESIZE_BELOW_QUALITY, RESIZE_SCALES, coded_size, resize_rgb
 from shared.errors import BudgetTooSmall, QualityOutOfRange
+from tests.unit.conftest import ALWAYS, with_rule
 
 SIZES = (1.0,) + RESIZE_SCALES  # every size a byte budget may be coded at
 
@@ -112,8 +113,7 @@ def test_a_picture_too_small_to_reduce_keeps_the_full_sizes_refusal(tiny_codec):
 
 def test_a_denoising_codec_codes_its_resized_reconstruction(tiny_codec, kodim_crop):
     """Clean first at a reduced size: the reconstruction is made at the full size, then resized."""
-    always = Codec(tiny_codec.model, tiny_codec.name, tiny_codec.weights,
-                   clean_first=CleanFirst(quality_at_ref=2.0, per_grey_level=0.0))
+    always = with_rule(tiny_codec, ALWAYS)
     cleaned = tiny_codec.decode(tiny_codec.encode(kodim_crop, quality=1.0).data)
     enc = always.encode(kodim_crop, quality=0.3, scale=0.5)
 
