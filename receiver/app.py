@@ -7,6 +7,7 @@ errors become HTTP answers:
                                                           DecoderBusy 1 s, StoreError 5 s, StoreFull 60 s)
     request validation (bad query parameter)          -> 422, {"error": "InvalidRequest", ...}
     HTTP errors from routing (unknown path, method)   -> their status, {"error": "NotFound"|..., ...}
+                                                          (an upload, POST /v1/images, is told to go to the sender)
     anything else                                     -> 500, {"error": "InternalError", ...}, logged
 """
 
@@ -74,12 +75,15 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(decoder.shutdown)
             store.close()
 
-    app = FastAPI(title="latentwire receiver", version="1", lifespan=lifespan,
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: routes.py serves /docs from the
+    # files mounted at /docs/assets instead; ReDoc stays off (it always fetches its logo from the web).
+    app = FastAPI(title="latentwire receiver", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Receives signed latent-code frames, decodes, stores and shows them live.")
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount("/docs/assets", StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
     _add_error_handlers(app, metrics)
     app.include_router(router)
     return app
@@ -117,6 +121,9 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code
         if exc.status_code == 404:
             message = f"no such endpoint {request.url.path}: see /docs for the receiver's API"
+        elif exc.status_code == 405 and request.method == "POST" and request.url.path.rstrip("/") == "/v1/images":
+            message = ("the receiver takes no image uploads: POST images to the sender's /v1/images, which "
+                       "encodes them and delivers them here as signed frames (POST /v1/frames)")
         return _error(exc.status_code, code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -10,14 +10,20 @@
     GET  /healthz              -> {"status": "ok"} while the process serves requests
     GET  /readyz               -> 200 ready / 503 with reasons (model, entropy tables, store writable)
     GET  /metrics              -> Prometheus text
+    GET  /docs                 -> Swagger UI of /openapi.json, its files served by this app (the
+                                  fastapi-offline package, mounted at /docs/assets): no CDN. No ReDoc:
+                                  it always loads its logo from the web
+    GET  /favicon.ico          -> the icon
 Errors are {"error": code, "message": what to do}; the status map is in receiver/app.py.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -49,6 +55,7 @@ DecoderDep = Annotated[Decoder, _state("decoder")]
 HubDep = Annotated[EventHub, _state("hub")]
 
 router = APIRouter()
+_STATIC = Path(__file__).resolve().parent / "static"
 # No framing, plugins, <base> or form posts. Scripts are not restricted further: a strict
 # script-src also forbids eval, which browser automation (Playwright's wait_for_function) needs,
 # and the page has no inline code to protect anyway (values go in with textContent).
@@ -176,7 +183,27 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     return JSONResponse(body, status_code=503 if reasons else 200)
 
 
-@router.get("/metrics", response_class=Response, include_in_schema=False)
+@router.get("/metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
 async def metrics(metrics: MetricsDep, decoder: DecoderDep) -> Response:
     metrics.decode_queue_depth.set(decoder.pending)
     return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    """Swagger UI with its script and style served by this app, so it works with no internet.
+    validatorUrl off: served from any host but localhost, Swagger UI would load a badge from an
+    online validator and hand it the schema's URL."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(openapi_url=root + request.app.openapi_url, title=f"{request.app.title} API",
+                               swagger_js_url=request.url_for("docs-assets", path="swagger-ui-bundle.js").path,
+                               swagger_css_url=request.url_for("docs-assets", path="swagger-ui.css").path,
+                               swagger_favicon_url=request.url_for("favicon").path,
+                               swagger_ui_parameters={"validatorUrl": None})
+
+
+@router.get("/favicon.ico", response_class=FileResponse, include_in_schema=False)
+async def favicon() -> FileResponse:
+    return FileResponse(_STATIC / "favicon.ico", media_type="image/x-icon",
+                        headers={"Cache-Control": "public, max-age=86400"})

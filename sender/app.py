@@ -55,11 +55,16 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         version=VERSION,
         summary="Encodes uploaded images into latent bitstreams and delivers them to the receiver",
         lifespan=lifespan,
+        # FastAPI's own /docs and /redoc load their scripts from a CDN: routes.py serves /docs from
+        # the files mounted at /docs/assets instead; ReDoc stays off (it always fetches its logo from the web).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.transport = transport
     app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount("/docs/assets", StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
     app.add_exception_handler(LatentwireError, _latentwire_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app

@@ -1,8 +1,11 @@
-"""Headless Chromium: the receiver's live page shows a new reconstruction without a reload."""
+"""Headless Chromium: the receiver's live page shows a new reconstruction without a reload; the
+sender's page shows its comparison; both services' /docs render with no request leaving the
+machine."""
 
 from __future__ import annotations
 
 import shutil
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -129,3 +132,24 @@ def test_a_budget_below_the_lowest_rate_shows_the_coded_size(services, browser, 
     assert f"coded at {w}x{h} to fit the budget, shown at 192x128" in text
     assert text.startswith(f"latentwire: {enc.nbytes} B, ")  # the same stream this codec makes
     assert shown == [192, 128]
+
+
+def test_api_docs_render_with_no_request_leaving_the_machine(services, browser):
+    """Swagger UI of both services lists their operations, and every request the page made
+    (script, style, schema, icon) went to the service itself."""
+    for service, operation in ((services.sender, "/v1/images"), (services.receiver, "/v1/frames")):
+        page = browser.new_page()
+        requested: list[str] = []
+        errors: list[str] = []
+        page.on("request", lambda request, requested=requested: requested.append(request.url))
+        page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+        page.goto(service.url + "/docs")
+        page.wait_for_selector(f'.opblock-summary-path[data-path="{operation}"]', timeout=15_000)
+        page.wait_for_load_state("networkidle")
+        shown = page.locator(".opblock").count()
+        page.close()
+        schema = httpx.get(service.url + "/openapi.json").json()
+        assert shown == sum(len(methods) for methods in schema["paths"].values())
+        assert {urlsplit(url).hostname for url in requested} == {"127.0.0.1"}, requested
+        assert service.url + "/openapi.json" in requested, requested
+        assert errors == []

@@ -182,6 +182,15 @@ def test_wrong_query_and_unknown_route_answer_json(receiver_client):
     _assert_error(receiver_client.get("/v1/frames"), 405, "MethodNotAllowed")
 
 
+@pytest.mark.parametrize("path", ["/v1/images", "/v1/images/"])
+def test_an_upload_sent_to_the_receiver_names_the_senders_endpoint(receiver_client, path):
+    r = receiver_client.post(path, files={"file": ("a.png", receiver_rgb().tobytes(), "image/png")})
+    body = _assert_error(r, 405, "MethodNotAllowed")
+    assert "sender's /v1/images" in body["message"] and "POST /v1/frames" in body["message"]
+    assert r.headers["allow"] == "GET"
+    assert receiver_client.get("/v1/images").json()["items"] == []
+
+
 def test_unexpected_error_is_500_without_internals(receiver_settings, monkeypatch):
     from receiver.store import Store
 
