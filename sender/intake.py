@@ -1,6 +1,7 @@
 """From uploaded files to durably queued frames: the work behind POST /v1/images.
 
-    uploads ─ load_image (threads) ─ Encoder (torch thread: encode, decode, PSNR)
+    uploads ─ load_image (threads) ─ [quality=auto: byte budgets from the link, sender/link.py]
+            ─ Encoder (torch thread: encode, decode, PSNR)
             ─ JPEG at the same bytes + reconstruction PNG (threads)
             ─ Outbox.add (one fsync'd transaction) ─ previews on disk ─ wake the deliverer ─ 202
 
@@ -23,10 +24,11 @@ import numpy as np
 from sender.comparison import JpegComparison, finite, jpeg_same_bytes
 from sender.dependencies import Services
 from sender.errors import InvalidParameters, OutboxFull, UploadTooLarge
+from sender.link import plan, settle
 from sender.outbox import FrameRecord, NewFrame
 from sender.uploads import Upload
 from shared.codec import check_quality
-from shared.errors import LatentwireError, QualityOutOfRange
+from shared.errors import BudgetTooSmall, LatentwireError, QualityOutOfRange
 from shared.images import LoadedImage, encode_png, load_image
 
 log = logging.getLogger("latentwire.sender.intake")
@@ -41,12 +43,14 @@ class Rate:
     quality: float | None
     max_bytes: int | None
     mode: str
+    auto: bool = False  # quality=auto: each image's max_bytes comes from the link (sender/link.py)
 
 
-def parse_rate(quality: float | None, max_bytes: int | None, mode: str, default_quality: float,
-               available: tuple[str, ...] = MODES) -> Rate:
+def parse_rate(quality: float | str | None, max_bytes: int | None, mode: str, default_quality: float,
+               available: tuple[str, ...] = MODES, latency_target_s: float | None = None) -> Rate:
     """The query's rate request, checked (422s): exactly one of quality / max_bytes, or neither,
-    and a mode this sender has a model for."""
+    and a mode this sender has a model for. ``quality="auto"`` needs a latency target, and is
+    what neither means when one is set."""
     if mode not in MODES:
         raise InvalidParameters(f"mode {mode!r} does not exist; modes: {', '.join(MODES)}")
     if mode not in available:
@@ -58,6 +62,14 @@ def parse_rate(quality: float | None, max_bytes: int | None, mode: str, default_
         if max_bytes < 1:
             raise QualityOutOfRange(f"max_bytes must be a positive number of bytes, got {max_bytes}")
         return Rate(None, max_bytes, mode)
+    if quality == "auto" or (quality is None and latency_target_s is not None):
+        if latency_target_s is None:
+            raise InvalidParameters("quality=auto sizes each image to the link and needs a latency target: set "
+                                    "LATENTWIRE_SENDER_LATENCY_TARGET_S (seconds from upload to the receiver) on "
+                                    "the sender, or give quality (0..1) or max_bytes")
+        return Rate(None, None, mode, auto=True)
+    if isinstance(quality, str):  # the route's type admits only "auto"; a library caller may not
+        raise InvalidParameters(f"quality is a number from 0 to 1 or auto, got {quality!r}")
     return Rate(check_quality(default_quality if quality is None else quality), None, mode)
 
 
@@ -92,8 +104,21 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
             images.append(im)
 
     codec = svc.codecs[rate.mode]
-    results = await svc.encoder.encode_many([(codec, im.rgb, rate.quality, rate.max_bytes) for im in images],
+    budget_plan, budgets = None, [(rate.max_bytes, None)] * len(images)
+    if rate.auto:
+        link_rate, source = svc.deliverer.link.budget_rate(s.link_start_kbps)
+        budget_plan = plan([im.width * im.height for im in images], link_rate, source, s.latency_target_s,
+                           await svc.outbox.queued_bytes(), s.auto_min_bpp, s.delivery_batch_max_bytes)
+        budgets = list(budget_plan.budgets)
+    results = await svc.encoder.encode_many([(codec, im.rgb, rate.quality, b) for im, (b, _) in zip(images, budgets)],
                                             measure=preview)
+    if rate.auto:  # below the codec's smallest stream: send that (late, most likely), never refuse
+        small = [i for i, r in enumerate(results) if isinstance(r, BudgetTooSmall) and r.min_bytes]
+        again = await svc.encoder.encode_many([(codec, images[i].rgb, None, results[i].min_bytes) for i in small],
+                                              measure=preview) if small else []
+        for i, result in zip(small, again):
+            budgets[i] = (results[i].min_bytes, "codec_minimum")
+            results[i] = result
     for up, result in zip(uploads, results):
         if isinstance(result, BaseException):
             with _naming(up):
@@ -101,8 +126,13 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
 
     created_at = time.time()
     accepted = []
-    for up, im, result in zip(uploads, images, results):
+    through = 0  # this upload's stream bytes so far: they go ahead of the next image
+    for index, (up, im, result) in enumerate(zip(uploads, images, results)):
         enc = result.encoded
+        through += enc.nbytes
+        budget = None
+        if budget_plan is not None:
+            budget = settle(budget_plan, index, *budgets[index], enc.quality, through).to_dict()
         jpeg, png = None, None
         if preview:
             jpeg, png = await anyio.to_thread.run_sync(_pixels_out, im.rgb, result.reconstruction, enc.nbytes,
@@ -112,7 +142,7 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
             mode=rate.mode, width=im.width, height=im.height, original_bytes=len(up.data), nbytes=enc.nbytes,
             bpp=enc.bpp, psnr=None if result.psnr is None else finite(result.psnr), quality=enc.quality,
             jpeg=jpeg.summary() if jpeg else None, noise=enc.noise, cleaned=enc.cleaned,
-            coded_size=enc.stream.coded_size,
+            coded_size=enc.stream.coded_size, budget=budget,
         )
         accepted.append(_Accepted(frame, png, jpeg))
         svc.metrics.encode_seconds.observe(result.encode_s)
@@ -124,6 +154,11 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
         svc.metrics.images.inc()
         svc.metrics.stream_bytes.inc(a.frame.nbytes)
         svc.metrics.bpp.observe(a.frame.bpp)
+        if a.frame.budget:
+            svc.metrics.auto_budgets.labels(a.frame.budget["reason"]).inc()
+            svc.metrics.auto_budget_bytes.observe(a.frame.budget["bytes"])
+            if a.frame.budget["late"]:
+                svc.metrics.auto_late.inc()
         if a.png is None:
             continue
         try:
@@ -151,7 +186,8 @@ def _record(f: NewFrame) -> FrameRecord:
     return FrameRecord(
         id=f.id, created_at=f.created_at, status="queued", filename=f.filename, mode=f.mode, width=f.width,
         height=f.height, original_bytes=f.original_bytes, nbytes=f.nbytes, bpp=f.bpp, psnr=f.psnr,
-        quality=f.quality, jpeg=f.jpeg, noise=f.noise, cleaned=f.cleaned, coded_size=f.coded_size, attempts=0,
+        quality=f.quality, jpeg=f.jpeg, noise=f.noise, cleaned=f.cleaned, coded_size=f.coded_size,
+        budget=f.budget, attempts=0,
         next_attempt_at=f.created_at, last_error=None, delivered_at=None, receiver_status=None,
     )
 

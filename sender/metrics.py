@@ -17,6 +17,16 @@ or an app and a library user, never share or collide on the global registry).
                                                            http_4xx | bad_reply
     latentwire_sender_frames_total              counter    frames settled, by result: stored | duplicate | failed
     latentwire_sender_outbox_depth              gauge      frames queued for delivery (refreshed per scrape)
+    latentwire_sender_outbox_queued_bytes       gauge      stream bytes queued for delivery (per scrape)
+    latentwire_sender_link_goodput_bytes_per_second gauge  the rate quality=auto budgets from: pinned, else
+                                                           measured; 0 until there is one (per scrape)
+    latentwire_sender_link_measured_bytes_per_second gauge acknowledged POST bytes / seconds, smoothed
+    latentwire_sender_link_rtt_seconds          gauge      time of one acknowledged POST, smoothed
+    latentwire_sender_link_pinned               gauge      1: LATENTWIRE_SENDER_LINK_KBPS pins the rate
+    latentwire_sender_auto_budgets_total        counter    quality=auto images, by reason: target | floor |
+                                                           ceiling | codec_minimum
+    latentwire_sender_auto_budget_bytes         histogram  quality=auto budgets (max_bytes) chosen
+    latentwire_sender_auto_late_total           counter    quality=auto images expected after the target
 """
 
 from __future__ import annotations
@@ -51,6 +61,23 @@ class Metrics:
                                        registry=r)
         self.frames = Counter("latentwire_sender_frames", "Frames settled, by result", ["result"], registry=r)
         self.outbox_depth = Gauge("latentwire_sender_outbox_depth", "Frames queued for delivery", registry=r)
+        self.outbox_queued_bytes = Gauge("latentwire_sender_outbox_queued_bytes",
+                                         "Stream bytes queued for delivery", registry=r)
+        self.link_goodput = Gauge("latentwire_sender_link_goodput_bytes_per_second",
+                                  "The link rate quality=auto budgets from (pinned, else measured)", registry=r)
+        self.link_measured = Gauge("latentwire_sender_link_measured_bytes_per_second",
+                                   "Smoothed bytes per second of acknowledged POSTs", registry=r)
+        self.link_rtt = Gauge("latentwire_sender_link_rtt_seconds", "Smoothed time of one acknowledged POST",
+                              registry=r)
+        self.link_pinned = Gauge("latentwire_sender_link_pinned", "1 when LATENTWIRE_SENDER_LINK_KBPS pins the rate",
+                                 registry=r)
+        self.auto_budgets = Counter("latentwire_sender_auto_budgets", "quality=auto images by budget reason",
+                                    ["reason"], registry=r)
+        self.auto_budget_bytes = Histogram("latentwire_sender_auto_budget_bytes", "quality=auto budgets chosen",
+                                           buckets=(500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000,
+                                                    200_000, 500_000, 1_000_000), registry=r)
+        self.auto_late = Counter("latentwire_sender_auto_late", "quality=auto images expected after the target",
+                                 registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

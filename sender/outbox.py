@@ -10,8 +10,10 @@ holds the frame and delivers it when it starts again. A frame's life::
                └───── permanent 4xx ───────────────> failed     (receiver's error kept)
 
 Schema 2 added ``noise`` and ``cleaned`` (clean first) and ``coded_height`` / ``coded_width``
-(RESOLUTION; both in shared/codec.py). A schema 1 outbox is migrated in place when the sender
-opens it: its frames get NULL, 0 and NULL (nothing was estimated; coded at their own size).
+(RESOLUTION; both in shared/codec.py). Schema 3 added ``budget``: how ``quality=auto`` chose the
+frame's byte budget (sender/link.py). An older outbox is migrated in place, step by step, when the
+sender opens it: its frames get NULL, 0, NULL and NULL (nothing was estimated; coded at their own
+size; no auto budget).
 
 All database work runs on one dedicated thread (sqlite3 calls block, and a commit waits for the
 disk): the event loop only awaits it. One thread also means one connection and no lock contention
@@ -30,7 +32,7 @@ from typing import Any, Callable
 
 from sender.errors import OutboxError, OutboxFull
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("queued", "delivered", "failed")
 
 _SCHEMA = """
@@ -53,6 +55,7 @@ CREATE TABLE IF NOT EXISTS frames (
     cleaned         INTEGER NOT NULL DEFAULT 0, -- 1: the stream codes the denoiser's reconstruction
     coded_height    INTEGER,                    -- the reduced size it was coded at; NULL: height x width
     coded_width     INTEGER,
+    budget          TEXT,                       -- JSON sender.link.Budget; NULL: not quality=auto
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,                       -- JSON {"error","message",("http_status")}
@@ -68,6 +71,7 @@ _MIGRATIONS = {
         "ALTER TABLE frames ADD COLUMN cleaned INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE frames ADD COLUMN coded_height INTEGER",
         "ALTER TABLE frames ADD COLUMN coded_width INTEGER"),
+    2: ("ALTER TABLE frames ADD COLUMN budget TEXT",),
 }
 
 
@@ -91,6 +95,7 @@ class NewFrame:
     noise: float | None  # clean first (shared/codec.py): the noise estimate; None for other models
     cleaned: bool  # the stream codes the denoiser's own reconstruction rather than the upload
     coded_size: tuple[int, int] | None  # (height, width) it was coded at when smaller than its own
+    budget: dict | None = None  # quality=auto: sender.link.Budget.to_dict(); None otherwise
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ class FrameRecord:
     noise: float | None
     cleaned: bool
     coded_size: tuple[int, int] | None
+    budget: dict | None
     attempts: int
     next_attempt_at: float | None
     last_error: dict | None
@@ -131,19 +137,20 @@ class FrameRecord:
 
 
 _RECORD_COLUMNS = ("id, created_at, status, filename, mode, width, height, original_bytes, bytes, bpp, psnr, "
-                   "quality, jpeg, noise, cleaned, coded_height, coded_width, attempts, next_attempt_at, last_error, "
-                   "delivered_at, receiver_status")
+                   "quality, jpeg, noise, cleaned, coded_height, coded_width, budget, attempts, next_attempt_at, "
+                   "last_error, delivered_at, receiver_status")
 
 
 def _record(row: tuple) -> FrameRecord:
     (id_, created_at, status, filename, mode, width, height, original_bytes, nbytes, bpp, psnr, quality, jpeg,
-     noise, cleaned, coded_height, coded_width, attempts, next_attempt_at, last_error, delivered_at,
+     noise, cleaned, coded_height, coded_width, budget, attempts, next_attempt_at, last_error, delivered_at,
      receiver_status) = row
     return FrameRecord(
         id=id_, created_at=created_at, status=status, filename=filename, mode=mode, width=width, height=height,
         original_bytes=original_bytes, nbytes=nbytes, bpp=bpp, psnr=psnr, quality=quality,
         jpeg=json.loads(jpeg) if jpeg else None, noise=noise, cleaned=bool(cleaned),
-        coded_size=None if coded_height is None else (coded_height, coded_width), attempts=attempts,
+        coded_size=None if coded_height is None else (coded_height, coded_width),
+        budget=json.loads(budget) if budget else None, attempts=attempts,
         next_attempt_at=next_attempt_at if status == "queued" else None,
         last_error=json.loads(last_error) if last_error else None, delivered_at=delivered_at,
         receiver_status=receiver_status,
@@ -236,11 +243,12 @@ class Outbox:
                 )
             c.executemany(
                 "INSERT INTO frames (id, created_at, status, stream, filename, mode, width, height, original_bytes, "
-                "bytes, bpp, psnr, quality, jpeg, noise, cleaned, coded_height, coded_width, next_attempt_at) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "bytes, bpp, psnr, quality, jpeg, noise, cleaned, coded_height, coded_width, budget, "
+                "next_attempt_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(f.id, f.created_at, f.stream, f.filename, f.mode, f.width, f.height, f.original_bytes, f.nbytes,
                   f.bpp, f.psnr, f.quality, json.dumps(f.jpeg) if f.jpeg else None, f.noise, int(f.cleaned),
-                  *(f.coded_size or (None, None)), f.created_at) for f in frames],
+                  *(f.coded_size or (None, None)), json.dumps(f.budget) if f.budget else None, f.created_at)
+                 for f in frames],
             )
             c.execute("COMMIT")
         except BaseException:
@@ -332,6 +340,11 @@ class Outbox:
         out = dict.fromkeys(STATUSES, 0)
         out.update(dict(rows))
         return out
+
+    async def queued_bytes(self) -> int:
+        """Stream bytes of the queued frames: what the link must carry before a new frame."""
+        return await self._run(lambda: self.conn.execute(
+            "SELECT coalesce(sum(bytes), 0) FROM frames WHERE status = 'queued'").fetchone()[0])
 
     async def pending(self) -> int:
         return await self._run(lambda: self.conn.execute(

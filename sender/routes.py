@@ -2,16 +2,21 @@
 
     GET  /                                   upload page (templates/index.html, static/)
     POST /v1/images?quality=|max_bytes=&mode=   multipart ``file`` (repeatable) or a raw image body
-                                             -> 202 {"images": [ImageOut, ...]}, each queued on disk
+                                             -> 202 {"images": [ImageOut, ...]}, each queued on disk;
+                                             quality=auto: budgets from the link (sender/link.py)
     GET  /v1/images?status=&limit=           newest first + counts per status
     GET  /v1/images/{id}                     one image: numbers, status, attempts, last_error
     GET  /v1/images/{id}/reconstruction.png  what the receiver will show (kept for the newest images)
     GET  /v1/images/{id}/jpeg.jpg            Pillow JPEG at the same byte count
     GET  /v1/models                          the loaded model, default quality, modes
+    GET  /v1/link                            goodput, round trip, queued bytes, latency target
     GET  /healthz                            the process answers
     GET  /readyz                             model loaded, outbox writable, workers running (503 if not)
     GET  /metrics                            Prometheus text (sender/metrics.py lists the names)
-    GET  /docs, /openapi.json                OpenAPI
+    GET  /docs, /openapi.json                OpenAPI: Swagger UI with its files served by this app (the
+                                             fastapi-offline package, mounted at /docs/assets): no CDN. No
+                                             ReDoc: it always loads its logo from the web
+    GET  /favicon.ico                        the icon
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -28,11 +34,12 @@ from sender.dependencies import ServicesDep
 from sender.errors import ImageNotFound, InvalidImageId
 from sender.intake import MODES, accept, parse_rate
 from sender.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from sender.schemas import ErrorOut, ImageList, ImageOut, ModelInfo, ModelsOut, UploadResponse
+from sender.schemas import ErrorOut, ImageList, ImageOut, LinkOut, ModelInfo, ModelsOut, UploadResponse
 from sender.uploads import read_uploads
 
 router = APIRouter()
-templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
+HERE = Path(__file__).resolve().parent
+templates = Jinja2Templates(directory=HERE / "templates")
 _ID = re.compile(r"[0-9a-f]{32}")
 _ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 422, 503)}
 _UPLOAD_BODY = {
@@ -65,7 +72,10 @@ async def page(request: Request, svc: ServicesDep) -> HTMLResponse:
 async def upload_images(
     request: Request,
     svc: ServicesDep,
-    quality: Annotated[float | None, Query(description="0 (fewest bytes) .. 1 (best); default from settings")] = None,
+    quality: Annotated[float | Literal["auto"] | None, Query(
+        description="0 (fewest bytes) .. 1 (best), or auto: the byte budget that reaches the receiver within "
+                    "LATENTWIRE_SENDER_LATENCY_TARGET_S at the link's rate (GET /v1/link); default: auto when "
+                    "that target is set, else the default quality")] = None,
     max_bytes: Annotated[int | None, Query(description="the best stream that fits this many bytes; below what the "
                                                     "full size needs, coded at a reduced size and shown at the full "
                                                     "size (coded_width / coded_height in the answer)")] = None,
@@ -76,7 +86,7 @@ async def upload_images(
 ) -> UploadResponse:
     """Encode each image, queue its frame durably, answer 202; delivery to the receiver follows."""
     rate = parse_rate(quality, max_bytes, mode or svc.settings.default_mode, svc.settings.default_quality,
-                      tuple(svc.codecs))
+                      tuple(svc.codecs), svc.settings.latency_target_s)
     uploads = await read_uploads(request, svc.settings.max_upload_bytes, svc.settings.max_files)
     records = await accept(uploads, rate, svc, preview)
     return UploadResponse(images=[ImageOut.from_record(r) for r in records])
@@ -120,6 +130,22 @@ async def models(svc: ServicesDep) -> ModelsOut:
                      default_mode=svc.settings.default_mode)
 
 
+@router.get("/v1/link", response_model=LinkOut)
+async def link(svc: ServicesDep) -> LinkOut:
+    state = svc.deliverer.link.state()
+    queued_bytes, queued_frames = await svc.outbox.queued_bytes(), await svc.outbox.pending()
+    rate = state.goodput_bytes_per_s
+    return LinkOut(goodput_kbps=_kbps(rate), measured_kbps=_kbps(state.measured_bytes_per_s),
+                   rtt_s=None if state.rtt_s is None else round(state.rtt_s, 4), source=state.source,
+                   samples=state.samples, queued_bytes=queued_bytes, queued_frames=queued_frames,
+                   drain_s=None if rate is None else round(queued_bytes / rate, 3),
+                   latency_target_s=svc.settings.latency_target_s, start_kbps=svc.settings.link_start_kbps)
+
+
+def _kbps(bytes_per_s: float | None) -> float | None:
+    return None if bytes_per_s is None else round(bytes_per_s * 8 / 1000, 3)
+
+
 @router.get("/healthz")
 async def healthz() -> dict:
     return {"status": "ok"}
@@ -140,10 +166,36 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
 async def metrics(svc: ServicesDep) -> Response:
     svc.metrics.outbox_depth.set(await svc.outbox.pending())
+    svc.metrics.outbox_queued_bytes.set(await svc.outbox.queued_bytes())
+    state = svc.deliverer.link.state()
+    svc.metrics.link_goodput.set(state.goodput_bytes_per_s or 0.0)
+    svc.metrics.link_measured.set(state.measured_bytes_per_s or 0.0)
+    svc.metrics.link_rtt.set(state.rtt_s or 0.0)
+    svc.metrics.link_pinned.set(1.0 if state.source == "pinned" else 0.0)
     return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    """Swagger UI with its script and style served by this app, so it works with no internet.
+    validatorUrl off: served from any host but localhost, Swagger UI would load a badge from an
+    online validator and hand it the schema's URL."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(openapi_url=root + request.app.openapi_url, title=f"{request.app.title} API",
+                               swagger_js_url=request.url_for("docs-assets", path="swagger-ui-bundle.js").path,
+                               swagger_css_url=request.url_for("docs-assets", path="swagger-ui.css").path,
+                               swagger_favicon_url=request.url_for("favicon").path,
+                               swagger_ui_parameters={"validatorUrl": None})
+
+
+@router.get("/favicon.ico", response_class=FileResponse, include_in_schema=False)
+async def favicon() -> FileResponse:
+    return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
 
 def _checked_id(image_id: str) -> str:

@@ -22,6 +22,43 @@ class DeliveryError(BaseModel):
     http_status: int | None = None
 
 
+class BudgetOut(BaseModel):
+    """How quality=auto chose this image's byte budget (sender/link.py has the rule)."""
+
+    bytes: int = Field(description="the max_bytes the image was encoded with")
+    reason: str = Field(description="target: its share of rate x target - queued bytes | floor: that share was "
+                        "below LATENTWIRE_SENDER_AUTO_MIN_BPP, the floor was used | ceiling: quality 1 fitted "
+                        "the share | codec_minimum: the codec's smallest stream for this image is larger than "
+                        "the floor, and was sent")
+    late: bool = Field(description="true: even so, the frame is expected at the receiver after target_s; "
+                       "it is queued and sent all the same")
+    expected_latency_s: float = Field(description="(queued bytes ahead + this upload's streams through this one) "
+                                      "/ link rate, at upload time")
+    target_s: float = Field(description="LATENTWIRE_SENDER_LATENCY_TARGET_S")
+    link_kbps: float = Field(description="the link rate the budget was computed from")
+    link_source: str = Field(description="measured (the delivery worker's goodput) | pinned "
+                             "(LATENTWIRE_SENDER_LINK_KBPS) | start (nothing measured yet: "
+                             "LATENTWIRE_SENDER_LINK_START_KBPS)")
+    queued_bytes: int = Field(description="stream bytes queued ahead of this upload")
+
+
+class LinkOut(BaseModel):
+    """The sender's view of its link to the receiver (sender/link.py)."""
+
+    goodput_kbps: float | None = Field(description="the rate quality=auto budgets from: pinned, else measured; "
+                                       "null before the first delivered POST when not pinned")
+    measured_kbps: float | None = Field(description="smoothed body bytes over time of the POSTs the receiver "
+                                        "acknowledged; null before the first")
+    rtt_s: float | None = Field(description="smoothed time of one acknowledged POST, request sent to reply read")
+    source: str = Field(description="measured | pinned (LATENTWIRE_SENDER_LINK_KBPS) | none (nothing yet)")
+    samples: int = Field(description="acknowledged POSTs measured since the sender started")
+    queued_bytes: int = Field(description="stream bytes of the frames queued for delivery")
+    queued_frames: int
+    drain_s: float | None = Field(description="queued_bytes / goodput: how long the backlog takes to send")
+    latency_target_s: float | None = Field(description="null: quality=auto is off")
+    start_kbps: float = Field(description="the rate quality=auto assumes while goodput_kbps is null")
+
+
 class ImageOut(BaseModel):
     id: str = Field(description="32 lowercase hex; the frame id the receiver stores it under")
     filename: str
@@ -45,6 +82,8 @@ class ImageOut(BaseModel):
     cleaned: bool = Field(description="true: the stream codes the denoiser's own clean reconstruction of the "
                           "upload rather than the upload (clean first; see /v1/models)")
     jpeg_same_bytes: JpegSameBytes | None = Field(description="null when uploaded with preview=false")
+    budget: BudgetOut | None = Field(None, description="quality=auto: the byte budget chosen and why; null "
+                                     "for a quality or max_bytes upload")
     preview: bool = Field(description="whether the sender decoded the stream and kept previews (upload's preview)")
     attempts: int = Field(description="POSTs that carried this frame")
     last_error: DeliveryError | None
@@ -65,6 +104,7 @@ class ImageOut(BaseModel):
             coded_height=r.coded_size[0] if r.coded_size else r.height,
             coded_width=r.coded_size[1] if r.coded_size else r.width,
             jpeg_same_bytes=JpegSameBytes(**r.jpeg) if r.jpeg else None, attempts=r.attempts,
+            budget=BudgetOut(**r.budget) if r.budget else None,
             last_error=DeliveryError(**r.last_error) if r.last_error else None, created_at=r.created_at,
             next_attempt_at=r.next_attempt_at, delivered_at=r.delivered_at, receiver_status=r.receiver_status,
             preview=r.jpeg is not None,  # every previewed upload has its JPEG comparison

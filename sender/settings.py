@@ -37,6 +37,14 @@
     LATENTWIRE_SENDER_RETRY_BASE_S            0.5                first retry delay (doubles per failure)
     LATENTWIRE_SENDER_RETRY_MAX_S             60                 longest retry delay
     LATENTWIRE_SENDER_PREVIEWS_KEEP           200                reconstruction/JPEG previews kept on disk
+    LATENTWIRE_SENDER_LINK_KBPS               (unset: measured)  pin the link's rate, kbit/s (> 0); unset, the
+                                                                 delivery worker measures it (sender/link.py)
+    LATENTWIRE_SENDER_LATENCY_TARGET_S        (unset: off)       seconds from upload to the receiver (> 0);
+                                                                 set, quality=auto is on and is the default
+    LATENTWIRE_SENDER_LINK_START_KBPS         64                 quality=auto before any POST was measured
+                                                                 and with no LINK_KBPS: the rate assumed
+    LATENTWIRE_SENDER_AUTO_MIN_BPP            0.02               quality=auto's floor, bits per pixel: below
+                                                                 it a budget buys no recognisable picture
 
 ``latentwire sender --flag`` overrides the matching env var (the secret has no flag: command lines
 are visible to every user in ``ps``). The secret policy is the receiver's: refuse an empty secret,
@@ -98,6 +106,14 @@ class Settings(SecretSettings, BaseSettings):
     retry_base_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
     retry_max_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     previews_keep: Annotated[int, Field(ge=0, le=100_000, description="previews kept on disk")] = 200
+    # quality=auto (sender/link.py). Positivity is checked by validators below, whose messages say
+    # what to do, rather than by Field(gt=0).
+    link_kbps: float | None = Field(None, description="pin the link's rate, kbit/s; unset: measured")
+    latency_target_s: float | None = Field(None, description="upload -> receiver target; set: quality=auto on")
+    link_start_kbps: float = Field(64.0, description="quality=auto's rate before the first measurement")
+    # 0.02 bpp is the smallest budget every Kodak image met (at a reduced size; models/README.md,
+    # "Byte budgets below the lowest rate"): about 1 KB at 768x512.
+    auto_min_bpp: Annotated[float, Field(gt=0, le=24)] = 0.02
 
     # Shared by both services, hence no LATENTWIRE_SENDER_ prefix. Never logged or returned.
     secret: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("LATENTWIRE_SECRET"))
@@ -111,6 +127,23 @@ class Settings(SecretSettings, BaseSettings):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"receiver_url must be an http(s) URL like http://127.0.0.1:8001, got {value!r}")
         return str(url).rstrip("/")
+
+    @field_validator("link_kbps", "link_start_kbps")
+    @classmethod
+    def _positive_kbps(cls, value: float | None, info) -> float | None:
+        if value is not None and not value > 0:  # not > 0: NaN too
+            raise ValueError(f"{info.field_name} is the link's rate in kbit/s and must be > 0, got {value}; "
+                             + ("leave LATENTWIRE_SENDER_LINK_KBPS unset to have the sender measure the link"
+                                if info.field_name == "link_kbps" else "e.g. 64"))
+        return value
+
+    @field_validator("latency_target_s")
+    @classmethod
+    def _positive_target(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise ValueError(f"latency_target_s must be > 0 seconds, got {value}; leave "
+                             "LATENTWIRE_SENDER_LATENCY_TARGET_S unset to turn quality=auto off")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

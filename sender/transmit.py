@@ -23,6 +23,10 @@ until the retry time (backoff counts consecutive failures), so a receiver that i
 request per backoff period, not one per queued batch. With no frame due, the worker sleeps until
 the next one is, or until ``notify()`` (an upload was queued) wakes it.
 
+Every POST the receiver answers 200 is a sample of the link (its body bytes and seconds) for
+``self.link`` (sender/link.py): the goodput and round trip that GET /v1/link shows and that
+``quality=auto`` budgets from.
+
 The receiver dedupes by frame id, so resending after a crash or a lost reply is safe: delivery is
 at-least-once on the wire and exactly-once in the receiver's store.
 """
@@ -38,6 +42,7 @@ import time
 import httpx
 
 from sender.background import BackgroundTask
+from sender.link import LinkModel
 from sender.metrics import Metrics
 from sender.outbox import Outbox, PendingFrame
 from sender.settings import Settings
@@ -67,6 +72,7 @@ class Deliverer(BackgroundTask):
         self._wake = asyncio.Event()
         self._failures = 0  # consecutive transient failures
         self._pause_until = 0.0
+        self.link = LinkModel(settings.link_kbps)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def notify(self) -> None:
@@ -123,10 +129,12 @@ class Deliverer(BackgroundTask):
             await self._transient(ids, "connect", f"cannot reach {self.settings.frames_url} "
                                   f"({type(exc).__name__}: {exc})")
             return
-        self.metrics.transmit_seconds.labels(str(response.status_code)).observe(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        self.metrics.transmit_seconds.labels(str(response.status_code)).observe(elapsed)
         self.metrics.wire_bytes.inc(len(body))
         status = response.status_code
         if status == 200:
+            self.link.observe(len(body), elapsed)
             await self._delivered(ids, response)
         elif 400 <= status < 500 and status not in TRANSIENT_STATUSES:
             await self._permanent(frames, response)

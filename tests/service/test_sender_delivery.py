@@ -244,9 +244,9 @@ def test_a_schema_1_outbox_is_migrated_and_its_frames_delivered(tmp_path, tiny_m
         assert wait_status(client, new_id, "delivered")["cleaned"] is False
     assert receiver.stored == Counter({frame_id: 1, new_id: 1})
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
-    assert db.execute("SELECT noise, cleaned, coded_height, coded_width FROM frames WHERE id = ?",
-                      (frame_id,)).fetchone() == (None, 0, None, None)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("SELECT noise, cleaned, coded_height, coded_width, budget FROM frames WHERE id = ?",
+                      (frame_id,)).fetchone() == (None, 0, None, None, None)
     db.close()
 
 
@@ -254,12 +254,12 @@ def test_an_outbox_of_a_newer_schema_is_refused_untouched(tmp_path, tiny_models_
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
-    db.executescript(SCHEMA_1.replace("user_version=1", "user_version=3"))
+    db.executescript(SCHEMA_1.replace("user_version=1", "user_version=4"))
     db.close()
-    with pytest.raises(OutboxError, match=r"outbox schema 3; this sender reads schemas 1 to 2"):
+    with pytest.raises(OutboxError, match=r"outbox schema 4; this sender reads schemas 1 to 3"):
         with app_with(tmp_path, tiny_models_dir, Receiver()):
             pass
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     assert "noise" not in [row[1] for row in db.execute("PRAGMA table_info(frames)")]
     db.close()

@@ -1,0 +1,252 @@
+"""The sender's link model and quality=auto (sender/link.py): settings, GET /v1/link, /metrics, and
+the byte budgets uploads get. The receiver is an ``httpx.MockTransport``; one that sleeps
+len(body) / rate before answering stands in for a link of that rate.
+
+Sizes of the tiny model's streams for the 96x80 test picture: 111 bytes at quality 0, 339 at
+quality 1, 81 at the smallest reduced size (the codec's minimum)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydantic import ValidationError
+
+from sender.app import create_app
+from sender.link import LinkModel, plan, settle
+from shared.wire import unpack_frames
+from tests.service.conftest import SENDER_SECRET
+from tests.service.conftest import sender_settings as make_settings
+from tests.service.conftest import storing_receiver, wait_status
+
+
+def smooth_png(width: int = 96, height: int = 80, seed: int = 3) -> bytes:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 / (width - 1), yy * 255 / (height - 1), np.full_like(xx, 111)], axis=2)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def down() -> httpx.MockTransport:
+    """A receiver that cannot be reached: frames stay queued, so their bytes are "queued ahead"."""
+    return httpx.MockTransport(lambda request: (_ for _ in ()).throw(httpx.ConnectError("receiver down")))
+
+
+class Link:
+    """A receiver behind a link of ``bytes_per_s``: each POST takes len(body) / rate, then is stored."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.bytes_per_s = bytes_per_s
+        self.bodies: list[int] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(len(request.content) / self.bytes_per_s)
+        self.bodies.append(len(request.content))
+        frames = unpack_frames(request.content, SENDER_SECRET.encode())
+        return httpx.Response(200, json={"results": [{"id": f.id, "status": "stored"} for f in frames]})
+
+
+def client_for(tmp_path, models_dir, transport: httpx.MockTransport | Link, **settings) -> TestClient:
+    if isinstance(transport, Link):
+        transport = httpx.MockTransport(transport)
+    return TestClient(create_app(make_settings(tmp_path, models_dir, **settings), transport=transport))
+
+
+def upload(client: TestClient, *files: bytes, **params) -> list[dict]:
+    r = client.post("/v1/images", params=params, files=[("file", (f"f{i}.png", d)) for i, d in enumerate(files)])
+    assert r.status_code == 202, r.text
+    return r.json()["images"]
+
+
+# ---- settings -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, value, says", [
+    ("link_kbps", 0, "leave LATENTWIRE_SENDER_LINK_KBPS unset"),
+    ("link_kbps", -64, "must be > 0"),
+    ("latency_target_s", 0, "latency_target_s must be > 0 seconds"),
+    ("latency_target_s", -10, "LATENTWIRE_SENDER_LATENCY_TARGET_S unset"),
+    ("link_start_kbps", 0, "link_start_kbps"),
+])
+def test_bad_link_settings_are_refused_with_what_to_do(tmp_path, tiny_models_dir, name, value, says):
+    with pytest.raises(ValidationError, match=says):
+        make_settings(tmp_path, tiny_models_dir, **{name: value})
+
+
+def test_link_settings_come_from_the_environment(monkeypatch):
+    from sender.settings import Settings
+
+    for key in [k for k in __import__("os").environ if k.startswith("LATENTWIRE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LATENTWIRE_SENDER_RECEIVER_URL", "http://receiver.test")
+    monkeypatch.setenv("LATENTWIRE_SECRET", SENDER_SECRET)
+    monkeypatch.setenv("LATENTWIRE_SENDER_LINK_KBPS", "64")
+    monkeypatch.setenv("LATENTWIRE_SENDER_LATENCY_TARGET_S", "10")
+    s = Settings()
+    assert (s.link_kbps, s.latency_target_s, s.link_start_kbps, s.auto_min_bpp) == (64, 10, 64, 0.02)
+    monkeypatch.setenv("LATENTWIRE_SENDER_LINK_KBPS", "0")
+    with pytest.raises(ValidationError, match="link_kbps is the link's rate in kbit/s and must be > 0"):
+        Settings()
+
+
+# ---- the link model -----------------------------------------------------------------------------
+def test_goodput_is_smoothed_bytes_over_smoothed_seconds():
+    link = LinkModel()
+    assert link.state().source == "none" and link.budget_rate(64) == (8000, "start")
+    link.observe(10_000, 0.1)  # 100 kB/s
+    assert link.state().goodput_bytes_per_s == pytest.approx(100_000)
+    link.observe(10_000, 1.9)  # a slow POST after a rate drop: weighs by its time
+    state = link.state()
+    assert state.goodput_bytes_per_s == pytest.approx(10_000 / 1.0)
+    assert (state.rtt_s, state.samples, state.source) == (pytest.approx(1.0), 2, "measured")
+    pinned = LinkModel(pinned_kbps=32)
+    pinned.observe(10_000, 0.1)
+    assert pinned.budget_rate(64) == (4000, "pinned") and pinned.state().measured_bytes_per_s == 100_000
+
+
+def test_plan_shares_the_bytes_left_by_pixels_and_keeps_the_floor():
+    p = plan([100, 300], rate_bytes_per_s=1000, source="pinned", target_s=2, queued_bytes=400, min_bpp=8,
+             max_bytes=10_000)
+    assert p.budgets == ((400, "target"), (1200, "target"))
+    p = plan([100], 1000, "pinned", 1, 990, min_bpp=8, max_bytes=10_000)
+    assert p.budgets == ((100, "floor"),)  # 10 bytes left, below the 1-byte-per-pixel floor
+    b = settle(p, 0, 100, "floor", 0.1, bytes_through=95)
+    assert (b.late, b.expected_latency_s) == (True, 1.085)
+    p = plan([100], 1000, "measured", 1, 0, min_bpp=8, max_bytes=500)
+    assert p.budgets == ((500, "target"),)  # capped
+    assert settle(p, 0, 500, "target", 1.0, 300).reason == "ceiling"
+
+
+# ---- GET /v1/link and /metrics --------------------------------------------------------------------
+def test_link_is_measured_from_acknowledged_posts(tmp_path, tiny_models_dir):
+    link = Link(bytes_per_s=4000)
+    with client_for(tmp_path, tiny_models_dir, link) as client:
+        before = client.get("/v1/link").json()
+        assert before == {"goodput_kbps": None, "measured_kbps": None, "rtt_s": None, "source": "none",
+                          "samples": 0, "queued_bytes": 0, "queued_frames": 0, "drain_s": None,
+                          "latency_target_s": None, "start_kbps": 64.0}
+        (image,) = upload(client, smooth_png(), quality=1)
+        wait_status(client, image["id"], "delivered")
+        after = client.get("/v1/link").json()
+        metrics = client.get("/metrics").text
+    (body,) = link.bodies
+    assert after["source"] == "measured" and after["samples"] == 1
+    assert after["rtt_s"] == pytest.approx(body / 4000, rel=0.5)  # the sleep, plus the app's own time
+    assert after["goodput_kbps"] == after["measured_kbps"] == pytest.approx(32, rel=0.35)
+    assert (after["queued_bytes"], after["queued_frames"], after["drain_s"]) == (0, 0, 0.0)
+    assert 'latentwire_sender_link_pinned 0.0' in metrics
+    (goodput,) = [float(line.split()[1]) for line in metrics.splitlines()
+                  if line.startswith("latentwire_sender_link_goodput_bytes_per_second ")]
+    assert goodput == pytest.approx(after["goodput_kbps"] * 125, rel=0.01)
+
+
+def test_a_pinned_rate_is_shown_with_the_backlog(tmp_path, tiny_models_dir):
+    with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=5) as client:
+        (image,) = upload(client, smooth_png(), quality=0.5)
+        link = client.get("/v1/link").json()
+        metrics = client.get("/metrics").text
+    assert (link["goodput_kbps"], link["source"], link["latency_target_s"]) == (8.0, "pinned", 5.0)
+    assert (link["queued_bytes"], link["queued_frames"]) == (image["bytes"], 1)
+    assert link["drain_s"] == pytest.approx(image["bytes"] / 1000)
+    assert "latentwire_sender_link_goodput_bytes_per_second 1000.0" in metrics
+    assert "latentwire_sender_link_pinned 1.0" in metrics
+    assert f"latentwire_sender_outbox_queued_bytes {float(image['bytes'])}" in metrics
+
+
+# ---- quality=auto -------------------------------------------------------------------------------
+def test_auto_without_a_target_is_a_422_that_says_what_to_set(tmp_path, tiny_models_dir):
+    with client_for(tmp_path, tiny_models_dir, storing_receiver()) as client:
+        r = client.post("/v1/images", params={"quality": "auto"}, files={"file": ("a.png", smooth_png())})
+        assert r.status_code == 422
+        assert r.json()["error"] == "InvalidParameters"
+        assert "set LATENTWIRE_SENDER_LATENCY_TARGET_S" in r.json()["message"]
+        both = client.post("/v1/images", params={"quality": "auto", "max_bytes": 200},
+                           files={"file": ("a.png", smooth_png())})
+        assert both.status_code == 422 and "not both" in both.json()["message"]
+        word = client.post("/v1/images", params={"quality": "best"}, files={"file": ("a.png", smooth_png())})
+        assert word.status_code == 422 and word.json()["error"] == "InvalidParameters"
+        (plain,) = upload(client, smooth_png())
+        assert plain["budget"] is None and plain["quality"] == 0.5  # no target: the default quality
+
+
+def test_auto_before_any_measurement_uses_the_start_rate(tmp_path, tiny_models_dir):
+    # 64 kbit/s is 8000 B/s; 0.025 s of it is 200 bytes, between quality 0 (111) and 1 (339).
+    with client_for(tmp_path, tiny_models_dir, down(), latency_target_s=0.025) as client:
+        (image,) = upload(client, smooth_png())  # auto is the default once a target is set
+        (explicit,) = upload(client, smooth_png(), quality=0.5)
+    budget = image["budget"]
+    assert (budget["link_source"], budget["link_kbps"], budget["bytes"], budget["reason"]) == ("start", 64.0, 200,
+                                                                                                "target")
+    assert 111 <= image["bytes"] <= 200 and budget["late"] is False and budget["queued_bytes"] == 0
+    assert budget["expected_latency_s"] == pytest.approx(image["bytes"] / 8000, abs=1e-3)
+    assert explicit["budget"] is None
+
+
+def test_auto_budgets_shrink_with_the_bytes_queued_ahead(tmp_path, tiny_models_dir):
+    """Pinned at 8 kbit/s (1000 B/s) with a 0.5 s target: 500 bytes in all, while the receiver is
+    down and the frames wait. Each upload gets what the ones before it left."""
+    with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.5) as client:
+        (first,) = upload(client, smooth_png(), quality="auto")
+        (second,) = upload(client, smooth_png(seed=4), quality="auto")
+        (third,) = upload(client, smooth_png(seed=5), quality="auto")
+        record = client.get(f"/v1/images/{third['id']}").json()
+        metrics = client.get("/metrics").text
+    assert (first["budget"]["bytes"], first["budget"]["reason"], first["quality"]) == (500, "ceiling", 1.0)
+    assert first["bytes"] == 339 and first["budget"]["late"] is False
+    assert second["budget"]["queued_bytes"] == 339
+    assert (second["budget"]["bytes"], second["budget"]["reason"]) == (161, "target")
+    assert second["bytes"] <= 161 and second["budget"]["late"] is False
+    # Nothing useful is left for the third: the codec's smallest stream (81 bytes, at a reduced
+    # size) is sent all the same, and said to be late.
+    assert third["budget"]["queued_bytes"] == 339 + second["bytes"]
+    assert third["budget"]["reason"] == "codec_minimum" and third["budget"]["late"] is True
+    assert third["bytes"] == third["budget"]["bytes"] == 81
+    assert (third["coded_width"], third["coded_height"]) < (96, 80)
+    assert third["budget"]["expected_latency_s"] == pytest.approx((339 + second["bytes"] + 81) / 1000, abs=1e-3)
+    assert record["budget"] == third["budget"]  # the image record says the same
+    for reason in ("ceiling", "target", "codec_minimum"):
+        assert f'latentwire_sender_auto_budgets_total{{reason="{reason}"}} 1.0' in metrics
+    assert "latentwire_sender_auto_late_total 1.0" in metrics
+
+
+def test_auto_floor_and_ceiling(tmp_path, tiny_models_dir):
+    # Floor 0.1 bpp = 96 bytes at 96x80, above the codec's minimum: with 4 bytes left it is used.
+    with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.2, auto_min_bpp=0.1) as c:
+        (big,) = upload(c, smooth_png(), quality=1)  # 339 bytes ahead: more than 0.2 s of link
+        (floored,) = upload(c, smooth_png(seed=4), quality="auto")
+    assert floored["budget"]["reason"] == "floor" and floored["budget"]["bytes"] == 96
+    assert floored["bytes"] <= 96 and floored["budget"]["late"] is True
+    assert floored["budget"]["queued_bytes"] == big["bytes"]
+    # 1 s at 1000 B/s shared by pixels: 200 and 800 bytes; quality 1 of the larger needs less.
+    with client_for(tmp_path / "b", tiny_models_dir, down(), link_kbps=8, latency_target_s=1) as c:
+        small, large = upload(c, smooth_png(96, 80), smooth_png(192, 160), quality="auto")
+    assert (small["budget"]["bytes"], small["budget"]["reason"]) == (200, "target")
+    assert (large["budget"]["bytes"], large["budget"]["reason"], large["quality"]) == (800, "ceiling", 1.0)
+    assert large["budget"]["expected_latency_s"] == pytest.approx((small["bytes"] + large["bytes"]) / 1000,
+                                                                  abs=1e-3)
+
+
+def test_auto_budgets_follow_a_rate_step(tmp_path, tiny_models_dir):
+    """Measured, not pinned: a link of 12 kB/s, then 1.5 kB/s. The upload after the slow POST gets a
+    much smaller budget than the one before the step."""
+    link = Link(bytes_per_s=12_000)
+    with client_for(tmp_path, tiny_models_dir, link, latency_target_s=0.03) as client:
+        warm = upload(client, smooth_png(), quality=1)[0]
+        wait_status(client, warm["id"], "delivered")
+        (fast,) = upload(client, smooth_png(seed=4))
+        wait_status(client, fast["id"], "delivered")
+        link.bytes_per_s = 1500
+        (slow,) = upload(client, smooth_png(seed=5), quality=1)  # this POST measures the new rate
+        wait_status(client, slow["id"], "delivered")
+        (after,) = upload(client, smooth_png(seed=6))
+        rate_after = client.get("/v1/link").json()["measured_kbps"]
+    assert fast["budget"]["link_source"] == after["budget"]["link_source"] == "measured"
+    assert fast["budget"]["link_kbps"] > 60 and rate_after < 40
+    assert after["budget"]["bytes"] < 0.6 * fast["budget"]["bytes"]
+    assert after["bytes"] < fast["bytes"]
