@@ -2,8 +2,9 @@
 
 Every stream is one msgpack object (bin for bytes, str for text) that begins with the magic
 bytes ``LWIC`` and then the format version, so a reader of any version can tell which layout
-follows. This build writes version 2, and version 3 for a picture coded at a reduced resolution;
-it reads versions 1, 2 and 3; any other version is refused with ``UnsupportedVersion``.
+follows. For a model with a context model (``shared/context.py``) this build writes version 4;
+for one without, version 2, and version 3 for a picture coded at a reduced resolution. It reads
+versions 1 to 4; any other version is refused with ``UnsupportedVersion``.
 
 Version 2 is one msgpack array of 13 items, by position (71-74 bytes besides the two strings for
 a 768x512 image and the shipped model, where version 1 took 156-159), so every stream begins with
@@ -40,6 +41,15 @@ at least one of them smaller than height / width (a stream at full resolution is
 every reader of version 2 still reads it). The decoder synthesises coded_height x coded_width
 pixels and resizes them to height x width with Pillow's Lanczos filter on 8-bit RGB, which is
 integer arithmetic and gives the same pixels on every machine.
+
+Version 4 has the layout of version 2 (13 items) or, for a reduced resolution, of version 3
+(15 items), and begins ``\x9d\xc4\x04LWIC\x04`` or ``\x9f\xc4\x04LWIC\x04``. What differs is
+the y string: the model's context model coded it group by group, each group's checkerboard
+anchors before its other half, every step's tables computed from what was decoded before it, in
+one rANS string. A decoder must therefore know the model has a context model, and a model with
+one codes nothing else: ``check_model`` refuses (``UnsupportedVersion``) a version 4 stream for
+a model without a context model and a version 1-3 stream for a model with one. Receivers older than version 4 refuse
+these streams with ``UnsupportedVersion`` (a 4xx naming the versions they read).
 
 Version 1 (written until the compact layout; still read, e.g. ``tests/data/golden.lw`` and
 streams in old outboxes) is one msgpack map with these keys in this order, beginning with
@@ -97,7 +107,8 @@ from shared.errors import (
 MAGIC = b"LWIC"
 VERSION = 2  # what this build writes for a picture coded at its own size
 RESAMPLED_VERSION = 3  # ... and for one coded at a reduced resolution
-READ_VERSIONS = (1, 2, 3)
+CONTEXT_VERSION = 4  # ... and for a model with a context model, at either size
+READ_VERSIONS = (1, 2, 3, 4)
 # Largest possible stream: 4096x4096 at the top rate is well under 8 MB; anything bigger is not ours.
 MAX_STREAM_BYTES = 64 << 20
 WEIGHTS_BYTES = 8  # 16 hex digits, as shared.checkpoint.weights_hash writes them
@@ -105,7 +116,7 @@ _KEYS_V1 = ("magic", "version", "model", "weights", "size", "quality", "y_shape"
 FIELDS_V2 = ("magic", "version", "model", "weights", "height", "width", "quality", "y_shape", "z_shape",
              "y", "z", "y_crc32", "z_crc32")
 FIELDS_V3 = FIELDS_V2 + ("coded_height", "coded_width")
-_LAYOUTS = {1: "map", 2: "array", 3: "array"}
+_LAYOUTS = {1: "map", 2: "array", 3: "array", 4: "array"}
 _HEX_WEIGHTS = re.compile(r"^[0-9a-f]{%d}$" % (2 * WEIGHTS_BYTES))
 # rANS framing (CompressAI's Rans64: 32-bit words, 8-byte final state in [RANS64_L, RANS64_L << 32)).
 RANS_WORD_BYTES = 4
@@ -152,9 +163,9 @@ class Bitstream:
                 "y_shape": list(self.y_shape), "z_shape": list(self.z_shape),
                 "strings": [y, z], "crc32": [zlib.crc32(y), zlib.crc32(z)],
             }
-        if self.version not in (2, 3):
+        if self.version not in (2, 3, CONTEXT_VERSION):
             raise ValueError(f"cannot write bitstream format version {self.version}")
-        if (self.version == 3) != (self.coded_size is not None):
+        if self.version != CONTEXT_VERSION and (self.version == 3) != (self.coded_size is not None):
             raise ValueError("version 3 is for, and only for, a stream with a coded_size")
         if not _HEX_WEIGHTS.match(self.weights):
             raise ValueError(f"weights must be {2 * WEIGHTS_BYTES} lowercase hex digits, got {self.weights!r}")
@@ -228,7 +239,12 @@ def parse(obj: dict | list) -> Bitstream:
     if _LAYOUTS[version] != layout:
         raise NotABitstream(f"a version {version} bitstream is a msgpack {_LAYOUTS[version]}; "
                             f"this one is a msgpack {layout}")
-    fields = _fields_v1(obj) if version == 1 else _fields_v2(obj, FIELDS_V2 if version == 2 else FIELDS_V3)
+    if version == 1:
+        fields = _fields_v1(obj)
+    elif version == CONTEXT_VERSION:
+        fields = _fields_v2(obj, FIELDS_V3 if len(obj) == len(FIELDS_V3) else FIELDS_V2)
+    else:
+        fields = _fields_v2(obj, FIELDS_V2 if version == 2 else FIELDS_V3)
     return _check(version=version, **fields)
 
 
@@ -289,7 +305,7 @@ def _check(version: int, model, weights: str, height: int, width: int, quality, 
     if coded_size is not None and not (1 <= coded_h <= height and 1 <= coded_w <= width
                                        and coded_size != (height, width)):
         raise NotABitstream(f"coded size {coded_h}x{coded_w} must be within the declared {height}x{width} "
-                            "and smaller in at least one side (a full-size stream is version 2)")
+                            "and smaller in at least one side (a full-size stream leaves it out)")
     pad_h, pad_w = -(-coded_h // 64) * 64, -(-coded_w // 64) * 64
     if y_shape[1:] != [pad_h // 16, pad_w // 16] or z_shape[1:] != [pad_h // 64, pad_w // 64]:
         raise NotABitstream(
@@ -324,12 +340,19 @@ def _check_rans_framing(name: str, s: bytes) -> None:
 
 
 def check_model(bs: Bitstream, model: str, weights: str, latent_channels: tuple[int, int],
-                max_side: int) -> None:
-    """Refuse a stream this decoder cannot decode: other model, other weights, too large."""
+                max_side: int, context: bool = False) -> None:
+    """Refuse a stream this decoder cannot decode: other model, other weights, a format the model
+    does not code (``context``: the model has a context model, so its streams are version 4),
+    too large."""
     if bs.model != model or bs.weights != weights:
         raise ModelMismatch(
             f"stream made by model {bs.model}@{bs.weights}, this decoder serves {model}@{weights}: "
             "decode it with the matching checkpoint or re-encode with this one"
+        )
+    if (bs.version == CONTEXT_VERSION) != context:
+        raise UnsupportedVersion(
+            f"a version {bs.version} stream for {model}@{weights}, which codes only version "
+            f"{CONTEXT_VERSION if context else '1-3'} streams: the stream was not made by this model's encoder"
         )
     if bs.height > max_side or bs.width > max_side:
         raise DimensionsTooLarge(

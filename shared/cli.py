@@ -180,6 +180,7 @@ def _cmd_export(args) -> int:
 # Subcommands defined beside the code they run: (module, function adding the parser).
 _PLUGINS = (
     ("shared.evaluate", "add_parser"),     # latentwire eval
+    ("shared.entropy_training", "add_parser"),  # latentwire train-entropy
     ("shared.benchmark", "add_parser"),    # latentwire bench
     ("receiver.cli", "add_parser"),        # latentwire receiver
     ("sender.cli", "add_parser"),          # latentwire sender

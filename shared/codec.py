@@ -354,9 +354,14 @@ class Codec:
             model=self.name, weights=self.weights, height=H, width=W, quality=coded_quality,
             y_shape=tuple(y.shape[1:]), z_shape=tuple(z.shape[1:]),
             strings=(out["strings"][0][0], out["strings"][1][0]),
-            version=bs.VERSION if coded is None else bs.RESAMPLED_VERSION, coded_size=coded,
+            version=self._stream_version(coded), coded_size=coded,
         )
         return Encoded(data=stream.to_bytes(), stream=stream, quality=quality)
+
+    def _stream_version(self, coded: tuple[int, int] | None) -> int:
+        if self.model.context is not None:
+            return bs.CONTEXT_VERSION
+        return bs.VERSION if coded is None else bs.RESAMPLED_VERSION
 
     def _fit_budget(self, shape: tuple, segments: list, max_bytes: int) -> Encoded:
         """The best stream whose *real* container size is <= max_bytes. ``segments``: (code,
@@ -395,7 +400,7 @@ class Codec:
         else:
             stream = bs.loads(data)
         bs.check_model(stream, self.name, self.weights,
-                       (self.model.config.M, self.model.config.N), self.max_side)
+                       (self.model.config.M, self.model.config.N), self.max_side, self.model.context is not None)
         return stream
 
     def decode(self, data: bytes | list | dict | bs.Bitstream) -> np.ndarray:

@@ -42,6 +42,8 @@ from compressai.models.utils import conv, deconv
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
+from shared.context import ContextModel
+
 # The synthesis and analysis transforms downsample four times by 2; the hyper transforms twice more.
 DOWNSAMPLE = 64
 
@@ -58,6 +60,12 @@ class NetworkConfig:
     # Residual refinement blocks in g_s after each of its first two inverse-GDN stages (1/8 and 1/4
     # of the image side). 0 is the plain Balle et al. synthesis; see ``grow_synthesis``.
     synthesis_blocks: int = 0
+    # Channel groups of the context model (``shared/context.py``); empty: the hyperprior alone.
+    context_groups: tuple[int, ...] = ()
+    context_width: int = 128
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context_groups", tuple(self.context_groups))  # a list from a checkpoint
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +98,7 @@ class VariableRateHyperprior(CompressionModel):
         init = torch.linspace(math.log(0.3), math.log(3.3), K)
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M))  # (K, M)
         self.log_hyper_gain = nn.Parameter(torch.zeros(K, N))  # (K, N)
+        self.context = ContextModel(M, config.context_groups, config.context_width) if config.context_groups else None
 
     # ---- rate selection -------------------------------------------------------------------
     def lmbda(self, quality: Tensor) -> Tensor:
@@ -134,11 +143,24 @@ class VariableRateHyperprior(CompressionModel):
             gaussian_params = self.h_s(z_hat)  # (B, 2M, H/16, W/16)
         scales, means = gaussian_params.float().chunk(2, 1)
         y_s = y * g
+        if self.context is None:
+            y_hat = (quantize_ste(y_s - means * g) + means * g) / g
+        else:
+            means, scales, y_hat = self.refine(means, scales, quality, y, g)
         _, y_likelihoods = self.gaussian_conditional(y_s, scales * g, means=means * g)
-        y_hat = (quantize_ste(y_s - means * g) + means * g) / g
         with _autocast(x.device, autocast_dtype):
             x_hat = self.g_s(y_hat)  # (B, 3, H, W)
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def refine(self, means: Tensor, scales: Tensor, quality: Tensor, y: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Training: the context model's (means, scales, ŷ) for the unscaled y, rounding each step
+        around its own mean with a straight-through gradient, as coding rounds it."""
+
+        def quantize(sl, mask, mu, sigma, y_k):
+            g_k = g[:, sl]
+            return (quantize_ste(y_k * g_k - mu * g_k) + mu * g_k) / g_k
+
+        return self.context.run(means, scales, quality, y, quantize)
 
     # ---- coding ---------------------------------------------------------------------------
     def entropy_parameters(self, z_hat_s: Tensor, quality: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -156,6 +178,39 @@ class VariableRateHyperprior(CompressionModel):
         scales_s = scales * g
         return scale_indexes(self.gaussian_conditional, scales_s), means * g, g, scales_s
 
+    def _context_walk(self, z_hat_s: Tensor, quality: Tensor, y: Tensor | None, code) -> tuple[Tensor, ...]:
+        """The context model's decoding order (``shared/context.py``) in float64 on the CPU, for one
+        image. ``code(symbols_or_None, indexes)`` gets each step's scale indexes and returns
+        its integer symbols: the encoder passes round(y_s - μ_s) on and returns them, the decoder
+        ignores them (``y`` is None) and returns what it decodes. Returns (means_s, g, scales_s,
+        ŷ_s) of the whole latent, float64."""
+        _, means_s, g, scales_s = self.entropy_parameters(z_hat_s, quality)
+        means, scales = means_s / g, scales_s / g
+        context64 = _float64_copy(self.context)
+        y64 = torch.zeros_like(means) if y is None else y.detach().to("cpu", torch.float64)
+
+        def quantize(sl, mask, mu, sigma, y_k):
+            # Only this step's positions (row-major), gathered as (B, C_k, n): symbols in the order
+            # batch, channel, position.
+            B, C = mu.shape[:2]
+            at = mask.flatten().nonzero().squeeze(1)
+            g_k = g[:, sl].reshape(B, C, 1)
+            mu_s = mu.flatten(2)[:, :, at] * g_k
+            sigma_s = sigma.flatten(2)[:, :, at] * g_k
+            symbols = None if y is None else torch.round(y_k.flatten(2)[:, :, at] * g_k - mu_s).reshape(-1)
+            decoded = code(symbols, scale_indexes(self.gaussian_conditional, sigma_s).reshape(-1))
+            y_hat = torch.zeros_like(mu).flatten(2)
+            y_hat[:, :, at] = (decoded.to(torch.float64).reshape(B, C, -1) + mu_s) / g_k
+            return y_hat.reshape(mu.shape)
+
+        q = quality.detach().to("cpu", torch.float64)
+        means, scales, y_hat = context64.run(means, scales, q, y64, quantize)
+        return means * g, g, scales * g, y_hat * g
+
+    def _cdfs(self) -> tuple[list, list, list]:
+        gc = self.gaussian_conditional
+        return gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).int().tolist(), gc._offset.reshape(-1).int().tolist()
+
     def analysis(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The quality-independent part of encoding: (y, z) for x (B, 3, H, W), H and W multiples of 64."""
         y = self.g_a(x)  # (B, M, H/16, W/16)
@@ -170,10 +225,26 @@ class VariableRateHyperprior(CompressionModel):
         z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
         z_strings = self.entropy_bottleneck.compress(z_s)
         z_hat_s = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:]).to(torch.float64)
+        if self.context is not None:
+            y_strings = [self._context_compress(y[b : b + 1], z_hat_s[b : b + 1], q[b : b + 1]) for b in range(B)]
+            return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
         indexes, means_s, g, _ = self.entropy_parameters(z_hat_s, q)
         y_s = y.detach().to("cpu", torch.float64) * g
         y_strings = self.gaussian_conditional.compress(y_s, indexes, means=means_s)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+
+    def _context_compress(self, y: Tensor, z_hat_s: Tensor, quality: Tensor) -> bytes:
+        """One image's y as one rANS string, step by step in the context model's order."""
+        from compressai.ans import BufferedRansEncoder
+
+        encoder, cdfs = BufferedRansEncoder(), self._cdfs()
+
+        def code(symbols, indexes):
+            encoder.encode_with_indexes(symbols.to(torch.int32).tolist(), indexes.tolist(), *cdfs)
+            return symbols
+
+        self._context_walk(z_hat_s, quality, y, code)
+        return encoder.flush()
 
     def _hat_latents(self, y: Tensor, z: Tensor, quality: float) -> tuple[Tensor, ...]:
         """What the entropy decoder reconstructs for (y, z) coded at ``quality``, bit for bit, without
@@ -189,6 +260,9 @@ class VariableRateHyperprior(CompressionModel):
         # Contiguous like the entropy decoder's output: h_s's float64 convolutions round differently
         # on a channels_last input (by about 1e-13), and the means must match the decoder's exactly.
         z_hat_s = z_hat_s.contiguous()
+        if self.context is not None:
+            means_s, g, scales_s, y_hat_s = self._context_walk(z_hat_s, q, y, lambda symbols, *_: symbols)
+            return z_hat_s, means_s, g, scales_s, y_hat_s
         _, means_s, g, scales_s = self.entropy_parameters(z_hat_s, q)
         y_hat_s = torch.round(y.detach().to("cpu", torch.float64) * g - means_s) + means_s
         return z_hat_s, means_s, g, scales_s, y_hat_s
@@ -221,10 +295,26 @@ class VariableRateHyperprior(CompressionModel):
         B = len(z_strings)
         q = torch.full((B,), float(quality), dtype=torch.float64)
         z_hat_s = self.entropy_bottleneck.decompress(z_strings, shape).to(torch.float64)
+        if self.context is not None:
+            return torch.cat([self._context_decompress(s, z_hat_s[b : b + 1], q[b : b + 1])
+                              for b, s in enumerate(y_strings)])
         indexes, means_s, g, _ = self.entropy_parameters(z_hat_s, q)
         y_hat_s = self.gaussian_conditional.decompress(
             y_strings, indexes, dtype=torch.float64, means=means_s
         )
+        return y_hat_s / g
+
+    def _context_decompress(self, string: bytes, z_hat_s: Tensor, quality: Tensor) -> Tensor:
+        """One image's ŷ (unscaled, float64) from its y string: ``_context_compress`` in reverse."""
+        from compressai.ans import RansDecoder
+
+        decoder, cdfs = RansDecoder(), self._cdfs()
+        decoder.set_stream(string)
+
+        def code(_, indexes):
+            return torch.tensor(decoder.decode_stream(indexes.tolist(), *cdfs), dtype=torch.int32)
+
+        _, g, _, y_hat_s = self._context_walk(z_hat_s, quality, None, code)
         return y_hat_s / g
 
     def decompress(self, strings: list, shape: tuple[int, int], quality: float) -> dict:

@@ -13,6 +13,8 @@ DATA = Path(__file__).parent / "data"
 TINY_MODEL = "lw-tiny"
 TINY_DENOISE_MODEL = "lw-tiny-denoise"  # another seed: stands in for a denoising checkpoint
 TINY_NETWORK = {"N": 16, "M": 24, "levels": 4, "lmbda_min": 0.001, "lmbda_max": 0.1}
+TINY_CONTEXT_MODEL = "lw-tiny-context"  # the tiny network with a context model (shared/context.py)
+TINY_CONTEXT = {"context_groups": (4, 4, 8, 8), "context_width": 16}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,6 +23,19 @@ def pytest_collection_modifyitems(config, items):
         for tier in ("unit", "service", "e2e"):
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
+
+
+def tiny_context_model(seed: int = 2):
+    """The tiny network with a context model whose last layers are random rather than zero, so
+    the context really changes each step's tables (a zero head codes as the hyperprior alone)."""
+    from shared.network import NetworkConfig, VariableRateHyperprior
+
+    torch.manual_seed(seed)
+    model = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK, **TINY_CONTEXT))
+    for step in model.context.steps:
+        torch.nn.init.normal_(step.head.weight, std=0.5)
+        torch.nn.init.normal_(step.head.bias, std=0.5)
+    return model
 
 
 def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0, model=None,
@@ -49,6 +64,7 @@ def tiny_models_dir(tmp_path_factory) -> Path:
     # shared/codec.py): random weights reconstruct far from the upload, so always its reconstruction.
     make_tiny_model_file(d, TINY_DENOISE_MODEL, seed=1,
                          train_config={"note": "random init, for tests", "noise_sigma_max": 50.0})
+    make_tiny_model_file(d, TINY_CONTEXT_MODEL, model=tiny_context_model())
     return d
 
 
@@ -57,6 +73,13 @@ def tiny_codec(tiny_models_dir):
     from shared.codec import Codec
 
     return Codec.load(TINY_MODEL, tiny_models_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_context_codec(tiny_models_dir):
+    from shared.codec import Codec
+
+    return Codec.load(TINY_CONTEXT_MODEL, tiny_models_dir)
 
 
 @pytest.fixture(scope="session")

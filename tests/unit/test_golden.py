@@ -7,14 +7,17 @@ tests/data/golden-v2.png is what it decodes to. tests/data/golden.lw is the same
 0.5 in format version 1, as the encoder wrote it before version 2, with tests/data/golden.png:
 it must keep decoding to those pixels. tests/data/golden-v3.lw is the same crop coded at half its
 size (36x48, ``scale=0.5``) at quality 0.7, a format version 3 stream, with the 71x97 pixels it
-decodes to (synthesis at 36x48, then Lanczos) in tests/data/golden-v3.png. Any change to a container, the entropy coder, the rate
+decodes to (synthesis at 36x48, then Lanczos) in tests/data/golden-v3.png.
+tests/data/golden-v4.lw is the same crop at quality 0.7 coded by the tiny context model
+(``lw-tiny-context``: the tiny network with a context model, tests/conftest.py), a format
+version 4 stream, with its pixels in tests/data/golden-v4.png. Any change to a container, the entropy coder, the rate
 path or the synthesis shows up here as changed bytes or pixels.
 
 The files are made and checked in float32 (``precision="fp32"``), the arithmetic every CPU has;
 the bf16 path that ``precision="auto"`` picks on CPUs with native bf16 must stay within a grey
 level of them.
 
-If such a change is intended, regenerate the six files and commit them:
+If such a change is intended, regenerate the eight files and commit them:
 
     LATENTWIRE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_golden.py
 
@@ -42,20 +45,38 @@ GOLDEN = {
     1: (DATA / "golden.lw", DATA / "golden.png", 0.5),
     2: (DATA / "golden-v2.lw", DATA / "golden-v2.png", 0.7),
     3: (DATA / "golden-v3.lw", DATA / "golden-v3.png", 0.7),
+    4: (DATA / "golden-v4.lw", DATA / "golden-v4.png", 0.7),
 }
 GOLDEN_V3_SCALE = 0.5
 REGEN_HINT = "regenerate with LATENTWIRE_REGEN_GOLDEN=1 (see tests/unit/test_golden.py) and commit the files"
 
 
+def _model(version: int) -> str:
+    """The tiny model that made a golden version: the context model's for version 4."""
+    from tests.conftest import TINY_CONTEXT_MODEL, TINY_MODEL
+
+    return TINY_CONTEXT_MODEL if version == bs.CONTEXT_VERSION else TINY_MODEL
+
+
+def _fp32(tiny_models_dir, version: int):
+    from shared.codec import Codec
+
+    return Codec.load(_model(version), tiny_models_dir, precision="fp32")
+
+
 @pytest.fixture(scope="module")
 def fp32_codec(tiny_models_dir):
-    from shared.codec import Codec
-    from tests.conftest import TINY_MODEL
+    return _fp32(tiny_models_dir, 2)
 
-    return Codec.load(TINY_MODEL, tiny_models_dir, precision="fp32")
+
+@pytest.fixture(scope="module")
+def fp32_context_codec(tiny_models_dir):
+    return _fp32(tiny_models_dir, bs.CONTEXT_VERSION)
 
 
 def _encode_as(tiny_codec, sample_rgb, version: int) -> bytes:
+    if version == bs.CONTEXT_VERSION:  # the context model writes version 4 by itself
+        return tiny_codec.encode(sample_rgb, quality=GOLDEN[version][2]).data
     if version == 3:
         return tiny_codec.encode(sample_rgb, quality=GOLDEN[3][2], scale=GOLDEN_V3_SCALE).data
     stream = tiny_codec.encode(sample_rgb, quality=GOLDEN[version][2]).stream
@@ -63,14 +84,15 @@ def _encode_as(tiny_codec, sample_rgb, version: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def golden(fp32_codec, sample_rgb) -> dict[int, tuple[bytes, np.ndarray]]:
+def golden(tiny_models_dir, sample_rgb) -> dict[int, tuple[bytes, np.ndarray]]:
     """version -> (.lw bytes, decoded pixels); writes the files first when regeneration is asked for."""
     if os.environ.get("LATENTWIRE_REGEN_GOLDEN") == "1":
         written = []
         for version, (lw, png, _) in GOLDEN.items():
-            data = _encode_as(fp32_codec, sample_rgb, version)
+            codec = _fp32(tiny_models_dir, version)
+            data = _encode_as(codec, sample_rgb, version)
             lw.write_bytes(data)
-            png.write_bytes(encode_png(fp32_codec.decode(data)))
+            png.write_bytes(encode_png(codec.decode(data)))
             written += [f"{lw.name} ({len(data)} bytes)", png.name]
         pytest.fail(f"wrote {', '.join(written)} in {DATA}: review and commit them, "
                     "then run the tests again without LATENTWIRE_REGEN_GOLDEN")
@@ -80,11 +102,12 @@ def golden(fp32_codec, sample_rgb) -> dict[int, tuple[bytes, np.ndarray]]:
     return {v: (lw.read_bytes(), load_image(png).rgb) for v, (lw, png, _) in GOLDEN.items()}
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
-def test_golden_stream_was_made_by_the_tiny_model(golden, tiny_codec, version):
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_golden_stream_was_made_by_the_tiny_model(golden, tiny_models_dir, version):
     stream = bs.loads(golden[version][0])
+    codec = _fp32(tiny_models_dir, version)
 
-    assert (stream.model, stream.weights) == (tiny_codec.name, tiny_codec.weights), (
+    assert (stream.model, stream.weights) == (codec.name, codec.weights), (
         "the tiny test model's weights changed (torch's RNG or the network): " + REGEN_HINT
     )
     assert stream.version == version
@@ -100,30 +123,36 @@ def test_encoding_reproduces_golden_v2_byte_for_byte(golden, fp32_codec, sample_
     assert data == golden[2][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
 
 
+def test_context_model_encoding_reproduces_golden_v4_byte_for_byte(golden, fp32_context_codec, sample_rgb):
+    data = fp32_context_codec.encode(sample_rgb, quality=GOLDEN[4][2]).data
+
+    assert data.startswith(b"\x9d\xc4\x04LWIC\x04")
+    assert data == golden[4][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
+
+
 def test_encoding_at_half_size_reproduces_golden_v3_byte_for_byte(golden, fp32_codec, sample_rgb):
     data = fp32_codec.encode(sample_rgb, quality=GOLDEN[3][2], scale=GOLDEN_V3_SCALE).data
 
     assert data == golden[3][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
-def test_decoding_golden_reproduces_its_png(golden, fp32_codec, version):
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_decoding_golden_reproduces_its_png(golden, tiny_models_dir, version):
     data, pixels = golden[version]
 
-    rgb_hat = fp32_codec.decode(data)
+    rgb_hat = _fp32(tiny_models_dir, version).decode(data)
 
     assert rgb_hat.shape == pixels.shape == (71, 97, 3)
     mismatched = int(np.count_nonzero(rgb_hat != pixels))
     assert mismatched == 0, f"{mismatched} decoded values changed: if intended, {REGEN_HINT}"
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_bf16_decoding_of_golden_stays_within_a_grey_level(golden, tiny_models_dir, version):
     from shared.codec import Codec
-    from tests.conftest import TINY_MODEL
 
     data, pixels = golden[version]
-    bf16 = Codec.load(TINY_MODEL, tiny_models_dir, precision="bf16")
+    bf16 = Codec.load(_model(version), tiny_models_dir, precision="bf16")
 
     rgb_hat = bf16.decode(data)
 

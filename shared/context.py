@@ -1,0 +1,137 @@
+"""The context model: channel groups decoded in turn, each in two checkerboard halves.
+
+The hyperprior alone gives every latent element a Gaussian from ẑ. This model refines that
+Gaussian with what the decoder already has when it reaches the element (He et al. 2022, ELIC:
+uneven channel groups, each split in a checkerboard, He et al. 2021):
+
+    for each channel group k (``groups``, e.g. 16, 16, 32, 64, 64 of M = 192):
+        anchors     (rows + cols even)  from  hyperprior (μ, σ) of all channels, ŷ of groups < k
+        non-anchors (rows + cols odd)   from  the same + ŷ of this group's anchors (masked 5x5)
+
+Each group's network outputs a correction (Δμ, Δσ) to the hyperprior's mean and scale of the
+*unscaled* latent; its last layer starts at zero, so an untrained context model codes exactly as
+the hyperprior alone did. Both are then multiplied by the gain, as in ``network.py``. The quality
+is an input too, since the spacing of ŷ's values (1/gain) depends on it.
+
+Steps are 2 x len(groups) passes of small convolutions at 1/16 of the image side. For coding
+they run on the CPU in float64 on both sides (the device policy in ``codec.py``): the corrected
+scales pick the entropy coder's tables, so sender and receiver must compute them alike.
+
+Dataflow of one step (group k, phase p)::
+
+    (μ, σ) of all M ─► 1x1 ─┐
+    ŷ of groups < k ─► 3x3 ─┼─► LReLU ─► 1x1 ─► LReLU ─┐
+    quality ────────► 1x1 ─┘                            ├─► 1x1 ─► LReLU ─► 1x1 ─► (Δμ_k, Δσ_k)
+    ŷ_k anchors (p = 1 only) ─► masked 5x5 ─────────────┘
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_GROUPS = (16, 16, 32, 64, 64)
+
+
+def checkerboard(h: int, w: int, device=None, dtype=torch.bool) -> Tensor:
+    """(1, 1, h, w) mask of the anchors: positions whose row + column is even."""
+    rows = torch.arange(h, device=device)[:, None]
+    cols = torch.arange(w, device=device)[None, :]
+    return ((rows + cols) % 2 == 0).to(dtype)[None, None]
+
+
+class AnchorConv(nn.Conv2d):
+    """A 5x5 convolution that, at a non-anchor position, reads only the four-connected anchors
+    around it (taps whose row + column offset is odd); so it sees only decoded elements."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 5, padding=2)
+        offsets = torch.arange(5) - 2
+        mask = ((offsets[:, None] + offsets[None, :]) % 2 != 0).to(self.weight.dtype)
+        self.register_buffer("mask", mask[None, None], persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.mask.to(self.weight.dtype), self.bias, padding=2)
+
+
+class GroupStep(nn.Module):
+    """The network of one channel group (module docstring): both its phases share the features
+    of the hyperprior and the earlier groups; only the anchor context differs."""
+
+    def __init__(self, M: int, before: int, channels: int, width: int) -> None:
+        super().__init__()
+        self.hyper = nn.Conv2d(2 * M + 1, width, 1)  # (μ, σ) of every channel, and the quality
+        self.before = nn.Conv2d(before, width, 3, padding=1) if before else None
+        self.mix = nn.Conv2d(width, width, 1)
+        self.anchors = AnchorConv(channels, width // 2)
+        self.join = nn.Conv2d(width + width // 2, width, 1)
+        self.head = nn.Conv2d(width, 2 * channels, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, hyper: Tensor, y_before: Tensor | None) -> Tensor:
+        h = self.hyper(hyper)
+        if self.before is not None:
+            h = h + self.before(y_before)
+        return F.leaky_relu(self.mix(F.leaky_relu(h, 0.2)), 0.2)
+
+    def params(self, features: Tensor, y_anchors: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(Δμ, Δσ) from the shared features and, for the non-anchors, this group's ŷ (whose
+        non-anchor positions the masked convolution never reads at a non-anchor output)."""
+        if y_anchors is None:
+            ctx = features.new_zeros(features.shape[0], self.anchors.out_channels, *features.shape[-2:])
+        else:
+            ctx = self.anchors(y_anchors)
+        out = self.head(F.leaky_relu(self.join(torch.cat([features, ctx], 1)), 0.2))
+        return out.chunk(2, 1)
+
+
+class ContextModel(nn.Module):
+    """Channel groups x checkerboard (module docstring). ``steps`` yields, in decoding order,
+    each (group slice, phase mask) and the function that gives its parameters."""
+
+    def __init__(self, M: int, groups: tuple[int, ...] = DEFAULT_GROUPS, width: int = 128) -> None:
+        super().__init__()
+        if sum(groups) != M or any(c <= 0 for c in groups):
+            raise ValueError(f"context groups {groups} must be positive and sum to M = {M}")
+        self.groups = tuple(groups)
+        self.starts = [sum(groups[:k]) for k in range(len(groups))]
+        self.steps = nn.ModuleList(
+            GroupStep(M, start, c, width) for start, c in zip(self.starts, self.groups)
+        )
+
+    def run(self, means: Tensor, scales: Tensor, quality: Tensor, y: Tensor, quantize) -> tuple[Tensor, Tensor, Tensor]:
+        """Walk the decoding order over the unscaled latent.
+
+        ``means``/``scales``: the hyperprior's (B, M, h, w); ``quality``: (B,); ``y``: the latent
+        the encoder holds (or anything of its shape for a decoder, which never reads it);
+        ``quantize(channels, phase_mask, mu, sigma, y_k)`` -> ŷ_k for that phase, unscaled like its
+        arguments (the encoder rounds and codes, the training model rounds with a straight-through
+        gradient, the decoder decodes); ``channels`` is the group's slice of M, ``phase_mask`` a
+        (1, 1, h, w) 0/1 tensor of the positions this step codes; it is called once per step, in
+        decoding order, and only the masked positions of what it returns are used. Returns the final (means, scales, ŷ), each (B, M, h, w)."""
+        B, M, h, w = means.shape
+        anchor = checkerboard(h, w, means.device, means.dtype)
+        q = quality.to(means.dtype).reshape(B, 1, 1, 1).expand(B, 1, h, w)
+        hyper = torch.cat([means, scales, q], 1)
+        out_means, out_scales, y_hat = [], [], []
+        for start, c, step in zip(self.starts, self.groups, self.steps):
+            before = torch.cat(y_hat, 1) if y_hat else None
+            feats = step.features(hyper, before)
+            sl = slice(start, start + c)
+            mu_k = torch.zeros_like(means[:, sl])
+            sigma_k = torch.zeros_like(scales[:, sl])
+            y_k = torch.zeros_like(means[:, sl])
+            for phase, mask in ((0, anchor), (1, 1 - anchor)):
+                d_mu, d_sigma = step.params(feats, None if phase == 0 else y_k * anchor)
+                mu_p = means[:, sl] + d_mu
+                sigma_p = scales[:, sl] + d_sigma
+                y_p = quantize(sl, mask, mu_p, sigma_p, y[:, sl])
+                mu_k = mu_k + mu_p * mask
+                sigma_k = sigma_k + sigma_p * mask
+                y_k = y_k + y_p * mask
+            out_means.append(mu_k)
+            out_scales.append(sigma_k)
+            y_hat.append(y_k)
+        return torch.cat(out_means, 1), torch.cat(out_scales, 1), torch.cat(y_hat, 1)

@@ -1,0 +1,154 @@
+"""The context model (shared/context.py) and its streams (format version 4): the coder walks the
+same steps on both sides, an untrained context model codes as the hyperprior alone, and every
+table-deciding number is the same under any thread count and transform precision."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from shared import bitstream as bs
+from shared.context import AnchorConv, ContextModel, checkerboard
+from shared.errors import UnsupportedVersion
+from shared.network import NetworkConfig, VariableRateHyperprior
+from tests.conftest import TINY_CONTEXT, TINY_NETWORK
+
+
+def test_anchor_conv_reads_only_anchors_at_non_anchor_positions():
+    torch.manual_seed(0)
+    conv = AnchorConv(3, 5)
+    x = torch.randn(1, 3, 8, 10)
+    anchors = checkerboard(8, 10, dtype=torch.float32)
+    # Change every non-anchor value: outputs at non-anchor positions must not move.
+    moved = x + (1 - anchors) * torch.randn_like(x) * 10
+
+    with torch.no_grad():
+        a, b = conv(x), conv(moved)
+
+    non_anchor = (1 - anchors).bool().expand_as(a)
+    assert float((a - b)[non_anchor].abs().max()) == 0.0
+    assert float((a - b)[~non_anchor].abs().max()) > 0.1  # anchors' outputs do see them
+
+
+def test_groups_must_cover_the_latent():
+    with pytest.raises(ValueError, match="sum to M = 24"):
+        ContextModel(24, (8, 8))
+
+
+def test_stream_round_trip_is_version_4_and_matches_the_direct_reconstruction(tiny_context_codec, sample_rgb):
+    model = tiny_context_codec.model
+    x = torch.from_numpy(sample_rgb).permute(2, 0, 1)[None].float() / 255
+    from shared.network import pad_to_multiple
+
+    y, z = model.analysis(pad_to_multiple(x))
+    for q in (0.0, 0.5, 1.0):
+        out = model.compress_latents(y, z, q)
+        decoded = model.decode_latents(out["strings"], out["shape"], q)
+        assert decoded.shape == y.shape
+        assert torch.equal(decoded, model.quantize_latents(y, z, q))
+
+    enc = tiny_context_codec.encode(sample_rgb, quality=0.6)
+    assert enc.stream.version == bs.CONTEXT_VERSION
+    assert enc.data.startswith(b"\x9d\xc4\x04LWIC\x04")
+    assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
+
+
+def test_reduced_size_stream_is_version_4_with_the_coded_size(tiny_context_codec, sample_rgb):
+    enc = tiny_context_codec.encode(sample_rgb, quality=0.6, scale=0.5)
+
+    assert (enc.stream.version, enc.stream.coded_size) == (4, (36, 48))
+    assert enc.data.startswith(b"\x9f\xc4\x04LWIC\x04")
+    assert bs.loads(enc.data).coded_size == (36, 48)
+    assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
+
+
+def test_a_zero_context_model_codes_exactly_as_the_hyperprior_alone(kodim_crop):
+    torch.manual_seed(0)
+    plain = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK)).eval()
+    with_context = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK, **TINY_CONTEXT)).eval()
+    missing, _ = with_context.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("context.") for k in missing)
+    plain.update(force=True)
+    with_context.update(force=True)
+    x = torch.from_numpy(kodim_crop).permute(2, 0, 1)[None].float() / 255
+    y, z = plain.analysis(x)
+
+    for q in (0.0, 0.7):
+        assert torch.equal(with_context.quantize_latents(y, z, q), plain.quantize_latents(y, z, q))
+        assert with_context.estimate_bits(y, z, q) == pytest.approx(plain.estimate_bits(y, z, q), rel=1e-9)
+
+
+def test_trained_context_changes_the_tables(tiny_context_codec, kodim_crop):
+    """The fixture's context heads are random: bits must differ from the same model without them."""
+    model = tiny_context_codec.model
+    zeroed = VariableRateHyperprior(model.config).eval()
+    zeroed.load_state_dict(model.state_dict())
+    for step in zeroed.context.steps:
+        torch.nn.init.zeros_(step.head.weight)
+        torch.nn.init.zeros_(step.head.bias)
+    x = torch.from_numpy(kodim_crop).permute(2, 0, 1)[None].float() / 255
+    y, z = model.analysis(x)
+
+    assert abs(model.estimate_bits(y, z, 0.5) - zeroed.estimate_bits(y, z, 0.5)) > 8
+
+
+def _under_threads(n: int, call, *args):
+    torch.set_num_threads(n)
+    return call(*args)
+
+
+@pytest.mark.parametrize("encoder_precision", ["fp32", "bf16"])
+def test_latents_decode_the_same_under_any_thread_count_and_precision(tiny_context_codec, kodim_crop,
+                                                                       encoder_precision, restore_threads):
+    """What decides each step's table (h_s, the context networks, in float64 on the CPU) gives the
+    same numbers on both sides: a stream from either precision decodes, under 1, 2 and 3 threads
+    and in either precision, to exactly the latents the encoder quantised."""
+    from shared.codec import Codec
+
+    codec = tiny_context_codec
+    encoder = Codec(codec.model, codec.name, codec.weights, precision=encoder_precision)
+    enc = encoder.encode(kodim_crop, quality=0.4)
+    y, z = encoder._analysis(kodim_crop)
+    expected = codec.model.quantize_latents(y, z, enc.stream.quality)
+    strings = [[enc.stream.strings[0]], [enc.stream.strings[1]]]
+
+    for n in (1, 2, 3):
+        decoded = _under_threads(n, codec.model.decode_latents, strings, enc.stream.z_shape[1:], enc.stream.quality)
+        assert torch.equal(decoded, expected)
+    streams = [_under_threads(n, encoder.encode, kodim_crop, 0.4).data for n in (1, 2, 3)]
+    assert streams[0] == streams[1] == streams[2] == enc.data
+    pixels = [_under_threads(n, codec.decode, enc.data) for n in (1, 2, 3)]
+    assert all(np.array_equal(pixels[0], p) for p in pixels[1:])
+
+
+def test_a_version_4_stream_for_a_model_without_context_is_refused(tiny_codec, tiny_stream):
+    forged = dataclasses.replace(tiny_stream.stream, version=bs.CONTEXT_VERSION).to_bytes()
+
+    with pytest.raises(UnsupportedVersion, match="codes only version 1-3 streams"):
+        tiny_codec.decode(forged)
+
+
+def test_an_older_format_stream_for_a_context_model_is_refused(tiny_context_codec, sample_rgb):
+    """A version 2 stream naming a context model cannot have come from its encoder: a clear 4xx
+    error, never pixels decoded with the wrong tables."""
+    enc = tiny_context_codec.encode(sample_rgb, quality=0.5)
+    forged = dataclasses.replace(enc.stream, version=bs.VERSION).to_bytes()
+
+    with pytest.raises(UnsupportedVersion, match="lw-tiny-context@.*codes only version 4 streams") as info:
+        tiny_context_codec.decode(forged)
+    assert info.value.status == 400
+
+
+def test_the_budget_search_works_on_context_streams(tiny_context_codec, sample_rgb):
+    top = tiny_context_codec.encode(sample_rgb, quality=1.0).nbytes
+    low = tiny_context_codec.encode(sample_rgb, quality=0.0).nbytes
+    budget = (top + low) // 2
+
+    enc = tiny_context_codec.encode(sample_rgb, max_bytes=budget)
+
+    assert low <= enc.nbytes <= budget
+    assert enc.stream.version == bs.CONTEXT_VERSION
+    assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
