@@ -138,7 +138,8 @@ def _cmd_encode(args) -> int:
           f"{img.width}x{img.height}, {original / enc.nbytes:.1f}x smaller than {args.image.name}")
     if enc.stream.coded_size is not None:  # RESOLUTION in shared/codec.py
         h, w = enc.stream.coded_size
-        print(f"coded at {w}x{h} to fit the budget (format version 3); decodes to {img.width}x{img.height}")
+        print(f"coded at {w}x{h} to fit the budget (format version {enc.stream.version}); "
+              f"decodes to {img.width}x{img.height}")
     if enc.noise is not None:  # a denoising model (CLEAN FIRST in shared/codec.py)
         print(f"noise estimate {enc.noise:.1f} grey levels (rms); coded "
               + ("the model's clean reconstruction" if enc.cleaned else "the image as uploaded"))

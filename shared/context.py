@@ -8,6 +8,11 @@ uneven channel groups, each split in a checkerboard, He et al. 2021):
         anchors     (rows + cols even)  from  hyperprior (μ, σ) of all channels, ŷ of groups < k
         non-anchors (rows + cols odd)   from  the same + ŷ of this group's anchors (masked 5x5)
 
+Without the checkerboard (``checkerboard=False``) each group is one step, conditioned on the
+hyperprior and the earlier groups only (Minnen & Singh 2020's channel conditioning, without its
+latent residual prediction): half the steps, no spatial context within a group. One group with
+the checkerboard is He et al. 2021's checkerboard context alone.
+
 Each group's network outputs a correction (Δμ, Δσ) to the hyperprior's mean and scale of the
 *unscaled* latent; its last layer starts at zero, so an untrained context model codes exactly as
 the hyperprior alone did. Both are then multiplied by the gain, as in ``network.py``. The quality
@@ -59,13 +64,13 @@ class GroupStep(nn.Module):
     """The network of one channel group (module docstring): both its phases share the features
     of the hyperprior and the earlier groups; only the anchor context differs."""
 
-    def __init__(self, M: int, before: int, channels: int, width: int) -> None:
+    def __init__(self, M: int, before: int, channels: int, width: int, checkerboard: bool = True) -> None:
         super().__init__()
         self.hyper = nn.Conv2d(2 * M + 1, width, 1)  # (μ, σ) of every channel, and the quality
         self.before = nn.Conv2d(before, width, 3, padding=1) if before else None
         self.mix = nn.Conv2d(width, width, 1)
-        self.anchors = AnchorConv(channels, width // 2)
-        self.join = nn.Conv2d(width + width // 2, width, 1)
+        self.anchors = AnchorConv(channels, width // 2) if checkerboard else None
+        self.join = nn.Conv2d(width + (width // 2 if checkerboard else 0), width, 1)
         self.head = nn.Conv2d(width, 2 * channels, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -79,11 +84,13 @@ class GroupStep(nn.Module):
     def params(self, features: Tensor, y_anchors: Tensor | None) -> tuple[Tensor, Tensor]:
         """(Δμ, Δσ) from the shared features and, for the non-anchors, this group's ŷ (whose
         non-anchor positions the masked convolution never reads at a non-anchor output)."""
-        if y_anchors is None:
-            ctx = features.new_zeros(features.shape[0], self.anchors.out_channels, *features.shape[-2:])
-        else:
-            ctx = self.anchors(y_anchors)
-        out = self.head(F.leaky_relu(self.join(torch.cat([features, ctx], 1)), 0.2))
+        if self.anchors is not None:
+            if y_anchors is None:
+                ctx = features.new_zeros(features.shape[0], self.anchors.out_channels, *features.shape[-2:])
+            else:
+                ctx = self.anchors(y_anchors)
+            features = torch.cat([features, ctx], 1)
+        out = self.head(F.leaky_relu(self.join(features), 0.2))
         return out.chunk(2, 1)
 
 
@@ -91,14 +98,16 @@ class ContextModel(nn.Module):
     """Channel groups x checkerboard (module docstring). ``steps`` yields, in decoding order,
     each (group slice, phase mask) and the function that gives its parameters."""
 
-    def __init__(self, M: int, groups: tuple[int, ...] = DEFAULT_GROUPS, width: int = 128) -> None:
+    def __init__(self, M: int, groups: tuple[int, ...] = DEFAULT_GROUPS, width: int = 128,
+                 checkerboard: bool = True) -> None:
         super().__init__()
         if sum(groups) != M or any(c <= 0 for c in groups):
             raise ValueError(f"context groups {groups} must be positive and sum to M = {M}")
         self.groups = tuple(groups)
+        self.checkerboard = checkerboard
         self.starts = [sum(groups[:k]) for k in range(len(groups))]
         self.steps = nn.ModuleList(
-            GroupStep(M, start, c, width) for start, c in zip(self.starts, self.groups)
+            GroupStep(M, start, c, width, checkerboard) for start, c in zip(self.starts, self.groups)
         )
 
     def run(self, means: Tensor, scales: Tensor, quality: Tensor, y: Tensor, quantize) -> tuple[Tensor, Tensor, Tensor]:
@@ -113,6 +122,7 @@ class ContextModel(nn.Module):
         decoding order, and only the masked positions of what it returns are used. Returns the final (means, scales, ŷ), each (B, M, h, w)."""
         B, M, h, w = means.shape
         anchor = checkerboard(h, w, means.device, means.dtype)
+        phases = ((0, anchor), (1, 1 - anchor)) if self.checkerboard else ((0, torch.ones_like(anchor)),)
         q = quality.to(means.dtype).reshape(B, 1, 1, 1).expand(B, 1, h, w)
         hyper = torch.cat([means, scales, q], 1)
         out_means, out_scales, y_hat = [], [], []
@@ -123,7 +133,7 @@ class ContextModel(nn.Module):
             mu_k = torch.zeros_like(means[:, sl])
             sigma_k = torch.zeros_like(scales[:, sl])
             y_k = torch.zeros_like(means[:, sl])
-            for phase, mask in ((0, anchor), (1, 1 - anchor)):
+            for phase, mask in phases:
                 d_mu, d_sigma = step.params(feats, None if phase == 0 else y_k * anchor)
                 mu_p = means[:, sl] + d_mu
                 sigma_p = scales[:, sl] + d_sigma

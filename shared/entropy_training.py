@@ -50,6 +50,7 @@ class EntropyTrainConfig:
     cache: str = ""  # "" -> .data/latents-<weights16>.pt
     context_groups: tuple[int, ...] = (16, 16, 32, 64, 64)
     context_width: int = 128
+    context_checkerboard: bool = True
     context_only: bool = False  # freeze the hyperprior too
     steps: int = 20_000
     time_budget_s: float = 0.0  # > 0: size `steps` to fit it, from the pace of the first steps
@@ -146,7 +147,8 @@ def train_entropy(cfg: EntropyTrainConfig, resume: Path | None = None, log=print
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     base, meta = load_model(cfg.model)
-    config = replace(base.config, context_groups=tuple(cfg.context_groups), context_width=cfg.context_width)
+    config = replace(base.config, context_groups=tuple(cfg.context_groups), context_width=cfg.context_width,
+                     context_checkerboard=cfg.context_checkerboard)
     model = VariableRateHyperprior(config)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("context.") for k in missing):
@@ -259,6 +261,8 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", type=Path, help="last.pt of an interrupted run")
     p.add_argument("--groups", default="16,16,32,64,64", help="context channel groups, summing to M")
     p.add_argument("--width", type=int, default=128, help="context network width")
+    p.add_argument("--no-checkerboard", action="store_true", help="one step per channel group (no spatial "
+                                                                  "context within a group)")
     p.add_argument("--context-only", action="store_true", help="keep the hyperprior frozen too")
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--time-budget-s", type=float, default=0.0)
@@ -274,6 +278,7 @@ def _cmd(args) -> int:
     groups = tuple(int(g) for g in args.groups.split(","))
     cfg = EntropyTrainConfig(model=args.model, data=args.data, out=args.out, cache=args.cache,
                              context_groups=groups, context_width=args.width, context_only=args.context_only,
+                             context_checkerboard=not args.no_checkerboard,
                              steps=args.steps, time_budget_s=args.time_budget_s, batch_size=args.batch_size,
                              latent_crop=args.latent_crop, lr=args.lr, val_every=args.val_every, seed=args.seed)
     path = train_entropy(cfg, args.resume, log=lambda m: print(m, flush=True))

@@ -63,6 +63,7 @@ class NetworkConfig:
     # Channel groups of the context model (``shared/context.py``); empty: the hyperprior alone.
     context_groups: tuple[int, ...] = ()
     context_width: int = 128
+    context_checkerboard: bool = True  # each group in two checkerboard halves (shared/context.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "context_groups", tuple(self.context_groups))  # a list from a checkpoint
@@ -98,7 +99,8 @@ class VariableRateHyperprior(CompressionModel):
         init = torch.linspace(math.log(0.3), math.log(3.3), K)
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M))  # (K, M)
         self.log_hyper_gain = nn.Parameter(torch.zeros(K, N))  # (K, N)
-        self.context = ContextModel(M, config.context_groups, config.context_width) if config.context_groups else None
+        self.context = (ContextModel(M, config.context_groups, config.context_width, config.context_checkerboard)
+                        if config.context_groups else None)
 
     # ---- rate selection -------------------------------------------------------------------
     def lmbda(self, quality: Tensor) -> Tensor:

@@ -152,3 +152,27 @@ def test_the_budget_search_works_on_context_streams(tiny_context_codec, sample_r
     assert low <= enc.nbytes <= budget
     assert enc.stream.version == bs.CONTEXT_VERSION
     assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
+
+
+@pytest.mark.parametrize("groups, checkerboard", [((24,), True), ((8, 16), False)])
+def test_other_variants_code_what_they_decode(groups, checkerboard, kodim_crop):
+    """One group with the checkerboard (He et al. 2021) and channel groups without it (Minnen &
+    Singh 2020): steps are 2 x groups or 1 x groups, and decoding walks the same steps."""
+    torch.manual_seed(3)
+    model = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK, context_groups=groups, context_width=16,
+                                                 context_checkerboard=checkerboard)).eval()
+    for step in model.context.steps:
+        torch.nn.init.normal_(step.head.weight, std=0.5)
+    model.update(force=True)
+    x = torch.from_numpy(kodim_crop).permute(2, 0, 1)[None].float() / 255
+    y, z = model.analysis(x)
+    calls = []
+    model._context_walk(model._hat_latents(y, z, 0.5)[0], torch.tensor([0.5], dtype=torch.float64), y,
+                        lambda symbols, indexes: calls.append(len(indexes)) or symbols)
+
+    out = model.compress_latents(y, z, 0.5)
+
+    assert len(calls) == len(groups) * (2 if checkerboard else 1)
+    assert sum(calls) == y.numel()
+    assert torch.equal(model.decode_latents(out["strings"], out["shape"], 0.5), model.quantize_latents(y, z, 0.5))
+    assert (model.context.steps[0].anchors is not None) == checkerboard

@@ -1,0 +1,32 @@
+"""The README's command lines are real: every ``latentwire …`` line in its shell blocks parses."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+MAX_WORDS = 1200
+
+
+def _command_lines() -> list[str]:
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith("latentwire ")]
+
+
+def test_the_readme_shows_commands_and_stays_short():
+    assert len(_command_lines()) >= 10
+    assert len(README.read_text().split()) <= MAX_WORDS
+
+
+@pytest.mark.parametrize("line", _command_lines())
+def test_every_command_line_parses(line):
+    from shared.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(line)[1:])
+
+    assert callable(args.func)
