@@ -38,6 +38,9 @@ class Decoder:
     def __init__(self, codecs: list[Codec], store: Store, hub: EventHub, metrics: Metrics, secret: bytes, *,
                  max_frame_bytes: int, max_batch: int, queue_size: int) -> None:
         self.codecs = {c.name: c for c in codecs}  # each frame names its model (standard or denoise)
+        # The sender's mode of each model, for the gallery: the app passes the main model first,
+        # then the denoising one (settings.denoise_model) when it is installed.
+        self.modes = {c.name: "denoise" if k else "standard" for k, c in enumerate(codecs)}
         self.store, self.hub, self.metrics = store, hub, metrics
         self._secret = secret
         self._max_frame_bytes = max_frame_bytes
@@ -121,7 +124,9 @@ class Decoder:
             "id": frame.id, "width": stream.width, "height": stream.height,
             "stream_bytes": stream_bytes, "bpp": stream_bytes * 8 / (stream.width * stream.height),
             "quality": stream.quality, "model": stream.model, "weights": stream.weights,
-            "sent_at": frame.sent_at, "decode_ms": round(decode_s * 1000.0, 3), "psnr": None,
+            "sent_at": frame.sent_at, "decode_ms": round(decode_s * 1000.0, 3), "mode": self.modes[stream.model],
+            "coded_height": stream.coded_size[0] if stream.coded_size else None,
+            "coded_width": stream.coded_size[1] if stream.coded_size else None,
         }
         row = self.store.put(meta, png)
         if row is None:  # stored by a concurrent request between the check and now

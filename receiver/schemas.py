@@ -21,14 +21,19 @@ class ImageMeta(BaseModel):
     width: int
     height: int
     stream_bytes: int = Field(description="size of the .lw bitstream that crossed the wire")
-    bpp: float = Field(description="stream_bytes * 8 / (width * height)")
+    bpp: float = Field(description="stream_bytes * 8 / (width * height), to 4 decimals")
     quality: float = Field(description="the rate the stream was coded at, 0..1")
     model: str
     weights: str
     sent_at: float = Field(description="sender's UNIX time when the frame was queued")
     received_at: float = Field(description="receiver's UNIX time when the image was stored; the list cursor")
     decode_ms: float
-    psnr: float | None = Field(description="always null here: the receiver never sees the original")
+    mode: str = Field(description="the sender's mode, standard | denoise: which of the receiver's models "
+                                  "decoded it (/v1/models)")
+    coded_width: int = Field(description="the width the picture was coded at: below width when a byte budget too "
+                                         "small for the full size made the sender code it smaller (it is stored "
+                                         "and shown at width x height)")
+    coded_height: int
     latency_ms: float = Field(description="received_at - sent_at, in ms (includes clock skew)")
     png_url: str
 

@@ -9,6 +9,11 @@ checked against ``^[0-9a-f]{32}$`` before they become a path, so no id can leave
 
 ``received_at`` (UNIX seconds when the image was stored) is strictly increasing within a store,
 which makes it an exact pagination cursor: ``page(before=item["received_at"])``.
+
+Schema 2 added ``mode`` and ``coded_height`` / ``coded_width`` and dropped the always-NULL
+``psnr``; ``open()`` migrates an older index in place (``_MIGRATIONS``), one committed step per
+version. Rows stored under schema 1 get their mode from the model name and read as coded at
+their own size (the stream that would say otherwise was not kept).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 from shared.errors import StoreError, StoreFull
 from receiver.errors import InvalidImageId
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id            TEXT PRIMARY KEY,      -- 32 lowercase hex digits, the sender's frame id
@@ -40,12 +45,23 @@ CREATE TABLE IF NOT EXISTS images (
     sent_at       REAL NOT NULL,         -- sender's UNIX time when it queued the frame
     received_at   REAL NOT NULL,         -- receiver's UNIX time when the image was stored
     decode_ms     REAL NOT NULL,         -- bitstream -> pixels on this receiver
-    psnr          REAL                   -- NULL: the receiver never sees the original
+    mode          TEXT NOT NULL DEFAULT 'standard',  -- the sender's mode: standard | denoise
+    coded_height  INTEGER,               -- the reduced size it was coded at; NULL: height x width
+    coded_width   INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_received_at ON images (received_at);
 """
+# version -> the statements that bring an index of that version to the next one
+_MIGRATIONS = {
+    1: ("ALTER TABLE images ADD COLUMN mode TEXT NOT NULL DEFAULT 'standard'",
+        # schema 1 did not record the mode; the shipped denoising model is the only one it could be
+        "UPDATE images SET mode = 'denoise' WHERE model = 'lw-vr-denoise'",
+        "ALTER TABLE images ADD COLUMN coded_height INTEGER",
+        "ALTER TABLE images ADD COLUMN coded_width INTEGER",
+        "ALTER TABLE images DROP COLUMN psnr"),
+}
 COLUMNS = ("id", "width", "height", "stream_bytes", "bpp", "quality", "model", "weights",
-           "sent_at", "received_at", "decode_ms", "psnr")
+           "sent_at", "received_at", "decode_ms", "mode", "coded_height", "coded_width")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -57,8 +73,12 @@ def check_id(image_id: str) -> str:
 
 
 def as_json(row: dict) -> dict:
-    """A stored row as the API returns it: the columns plus derived latency and the PNG's URL."""
-    out = dict(row)
+    """A stored row as the API returns it: the columns (coded size filled in when it is the image's
+    own, bpp rounded) plus derived latency and the PNG's URL."""
+    out = {k: v for k, v in row.items() if k not in ("coded_height", "coded_width")}
+    out["bpp"] = round(row["bpp"], 4)  # the stored value stays exact; 4 decimals tell any two rates apart
+    out["coded_width"] = row["coded_width"] or row["width"]
+    out["coded_height"] = row["coded_height"] or row["height"]
     out["latency_ms"] = round((row["received_at"] - row["sent_at"]) * 1000.0, 3)
     out["png_url"] = f"/v1/images/{row['id']}.png"
     return out
@@ -96,14 +116,19 @@ class Store:
             for stale in self.images_dir.glob(".*.tmp"):  # left by a crash mid-write
                 stale.unlink(missing_ok=True)
             db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=10)
+        except (OSError, sqlite3.Error) as exc:
+            raise _translate(exc, "open its store") from exc
+        try:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a 200 "stored" answer means the row survives power loss, like the fsynced PNG.
             db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            _migrate(db)
             last = db.execute("SELECT MAX(received_at) FROM images").fetchone()[0]
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            db.close()
+            if isinstance(exc, StoreError):
+                raise
             raise _translate(exc, "open its store") from exc
         self._db = db
         self._last_received_at = float(last or 0.0)
@@ -222,6 +247,31 @@ class Store:
             if tmp is not None:
                 with suppress(OSError):
                     os.unlink(tmp)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create a new index, or bring an older one to SCHEMA_VERSION; a newer one is refused."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'images'").fetchone():
+        version = 1  # schema 1 as written before the index carried its version
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"the store's index has schema {version}; this receiver reads schemas 1 to "
+                         f"{SCHEMA_VERSION}: run the receiver version that wrote it, or start with an "
+                         "empty store directory")
+    if version == 0:  # a new file
+        db.executescript(SCHEMA)
+    for old in range(version, SCHEMA_VERSION) if version else ():
+        try:  # each step commits with its version stamp, or not at all
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _MIGRATIONS[old]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={old + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -16,13 +16,24 @@
   const fmt = {
     bytes: (n) => (n < 1000 ? `${n} B` : `${(n / 1000).toFixed(1)} kB`),
     ms: (v) => (v < 1000 ? `${v.toFixed(0)} ms` : `${(v / 1000).toFixed(2)} s`),
-    time: (ts) => new Date(ts * 1000).toLocaleTimeString(),
+    // "2026-12-06 18:04:12" in the browser's local time zone (the title says which)
+    time: (date) => {
+      const p = (n) => String(n).padStart(2, "0");
+      return `${date.getFullYear()}-${p(date.getMonth() + 1)}-${p(date.getDate())} ` +
+        `${p(date.getHours())}:${p(date.getMinutes())}:${p(date.getSeconds())}`;
+    },
+    zone: (date) => {
+      const minutes = -date.getTimezoneOffset();
+      const p = (n) => String(Math.floor(Math.abs(n))).padStart(2, "0");
+      return `UTC${minutes < 0 ? "-" : "+"}${p(minutes / 60)}:${p(minutes % 60)}`;
+    },
   };
 
   function setTime(el) {
-    const ts = Number(el.dataset.ts);
-    el.dateTime = new Date(ts * 1000).toISOString();
-    el.textContent = fmt.time(ts);
+    const date = new Date(Number(el.dataset.ts) * 1000);
+    el.dateTime = date.toISOString();
+    el.textContent = fmt.time(date);
+    el.title = `received ${el.textContent} local time (${fmt.zone(date)}), ${el.dateTime}`;
   }
 
   function buildCard(item) {
@@ -36,11 +47,15 @@
     img.height = item.height;
     img.alt = `reconstruction ${item.id}`;
     const field = (name) => card.querySelector(`[data-field="${name}"]`);
+    field("mode").textContent = item.mode;
     field("size").textContent = `${item.width}×${item.height}`;
+    field("coded").textContent = `${item.coded_width}×${item.coded_height}`;
+    card.querySelector('[data-box="coded"]').hidden =
+      item.coded_width === item.width && item.coded_height === item.height;
     field("bytes").textContent = fmt.bytes(item.stream_bytes);
     field("bpp").textContent = item.bpp.toFixed(3);
     field("quality").textContent = item.quality.toFixed(2);
-    field("decode").textContent = `${item.decode_ms.toFixed(1)} ms`;
+    field("decode").textContent = fmt.ms(item.decode_ms);
     field("latency").textContent = fmt.ms(item.latency_ms);
     field("id").textContent = item.id.slice(0, 8);
     const time = field("time");

@@ -1,9 +1,10 @@
 """Headless Chromium: the receiver's live page shows a new reconstruction without a reload; the
 sender's page shows its comparison; both services' /docs render with no request leaving the
-machine."""
+machine; receiver cards keep their text apart and say mode and coded size."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from urllib.parse import urlsplit
 
@@ -153,3 +154,98 @@ def test_api_docs_render_with_no_request_leaving_the_machine(services, browser):
         assert {urlsplit(url).hostname for url in requested} == {"127.0.0.1"}, requested
         assert service.url + "/openapi.json" in requested, requested
         assert errors == []
+
+
+# Every text box of a receiver card: the number labels and values, the id and the time. For each,
+# the box of its text itself (a Range over its contents), not of its element: text that does not
+# fit runs out of its element's box (white-space: nowrap did that) without the boxes overlapping.
+_CARD_TEXT_BOXES = """card => [...card.querySelectorAll("dt, dd, footer > *")]
+    .filter(el => el.offsetParent !== null && el.textContent.trim() !== "")
+    .map(el => {
+        const range = document.createRange();
+        range.selectNodeContents(el);
+        const r = range.getBoundingClientRect();
+        return {text: el.textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+    })"""
+
+
+def _overlapping(boxes: list[dict]) -> list[tuple[str, str]]:
+    def overlap(a, b):
+        return a["left"] < b["right"] and b["left"] < a["right"] and a["top"] < b["bottom"] and b["top"] < a["bottom"]
+    return [(a["text"], b["text"]) for k, a in enumerate(boxes) for b in boxes[k + 1:] if overlap(a, b)]
+
+
+def _photo_png(width: int, height: int) -> bytes:
+    """A sample photo resized to an ordinary camera-ish size (made here: no big file in the repo)."""
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "samples" / "kodim23_half.png"
+    buf = io.BytesIO()
+    Image.open(sample).convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_receiver_cards_show_mode_and_coded_size_without_overlapping_text(tmp_path, tiny_models_dir, browser):
+    """A 1136x818 photo through the sender twice: at a quality (full size, mode standard) and in
+    mode denoise with a byte budget below what the full size needs (coded smaller). Each card
+    says its mode, the reduced one its coded size, and no two text boxes of a card overlap, in
+    windows 1280 px wide, 1366 and 1920 (where the grid's cards are narrowest: the old layout ran
+    "1136×818" into "22.6 kB" there) and 400 px narrow."""
+    import secrets
+
+    from shared.codec import Codec
+    from shared.images import load_image
+    from shared.launcher import ServicePair
+    from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
+
+    photo = _photo_png(1136, 818)
+    denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
+    budget = denoiser.encode(load_image(photo).rgb, quality=0.0).nbytes // 2  # the full size cannot fit
+    denoise = {"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
+               "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL}
+    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
+                       models_dir=tiny_models_dir, extra_env=denoise)
+    try:
+        pair.start()
+        with httpx.Client(base_url=pair.sender.url, timeout=120) as sender:
+            uploads = [sender.post("/v1/images", params=params, files={"file": ("photo.png", photo, "image/png")})
+                       for params in ({"quality": 0.5, "preview": False},
+                                      {"mode": "denoise", "max_bytes": budget, "preview": False})]
+        assert [r.status_code for r in uploads] == [202, 202], [r.text for r in uploads]
+        full, reduced = (r.json()["images"][0] for r in uploads)
+        assert (full["coded_width"], full["coded_height"]) == (1136, 818)
+        coded = (reduced["coded_width"], reduced["coded_height"])
+        assert coded[0] < 1136 and coded[1] < 818, reduced
+
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(pair.receiver.url + "/")
+        for image in (full, reduced):  # arrive live, or are listed when the page loads after them
+            page.wait_for_selector(f'#gallery [data-id="{image["id"]}"]', timeout=60_000)
+        cards = {image["id"]: page.locator(f'#gallery [data-id="{image["id"]}"]') for image in (full, reduced)}
+        shown = {}
+        for width in (1280, 1366, 1920, 400):
+            page.set_viewport_size({"width": width, "height": 900})
+            for image_id, card in cards.items():
+                card.scroll_into_view_if_needed()
+                boxes = card.evaluate(_CARD_TEXT_BOXES)
+                texts = [box["text"] for box in boxes]
+                assert "1136×818" in texts and len(texts) >= 16, texts
+                assert _overlapping(boxes) == [], (width, texts)
+                frame = card.bounding_box()
+                assert all(frame["x"] <= box["left"] and box["right"] <= frame["x"] + frame["width"] + 0.5
+                           for box in boxes), (width, boxes, frame)  # nothing runs out of the card
+                shown[image_id] = texts
+        time_text = cards[full["id"]].locator("time").inner_text()
+        page.close()
+    finally:
+        pair.stop()
+    assert errors == []
+    full_texts, reduced_texts = shown[full["id"]], shown[reduced["id"]]
+    assert "standard" in full_texts and "coded at" not in full_texts
+    assert "denoise" in reduced_texts and "coded at" in reduced_texts and f"{coded[0]}×{coded[1]}" in reduced_texts
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", time_text), time_text  # a date with the time

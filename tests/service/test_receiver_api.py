@@ -44,10 +44,11 @@ def test_stored_frame_is_decoded_listed_and_described(receiver_client, receiver_
     assert meta == page["items"][0]
     assert (meta["width"], meta["height"]) == (40, 30)
     assert meta["stream_bytes"] == enc.nbytes
-    assert meta["bpp"] == pytest.approx(enc.bpp)
+    assert meta["bpp"] == round(enc.bpp, 4)
     assert meta["quality"] == pytest.approx(0.3)
     assert (meta["model"], meta["weights"]) == (receiver_frames.codec.name, receiver_frames.codec.weights)
-    assert meta["decode_ms"] > 0 and meta["psnr"] is None
+    assert meta["mode"] == "standard" and (meta["coded_width"], meta["coded_height"]) == (40, 30)
+    assert meta["decode_ms"] > 0 and "psnr" not in meta  # the receiver never sees the original
     assert t0 - 1 < meta["sent_at"] <= meta["received_at"] < time.time() + 1
     assert meta["latency_ms"] == pytest.approx((meta["received_at"] - meta["sent_at"]) * 1000, abs=0.01)
     assert meta["png_url"] == f"/v1/images/{image_id}.png"
@@ -74,7 +75,27 @@ def test_a_stream_coded_at_a_reduced_size_is_stored_at_its_declared_size(receive
     assert np.array_equal(pixels, receiver_frames.codec.decode(enc.data))
     meta = receiver_client.get(f"/v1/images/{image_id}").json()
     assert (meta["width"], meta["height"]) == (192, 128)
-    assert meta["bpp"] == pytest.approx(enc.nbytes * 8 / (192 * 128))
+    assert (meta["coded_width"], meta["coded_height"]) == (96, 64)
+    assert meta["bpp"] == round(enc.nbytes * 8 / (192 * 128), 4)
+    html = receiver_client.get("/").text  # the gallery card says so; it is hidden for full-size ones
+    assert '<dd data-field="coded">96×64</dd>' in html and '<dd data-field="mode">standard</dd>' in html
+
+
+def test_a_frame_of_the_denoising_model_is_listed_as_mode_denoise(receiver_settings_factory, receiver_frames,
+                                                                 tiny_models_dir):
+    from shared.codec import Codec
+    from tests.conftest import TINY_DENOISE_MODEL
+
+    denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
+    settings = receiver_settings_factory(denoise_model=TINY_DENOISE_MODEL)
+    with TestClient(create_app(settings)) as client:
+        standard, (standard_id,) = receiver_frames.body()
+        noisy, (noisy_id,) = receiver_frames.body(encoded=denoiser.encode(receiver_rgb(seed=2), quality=0.5))
+        assert receiver_post(client, standard).status_code == 200
+        assert receiver_post(client, noisy).status_code == 200
+        modes = {item["id"]: (item["mode"], item["model"]) for item in client.get("/v1/images").json()["items"]}
+    assert modes == {standard_id: ("standard", receiver_frames.codec.name),
+                     noisy_id: ("denoise", TINY_DENOISE_MODEL)}
 
 
 def test_duplicate_id_is_not_stored_twice(receiver_client, receiver_frames, receiver_settings):

@@ -117,3 +117,50 @@ def test_stale_tmp_files_are_removed_at_startup(receiver_settings, receiver_fram
     with TestClient(create_app(receiver_settings)) as client:
         assert client.get("/readyz").status_code == 200
     assert os.listdir(images) == []
+
+
+# The index as receivers with store schema 1 wrote it (an always-NULL psnr; no mode, no coded size).
+_SCHEMA_1 = """
+CREATE TABLE images (id TEXT PRIMARY KEY, width INTEGER NOT NULL, height INTEGER NOT NULL,
+    stream_bytes INTEGER NOT NULL, bpp REAL NOT NULL, quality REAL NOT NULL, model TEXT NOT NULL,
+    weights TEXT NOT NULL, sent_at REAL NOT NULL, received_at REAL NOT NULL, decode_ms REAL NOT NULL, psnr REAL);
+CREATE INDEX images_received_at ON images (received_at);
+PRAGMA user_version=1;
+"""
+
+
+def test_a_schema_1_index_is_migrated_in_place(receiver_settings, receiver_frames):
+    store = receiver_settings.store_dir
+    (store / "images").mkdir(parents=True)
+    old = {"a" * 32: "lw-vr-denoise", "b" * 32: "lw-vr-hyperprior"}
+    with sqlite3.connect(store / "index.sqlite3") as db:
+        db.executescript(_SCHEMA_1)
+        for k, (image_id, model) in enumerate(old.items()):
+            db.execute("INSERT INTO images VALUES (?, 40, 30, 150, 1.0, 0.5, ?, '0123456789abcdef', ?, ?, 2.5, NULL)",
+                       (image_id, model, 1000.0 + k, 1001.0 + k))
+            (store / "images" / f"{image_id}.png").write_bytes(b"png")
+    db.close()
+    with TestClient(create_app(receiver_settings)) as client:
+        body, (new_id,) = receiver_frames.body()
+        assert receiver_post(client, body).status_code == 200
+        items = client.get("/v1/images").json()["items"]
+    assert [item["id"] for item in items] == [new_id, "b" * 32, "a" * 32]
+    assert [item["mode"] for item in items] == ["standard", "standard", "denoise"]  # from the model name
+    assert all((item["coded_width"], item["coded_height"]) == (40, 30) and "psnr" not in item for item in items)
+    with sqlite3.connect(store / "index.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = [row[1] for row in db.execute("PRAGMA table_info(images)")]
+    db.close()
+    assert "psnr" not in columns and {"mode", "coded_height", "coded_width"} <= set(columns)
+
+
+def test_an_index_of_a_newer_schema_is_refused(tmp_path):
+    from receiver.store import Store
+    from shared.errors import StoreError
+
+    (tmp_path / "store").mkdir()
+    with sqlite3.connect(tmp_path / "store" / "index.sqlite3") as db:
+        db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(StoreError, match="schema 99; this receiver reads schemas 1 to 2"):
+        Store(tmp_path / "store").open()
