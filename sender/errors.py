@@ -8,7 +8,8 @@ exception handler in ``sender.app`` maps them like every other error (``ImageErr
     │   │                                more decoded pixels than 4 images of max_side x max_side
     │   ├── UnsupportedMediaType     415 Content-Type is not multipart/form-data, image/* or octet-stream
     │   ├── MissingFile              422 a multipart request with no ``file`` field
-    │   └── InvalidParameters        422 quality and max_bytes together, an unknown mode, ...
+    │   └── InvalidParameters        422 quality and max_bytes together, an unknown mode, a malformed
+    │                                    supersede key, ...
     ├── (InvalidImageId 400, ImageNotFound 404: shared.errors)
     ├── OutboxFull                   503 outbox_max_pending frames wait for the receiver; retry later
     ├── EncoderBusy                  503 encode_queue_size images wait for the encoder; retry later

@@ -3,7 +3,8 @@
     uploads ─ load_image (threads) ─ [quality=auto: byte budgets from the link, sender/link.py]
             ─ Encoder (torch thread: encode, decode, PSNR)
             ─ JPEG at the same bytes + reconstruction PNG (threads)
-            ─ Outbox.add (one fsync'd transaction) ─ previews on disk ─ wake the deliverer ─ 202
+            ─ Outbox.add (one fsync'd transaction; supersede=<key>: older queued frames of the key
+              become superseded in it) ─ previews on disk ─ wake the deliverer ─ 202
 
 A request is all or nothing: every file is checked and encoded before any is queued, and the
 first bad file fails the whole request with its name attached (``exc.file``). Nothing is
@@ -13,6 +14,7 @@ answered 202 before its frame is on disk.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from contextlib import contextmanager
@@ -36,6 +38,8 @@ log = logging.getLogger("latentwire.sender.intake")
 # clean targets (settings.denoise_model); it drops the noise, which is what costs the most bits.
 MODES = ("standard", "denoise")
 MAX_REQUEST_FULL_IMAGES = 4  # decoded pixels per request: this many max_side x max_side images
+MAX_BYTES_LIMIT = 1 << 62  # any budget this large never binds; above it SQLite's INTEGER overflows
+STREAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")  # supersede=: a camera name, a URL-ish path
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,9 @@ def parse_rate(quality: float | str | None, max_bytes: int | None, mode: str, de
     if quality is not None and max_bytes is not None:
         raise InvalidParameters("give quality (0..1) or max_bytes, not both")
     if max_bytes is not None:
-        if max_bytes < 1:
-            raise QualityOutOfRange(f"max_bytes must be a positive number of bytes, got {max_bytes}")
+        if max_bytes < 1 or max_bytes > MAX_BYTES_LIMIT:
+            raise QualityOutOfRange(f"max_bytes must be a positive number of bytes up to {MAX_BYTES_LIMIT}, got "
+                                    f"{max_bytes}; budget_binding in the answer says whether it limited the stream")
         return Rate(None, max_bytes, mode)
     if quality == "auto" or (quality is None and latency_target_s is not None):
         if latency_target_s is None:
@@ -73,6 +78,18 @@ def parse_rate(quality: float | str | None, max_bytes: int | None, mode: str, de
     return Rate(check_quality(default_quality if quality is None else quality), None, mode)
 
 
+def parse_stream_key(key: str | None) -> str | None:
+    """``supersede=``'s key, checked (422): 1 to 64 of letters, digits and . _ : / -, starting
+    with a letter or digit."""
+    if key is None:
+        return None
+    if not STREAM_KEY.fullmatch(key):
+        shown = key if len(key) <= 80 else key[:80] + "..."
+        raise InvalidParameters(f"supersede={shown!r} is not a stream key: use 1 to 64 characters of letters, "
+                                "digits and . _ : / -, starting with a letter or digit (e.g. camera-3)")
+    return key
+
+
 @dataclass(frozen=True)
 class _Accepted:
     frame: NewFrame
@@ -80,13 +97,16 @@ class _Accepted:
     jpeg: JpegComparison | None
 
 
-async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool = True) -> list[FrameRecord]:
-    """Encode and queue every upload (see the module docstring); returns their records. Without
+async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool = True,
+                 stream_key: str | None = None) -> tuple[list[FrameRecord], list[str]]:
+    """Encode and queue every upload (see the module docstring); returns their records and the
+    ids of the older frames they superseded (``stream_key``: sender/outbox.py). Without
     ``preview`` the sender neither decodes its stream (no PSNR) nor makes the JPEG comparison and
     preview images: the lean path for bulk clients."""
     s = svc.settings
     pending = await svc.outbox.pending()
-    if pending + len(uploads) > s.outbox_max_pending:  # cheap early refusal; add() checks again
+    # A cheap early refusal; add() checks again, after superseding, which may make the room.
+    if pending + len(uploads) > s.outbox_max_pending and stream_key is None:
         retry = svc.deliverer.retry_after_s()
         raise OutboxFull(f"{pending} images are waiting for the receiver (limit {s.outbox_max_pending}); "
                          f"retry in {retry} s, once the receiver has caught up", retry_after_s=retry)
@@ -133,6 +153,7 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
         budget = None
         if budget_plan is not None:
             budget = settle(budget_plan, index, *budgets[index], enc.quality, through).to_dict()
+        max_bytes = budgets[index][0]  # max_bytes= of the upload, or quality=auto's budget; None: quality
         jpeg, png = None, None
         if preview:
             jpeg, png = await anyio.to_thread.run_sync(_pixels_out, im.rgb, result.reconstruction, enc.nbytes,
@@ -142,14 +163,19 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
             mode=rate.mode, width=im.width, height=im.height, original_bytes=len(up.data), nbytes=enc.nbytes,
             bpp=enc.bpp, psnr=None if result.psnr is None else finite(result.psnr), quality=enc.quality,
             jpeg=jpeg.summary() if jpeg else None, noise=enc.noise, cleaned=enc.cleaned,
-            coded_size=enc.stream.coded_size, budget=budget,
+            coded_size=enc.stream.coded_size, budget=budget, max_bytes=max_bytes, stream_key=stream_key,
         )
         accepted.append(_Accepted(frame, png, jpeg))
         svc.metrics.encode_seconds.observe(result.encode_s)
         svc.metrics.encode_batch_size.observe(result.batch_size)
 
-    await svc.outbox.add([a.frame for a in accepted], s.outbox_max_pending, svc.deliverer.retry_after_s())
+    superseded = await svc.outbox.add([a.frame for a in accepted], s.outbox_max_pending,
+                                      svc.deliverer.retry_after_s())
     svc.deliverer.notify()
+    if superseded:
+        svc.metrics.superseded.inc(len(superseded))
+        log.info("%d queued frame(s) of stream %r superseded by upload %s", len(superseded), stream_key,
+                 accepted[-1].frame.id)
     for a in accepted:
         svc.metrics.images.inc()
         svc.metrics.stream_bytes.inc(a.frame.nbytes)
@@ -165,7 +191,7 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
             await anyio.to_thread.run_sync(svc.previews.save, a.frame.id, a.png, a.jpeg.data)
         except OSError as exc:  # the frame is queued: a lost preview must not turn that into a 500
             log.warning("preview of %s not saved: %s", a.frame.id, exc)
-    return [_record(a.frame) for a in accepted]
+    return [_record(a.frame) for a in accepted], superseded
 
 
 def _pixels_out(rgb: np.ndarray, reconstruction: np.ndarray, nbytes: int) -> tuple[JpegComparison, bytes]:
@@ -187,7 +213,7 @@ def _record(f: NewFrame) -> FrameRecord:
         id=f.id, created_at=f.created_at, status="queued", filename=f.filename, mode=f.mode, width=f.width,
         height=f.height, original_bytes=f.original_bytes, nbytes=f.nbytes, bpp=f.bpp, psnr=f.psnr,
         quality=f.quality, jpeg=f.jpeg, noise=f.noise, cleaned=f.cleaned, coded_size=f.coded_size,
-        budget=f.budget, attempts=0,
+        budget=f.budget, attempts=0, max_bytes=f.max_bytes, stream_key=f.stream_key,
         next_attempt_at=f.created_at, last_error=None, delivered_at=None, receiver_status=None,
     )
 

@@ -27,6 +27,8 @@ or an app and a library user, never share or collide on the global registry).
                                                            ceiling | codec_minimum
     latentwire_sender_auto_budget_bytes         histogram  quality=auto budgets (max_bytes) chosen
     latentwire_sender_auto_late_total           counter    quality=auto images expected after the target
+    latentwire_sender_superseded_total          counter    queued frames dropped for a newer upload with the
+                                                           same supersede=<key> (sender/outbox.py)
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class Metrics:
                                                     200_000, 500_000, 1_000_000), registry=r)
         self.auto_late = Counter("latentwire_sender_auto_late", "quality=auto images expected after the target",
                                  registry=r)
+
+        self.superseded = Counter("latentwire_sender_superseded", "Queued frames superseded by a newer upload "
+                                  "with the same supersede key", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

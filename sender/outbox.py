@@ -7,13 +7,28 @@ holds the frame and delivers it when it starts again. A frame's life::
     add() ─> queued ──POST 200 stored/duplicate──> delivered  (stream dropped, numbers kept)
                │  ▲
                │  └── transient failure: attempts+1, next_attempt_at = now + backoff
-               └───── permanent 4xx ───────────────> failed     (receiver's error kept)
+               ├───── permanent 4xx ───────────────> failed     (receiver's error kept)
+               └───── a newer upload with the same ─> superseded (stream dropped, numbers kept,
+                      supersede key, while this one              superseded_by = the newer frame)
+                      is not in flight
+
+Superseding (``supersede=<key>`` on an upload, for live feeds): in the transaction that queues the
+new frames, every older queued frame with the same key that may not have reached the receiver
+yet becomes ``superseded``: it is not in the batch the delivery worker is sending now (``due``
+marks that batch in flight until the worker calls ``release``), and either no POST has carried it
+yet or the receiver answered its last one with an error status (so it did not store it). A frame
+whose last POST timed out or lost its connection may be stored at the receiver: it is kept and
+sent again. Frames of the same upload never supersede each other.
 
 Schema 2 added ``noise`` and ``cleaned`` (clean first) and ``coded_height`` / ``coded_width``
 (RESOLUTION; both in shared/codec.py). Schema 3 added ``budget``: how ``quality=auto`` chose the
-frame's byte budget (sender/link.py). An older outbox is migrated in place, step by step, when the
-sender opens it: its frames get NULL, 0, NULL and NULL (nothing was estimated; coded at their own
-size; no auto budget).
+frame's byte budget (sender/link.py). Schema 4 added the status ``superseded`` (a CHECK
+constraint, so the table is rebuilt: SQLite cannot alter one), ``stream_key`` and
+``superseded_by`` (superseding) and ``max_bytes`` (the byte budget the frame was encoded with,
+from the upload or from quality=auto). An older outbox is migrated in place, step by step, when
+the sender opens it: its frames get NULL, 0, NULL and NULL (nothing was estimated; coded at their
+own size; no auto budget), then NULL for the three new columns (no key, not superseded, no
+budget recorded).
 
 All database work runs on one dedicated thread (sqlite3 calls block, and a commit waits for the
 disk): the event loop only awaits it. One thread also means one connection and no lock contention
@@ -25,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +48,15 @@ from typing import Any, Callable
 
 from sender.errors import OutboxError, OutboxFull
 
-SCHEMA_VERSION = 3
-STATUSES = ("queued", "delivered", "failed")
+SCHEMA_VERSION = 4
+STATUSES = ("queued", "delivered", "failed", "superseded")
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS frames (
     id              TEXT PRIMARY KEY,           -- 32 lowercase hex, the wire frame id
     created_at      REAL NOT NULL,              -- UNIX s when queued; the wire's sent_at
-    status          TEXT NOT NULL CHECK (status IN ('queued', 'delivered', 'failed')),
-    stream          BLOB,                       -- the .lw container; NULL once delivered
+    status          TEXT NOT NULL CHECK (status IN ('queued', 'delivered', 'failed', 'superseded')),
+    stream          BLOB,                       -- the .lw container; NULL once delivered or superseded
     filename        TEXT NOT NULL,
     mode            TEXT NOT NULL,
     width           INTEGER NOT NULL,
@@ -56,15 +72,25 @@ CREATE TABLE IF NOT EXISTS frames (
     coded_height    INTEGER,                    -- the reduced size it was coded at; NULL: height x width
     coded_width     INTEGER,
     budget          TEXT,                       -- JSON sender.link.Budget; NULL: not quality=auto
+    max_bytes       INTEGER,                    -- the byte budget it was encoded with; NULL: a quality upload
+    stream_key      TEXT,                       -- supersede=<key> of its upload; NULL: none
+    superseded_by   TEXT,                       -- the newer frame that superseded it
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,                       -- JSON {"error","message",("http_status")}
     delivered_at    REAL,
     receiver_status TEXT                        -- "stored" | "duplicate"
 );
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS frames_due ON frames (next_attempt_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS frames_created ON frames (created_at);
+CREATE INDEX IF NOT EXISTS frames_stream_key ON frames (stream_key) WHERE status = 'queued';
 """
+_SCHEMA = _TABLE + _INDEXES
+_V3_COLUMNS = ("id, created_at, status, stream, filename, mode, width, height, original_bytes, bytes, bpp, psnr, "
+               "quality, jpeg, noise, cleaned, coded_height, coded_width, budget, attempts, next_attempt_at, "
+               "last_error, delivered_at, receiver_status")
 # schema version -> the statements that take an outbox of that version to the next one.
 _MIGRATIONS = {
     1: ("ALTER TABLE frames ADD COLUMN noise REAL",
@@ -72,6 +98,12 @@ _MIGRATIONS = {
         "ALTER TABLE frames ADD COLUMN coded_height INTEGER",
         "ALTER TABLE frames ADD COLUMN coded_width INTEGER"),
     2: ("ALTER TABLE frames ADD COLUMN budget TEXT",),
+    # SQLite's way to change a CHECK constraint: a new table, the rows copied, the old one dropped.
+    3: (_TABLE.replace("EXISTS frames (", "EXISTS frames_v4 ("),
+        f"INSERT INTO frames_v4 ({_V3_COLUMNS}) SELECT {_V3_COLUMNS} FROM frames",
+        "DROP TABLE frames",
+        "ALTER TABLE frames_v4 RENAME TO frames",
+        *filter(None, (line.strip() for line in _INDEXES.splitlines()))),
 }
 
 
@@ -96,6 +128,8 @@ class NewFrame:
     cleaned: bool  # the stream codes the denoiser's own reconstruction rather than the upload
     coded_size: tuple[int, int] | None  # (height, width) it was coded at when smaller than its own
     budget: dict | None = None  # quality=auto: sender.link.Budget.to_dict(); None otherwise
+    max_bytes: int | None = None  # the byte budget it was encoded with (max_bytes or quality=auto)
+    stream_key: str | None = None  # supersede=<key>: older queued frames with this key are superseded
 
 
 @dataclass(frozen=True)
@@ -134,17 +168,20 @@ class FrameRecord:
     last_error: dict | None
     delivered_at: float | None
     receiver_status: str | None
+    max_bytes: int | None = None
+    stream_key: str | None = None
+    superseded_by: str | None = None
 
 
 _RECORD_COLUMNS = ("id, created_at, status, filename, mode, width, height, original_bytes, bytes, bpp, psnr, "
                    "quality, jpeg, noise, cleaned, coded_height, coded_width, budget, attempts, next_attempt_at, "
-                   "last_error, delivered_at, receiver_status")
+                   "last_error, delivered_at, receiver_status, max_bytes, stream_key, superseded_by")
 
 
 def _record(row: tuple) -> FrameRecord:
     (id_, created_at, status, filename, mode, width, height, original_bytes, nbytes, bpp, psnr, quality, jpeg,
      noise, cleaned, coded_height, coded_width, budget, attempts, next_attempt_at, last_error, delivered_at,
-     receiver_status) = row
+     receiver_status, max_bytes, stream_key, superseded_by) = row
     return FrameRecord(
         id=id_, created_at=created_at, status=status, filename=filename, mode=mode, width=width, height=height,
         original_bytes=original_bytes, nbytes=nbytes, bpp=bpp, psnr=psnr, quality=quality,
@@ -153,7 +190,7 @@ def _record(row: tuple) -> FrameRecord:
         budget=json.loads(budget) if budget else None, attempts=attempts,
         next_attempt_at=next_attempt_at if status == "queued" else None,
         last_error=json.loads(last_error) if last_error else None, delivered_at=delivered_at,
-        receiver_status=receiver_status,
+        receiver_status=receiver_status, max_bytes=max_bytes, stream_key=stream_key, superseded_by=superseded_by,
     )
 
 
@@ -164,6 +201,10 @@ class Outbox:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentwire-outbox")
+        # Ids of the batch the delivery worker is sending: written by due() on the outbox thread,
+        # read by _add() there, emptied by release() from the event loop, hence the lock.
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -225,15 +266,20 @@ class Outbox:
         return self._conn
 
     # ---- writes -------------------------------------------------------------------------
-    async def add(self, frames: list[NewFrame], max_pending: int, retry_after_s: int) -> int:
-        """Queue all ``frames`` in one fsync'd transaction, or none (``OutboxFull``). Returns the
-        number of queued frames afterwards."""
+    async def add(self, frames: list[NewFrame], max_pending: int, retry_after_s: int) -> list[str]:
+        """Queue all ``frames`` in one fsync'd transaction, or none (``OutboxFull``), superseding
+        older frames with their ``stream_key`` first (so they make room). Returns the ids of the
+        frames superseded."""
         return await self._run(self._add, frames, max_pending, retry_after_s)
 
-    def _add(self, frames: list[NewFrame], max_pending: int, retry_after_s: int) -> int:
+    def _add(self, frames: list[NewFrame], max_pending: int, retry_after_s: int) -> list[str]:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
+            superseded = []
+            for key in dict.fromkeys(f.stream_key for f in frames if f.stream_key):
+                newest = [f.id for f in frames if f.stream_key == key][-1]
+                superseded += self._supersede(key, newest)
             pending = c.execute("SELECT count(*) FROM frames WHERE status = 'queued'").fetchone()[0]
             if pending + len(frames) > max_pending:
                 raise OutboxFull(
@@ -243,18 +289,31 @@ class Outbox:
                 )
             c.executemany(
                 "INSERT INTO frames (id, created_at, status, stream, filename, mode, width, height, original_bytes, "
-                "bytes, bpp, psnr, quality, jpeg, noise, cleaned, coded_height, coded_width, budget, "
-                "next_attempt_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "bytes, bpp, psnr, quality, jpeg, noise, cleaned, coded_height, coded_width, budget, max_bytes, "
+                "stream_key, next_attempt_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?)",
                 [(f.id, f.created_at, f.stream, f.filename, f.mode, f.width, f.height, f.original_bytes, f.nbytes,
                   f.bpp, f.psnr, f.quality, json.dumps(f.jpeg) if f.jpeg else None, f.noise, int(f.cleaned),
-                  *(f.coded_size or (None, None)), json.dumps(f.budget) if f.budget else None, f.created_at)
+                  *(f.coded_size or (None, None)), json.dumps(f.budget) if f.budget else None, f.max_bytes,
+                  f.stream_key, f.created_at)
                  for f in frames],
             )
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        return pending + len(frames)
+        return superseded
+
+    def _supersede(self, key: str, by: str) -> list[str]:
+        """Inside _add's transaction: mark the supersedable frames with ``key`` (module docstring)."""
+        rows = self.conn.execute(
+            "SELECT id FROM frames WHERE status = 'queued' AND stream_key = ? "
+            "AND (attempts = 0 OR json_extract(last_error, '$.http_status') IS NOT NULL)", (key,)).fetchall()
+        with self._in_flight_lock:
+            ids = [r[0] for r in rows if r[0] not in self._in_flight]
+        self.conn.executemany("UPDATE frames SET status = 'superseded', stream = NULL, superseded_by = ? WHERE id = ?",
+                              [(by, id_) for id_ in ids])
+        return ids
 
     async def mark_delivered(self, results: dict[str, str], now: float) -> None:
         """``results``: frame id -> the receiver's "stored" or "duplicate"."""
@@ -295,7 +354,8 @@ class Outbox:
     # ---- reads ----------------------------------------------------------------------------
     async def due(self, now: float, limit: int, max_bytes: int) -> list[PendingFrame]:
         """Queued frames whose time has come, oldest first: at most ``limit`` frames and, past the
-        first, at most ``max_bytes`` of streams."""
+        first, at most ``max_bytes`` of streams. They are in flight (never superseded) until
+        ``release``: the delivery worker's one caller sends one batch at a time."""
         return await self._run(self._due, now, limit, max_bytes)
 
     def _due(self, now: float, limit: int, max_bytes: int) -> list[PendingFrame]:
@@ -313,7 +373,14 @@ class Outbox:
             row = self.conn.execute("SELECT id, created_at, stream, attempts FROM frames WHERE id = ?",
                                     (id_,)).fetchone()
             out.append(PendingFrame(id=row[0], created_at=row[1], stream=bytes(row[2]), attempts=row[3]))
+        with self._in_flight_lock:
+            self._in_flight = {f.id for f in out}
         return out
+
+    def release(self) -> None:
+        """The batch from ``due`` is settled (or its POST abandoned): no frame is in flight."""
+        with self._in_flight_lock:
+            self._in_flight = set()
 
     async def next_due_at(self) -> float | None:
         return await self._run(lambda: self.conn.execute(

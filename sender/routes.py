@@ -1,9 +1,12 @@
 """Every sender endpoint. Handlers are thin: the work lives in intake, outbox, transmit.
 
     GET  /                                   upload page (templates/index.html, static/)
-    POST /v1/images?quality=|max_bytes=&mode=   multipart ``file`` (repeatable) or a raw image body
-                                             -> 202 {"images": [ImageOut, ...]}, each queued on disk;
-                                             quality=auto: budgets from the link (sender/link.py)
+    POST /v1/images?quality=|max_bytes=&mode=&supersede=
+                                             multipart ``file`` (repeatable) or a raw image body
+                                             -> 202 {"images": [ImageOut, ...], "superseded": [id, ...]},
+                                             each queued on disk; quality=auto: budgets from the link
+                                             (sender/link.py); supersede=<key>: older queued frames of
+                                             the key are dropped (sender/outbox.py)
     GET  /v1/images?status=&limit=           newest first + counts per status
     GET  /v1/images/{id}                     one image: numbers, status, attempts, last_error
     GET  /v1/images/{id}/reconstruction.png  what the receiver will show (kept for the newest images)
@@ -32,7 +35,7 @@ from fastapi.templating import Jinja2Templates
 
 from sender.dependencies import ServicesDep
 from sender.errors import ImageNotFound, InvalidImageId
-from sender.intake import MODES, accept, parse_rate
+from sender.intake import MODES, accept, parse_rate, parse_stream_key
 from sender.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sender.schemas import ErrorOut, ImageList, ImageOut, LinkOut, ModelInfo, ModelsOut, UploadResponse
 from sender.uploads import read_uploads
@@ -59,6 +62,7 @@ _UPLOAD_BODY = {
 async def page(request: Request, svc: ServicesDep) -> HTMLResponse:
     s = svc.settings
     return templates.TemplateResponse(request, "index.html", {
+        "link": await link(svc),  # the page's first view of it; sender.js then polls GET /v1/link
         "default_quality": s.default_quality, "max_upload_mib": s.max_upload_bytes / (1 << 20),
         "max_files": s.max_files, "previews_keep": s.previews_keep,
         "models": [(m, f"{c.name}@{c.weights}") for m, c in svc.codecs.items()], "modes": list(svc.codecs),
@@ -83,19 +87,24 @@ async def upload_images(
                                       "the model trained to drop noise (fewer bytes, cleaner image)")] = None,
     preview: Annotated[bool, Query(description="false: skip the sender's own decode (psnr null), the JPEG "
                                    "comparison and the preview images; the lean path for bulk uploads")] = True,
+    supersede: Annotated[str | None, Query(description="a stream key (1-64 of letters, digits, . _ : / -), e.g. a "
+                                           "camera's name: older frames with this key that are still queued and "
+                                           "not on their way become superseded and are never sent, so the newest "
+                                           "picture does not wait behind stale ones")] = None,
 ) -> UploadResponse:
     """Encode each image, queue its frame durably, answer 202; delivery to the receiver follows."""
     rate = parse_rate(quality, max_bytes, mode or svc.settings.default_mode, svc.settings.default_quality,
                       tuple(svc.codecs), svc.settings.latency_target_s)
+    stream_key = parse_stream_key(supersede)
     uploads = await read_uploads(request, svc.settings.max_upload_bytes, svc.settings.max_files)
-    records = await accept(uploads, rate, svc, preview)
-    return UploadResponse(images=[ImageOut.from_record(r) for r in records])
+    records, superseded = await accept(uploads, rate, svc, preview, stream_key)
+    return UploadResponse(images=[ImageOut.from_record(r) for r in records], superseded=superseded)
 
 
 @router.get("/v1/images", response_model=ImageList)
 async def list_images(
     svc: ServicesDep,
-    status: Literal["queued", "delivered", "failed"] | None = None,
+    status: Literal["queued", "delivered", "failed", "superseded"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ImageList:
     records = await svc.outbox.list(status, limit)

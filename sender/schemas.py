@@ -63,7 +63,8 @@ class ImageOut(BaseModel):
     id: str = Field(description="32 lowercase hex; the frame id the receiver stores it under")
     filename: str
     mode: str
-    status: str = Field(description="queued | delivered | failed")
+    status: str = Field(description="queued | delivered | failed | superseded (a newer upload with the same "
+                        "supersede key replaced it before it was sent; its stream is dropped)")
     width: int
     height: int
     original_bytes: int = Field(description="size of the uploaded file")
@@ -84,6 +85,13 @@ class ImageOut(BaseModel):
     jpeg_same_bytes: JpegSameBytes | None = Field(description="null when uploaded with preview=false")
     budget: BudgetOut | None = Field(None, description="quality=auto: the byte budget chosen and why; null "
                                      "for a quality or max_bytes upload")
+    max_bytes: int | None = Field(None, description="the byte budget it was encoded with: the upload's max_bytes, "
+                                  "or quality=auto's budget.bytes; null for a quality upload")
+    budget_binding: bool | None = Field(None, description="whether max_bytes limited the stream: false when the "
+                                        "best stream (quality 1, full size) fitted under it, so the budget had "
+                                        "no effect; null for a quality upload")
+    stream_key: str | None = Field(None, description="the upload's supersede key")
+    superseded_by: str | None = Field(None, description="status superseded: the newer frame that replaced it")
     preview: bool = Field(description="whether the sender decoded the stream and kept previews (upload's preview)")
     attempts: int = Field(description="POSTs that carried this frame")
     last_error: DeliveryError | None
@@ -104,7 +112,9 @@ class ImageOut(BaseModel):
             coded_height=r.coded_size[0] if r.coded_size else r.height,
             coded_width=r.coded_size[1] if r.coded_size else r.width,
             jpeg_same_bytes=JpegSameBytes(**r.jpeg) if r.jpeg else None, attempts=r.attempts,
-            budget=BudgetOut(**r.budget) if r.budget else None,
+            budget=BudgetOut(**r.budget) if r.budget else None, max_bytes=r.max_bytes,
+            budget_binding=None if r.max_bytes is None else not (r.quality >= 1.0 and r.coded_size is None),
+            stream_key=r.stream_key, superseded_by=r.superseded_by,
             last_error=DeliveryError(**r.last_error) if r.last_error else None, created_at=r.created_at,
             next_attempt_at=r.next_attempt_at, delivered_at=r.delivered_at, receiver_status=r.receiver_status,
             preview=r.jpeg is not None,  # every previewed upload has its JPEG comparison
@@ -115,6 +125,8 @@ class ImageOut(BaseModel):
 
 class UploadResponse(BaseModel):
     images: list[ImageOut]
+    superseded: list[str] = Field(default_factory=list, description="supersede=<key>: ids of the older queued "
+                                  "frames with that key that these images replaced (status superseded)")
 
 
 class ImageList(BaseModel):

@@ -27,6 +27,9 @@ Every POST the receiver answers 200 is a sample of the link (its body bytes and 
 ``self.link`` (sender/link.py): the goodput and round trip that GET /v1/link shows and that
 ``quality=auto`` budgets from.
 
+The batch being sent is in flight for the outbox (``due`` marks it, ``release`` ends it): an
+upload with ``supersede=<key>`` never supersedes a frame that is on its way.
+
 The receiver dedupes by frame id, so resending after a crash or a lost reply is safe: delivery is
 at-least-once on the wire and exactly-once in the receiver's store.
 """
@@ -103,7 +106,10 @@ class Deliverer(BackgroundTask):
         frames = await self.outbox.due(time.time(), self.settings.delivery_batch_max,
                                        self.settings.delivery_batch_max_bytes)
         if frames:
-            await self._send(frames)
+            try:
+                await self._send(frames)
+            finally:  # settled (or abandoned): the outbox may supersede what is still queued of it
+                self.outbox.release()
             return
         next_at = await self.outbox.next_due_at()
         timeout = None if next_at is None else max(0.0, next_at - time.time())

@@ -4,6 +4,7 @@
     latentwire bench overhead   rANS bytes and container vs the entropy model's own estimate
     latentwire bench e2e        images through real sender + receiver processes (shared/e2e_bench.py)
     latentwire bench soak       both services under bounded steady load: rate, latency, RSS (shared/soak.py)
+    latentwire bench link       quality=auto vs a fixed quality through emulated thin links (shared/link_bench.py)
     latentwire bench train      training step time, eager vs torch.compile (below)
 
 ``latentwire bench codec``: encode/decode latency of the shipped codec against CompressAI's
@@ -69,6 +70,13 @@ def add_parser(sub) -> None:
     add_soak_arguments(s)
     s.set_defaults(func=_cmd_soak)
 
+    from shared.link_bench import add_arguments as add_link_arguments
+
+    k = bench.add_parser("link", help="quality=auto vs a fixed quality through emulated thin links: delivered, "
+                                      "latency, PSNR, bytes")
+    add_link_arguments(k)
+    k.set_defaults(func=_cmd_link)
+
     t = bench.add_parser("train", help="training step time: eager vs torch.compile")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--crop", type=int, default=192, help="crop side, a multiple of 64")
@@ -97,6 +105,12 @@ def _cmd_e2e(args) -> int:
 
 def _cmd_soak(args) -> int:
     from shared.soak import command
+
+    return command(args)
+
+
+def _cmd_link(args) -> int:
+    from shared.link_bench import command
 
     return command(args)
 

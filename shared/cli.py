@@ -6,7 +6,7 @@
     latentwire export runs/main/best.pt                          (writes models/<name>-<hash>.pt)
     latentwire eval ../shared/datasets/kodak --out results/kodak
     latentwire receiver [--host --port]  /  latentwire sender --receiver-url URL [--host --port]
-    latentwire bench codec|overhead|e2e|soak|train
+    latentwire bench codec|overhead|e2e|soak|link|train
 
 Every subcommand imports what it needs when it runs, so ``latentwire --help`` is instant and the
 codec tools never import the web stack.

@@ -1,6 +1,6 @@
 """Start the receiver and sender as real processes on loopback ports, and stop them.
 
-Used by ``latentwire demo``, ``latentwire bench e2e`` and the end-to-end tests: each service is
+Used by ``latentwire demo``, ``latentwire bench e2e`` / ``bench link`` and the end-to-end tests: each service is
 its own ``python -m shared.cli ...`` process, talking real HTTP, with its own store on disk.
 """
 
@@ -100,6 +100,9 @@ class ServicePair:
     receiver_port: int = 0
     sender_port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Where the sender sends its frames; default the receiver itself. A LinkEmulator's url puts a
+    # thin link in between (bind the emulator to receiver_port first).
+    receiver_url: str | None = None
 
     def __post_init__(self) -> None:
         self.work_dir = Path(self.work_dir)
@@ -122,7 +125,8 @@ class ServicePair:
         )
         self.sender = ServiceProcess(
             "sender",
-            ["sender", "--host", "127.0.0.1", "--port", str(sport), "--receiver-url", f"http://127.0.0.1:{rport}",
+            ["sender", "--host", "127.0.0.1", "--port", str(sport),
+             "--receiver-url", self.receiver_url or f"http://127.0.0.1:{rport}",
              "--data-dir", str(self.work_dir / "sender"), "--device", self.device, *model_args],
             env, sport, self.work_dir / "logs" / "sender.log",
         )

@@ -1,5 +1,5 @@
 // latentwire sender page: upload with fetch, then show original / reconstruction / same-bytes JPEG
-// for each image and follow its delivery status. No dependencies.
+// for each image and follow its delivery status; the link panel follows GET /v1/link. No dependencies.
 "use strict";
 
 const form = document.getElementById("upload-form");
@@ -30,6 +30,7 @@ form.addEventListener("submit", async (event) => {
   files.forEach((f) => body.append("file", f, f.name));
   const params = new URLSearchParams();
   if (form.elements.rate.value === "max_bytes") params.set("max_bytes", maxBytes.value);
+  else if (form.elements.rate.value === "auto") params.set("quality", "auto");
   else params.set("quality", quality.value);
   if (form.elements.mode) params.set("mode", form.elements.mode.value);
   const button = form.querySelector("button");
@@ -44,6 +45,7 @@ form.addEventListener("submit", async (event) => {
       return;
     }
     data.images.forEach((image, i) => addCard(image, files[i]));
+    refreshLink();
   } catch (err) {
     showError(`Upload failed: ${err}`);
   } finally {
@@ -64,6 +66,27 @@ function denoiseNote(image) {
     (image.cleaned ? "coded its clean reconstruction" : "coded the upload as it is");
 }
 
+// quality=auto: the budget chosen and why; max_bytes: whether the budget limited the stream at all.
+const REASONS = {
+  target: "its share of the link within the target",
+  floor: "the floor (the link is too slow for the target)",
+  ceiling: "not binding: quality 1 fitted in the link's share",
+  codec_minimum: "the codec's smallest stream (the link is too slow for the floor)",
+};
+function budgetNote(image) {
+  const b = image.budget;
+  if (b) {
+    return `auto budget ${kib(b.bytes)}: ${REASONS[b.reason] || b.reason}; link ${b.link_kbps} kbit/s (${b.link_source}), ` +
+      `${kib(b.queued_bytes)} queued ahead, expected at the receiver in ${b.expected_latency_s.toFixed(1)} s ` +
+      `of a ${b.target_s} s target` + (b.late ? " (late)" : "");
+  }
+  if (image.max_bytes !== null && image.max_bytes !== undefined) {
+    return `byte budget ${kib(image.max_bytes)}: ` +
+      (image.budget_binding ? "binding" : "not binding (the best stream fits under it)");
+  }
+  return "";
+}
+
 function addCard(image, file) {
   const card = cardTemplate.content.firstElementChild.cloneNode(true);
   card.dataset.id = image.id;
@@ -82,6 +105,13 @@ function addCard(image, file) {
       `JPEG q${jpeg.quality}: ${kib(jpeg.bytes)}, ${(jpeg.bytes * 8 / (image.width * image.height)).toFixed(3)} bpp, ` +
       `PSNR ${fmt(jpeg.psnr, 2)} dB` + (jpeg.fits ? "" : " (JPEG cannot get this small: quality 1 shown)");
   }
+  const budget = budgetNote(image);
+  if (budget) {
+    const el = card.querySelector(".budget");
+    el.textContent = budget;
+    el.hidden = false;
+    if (image.budget && image.budget.late) el.classList.add("late");
+  }
   results.prepend(card);
   setStatus(card, image);
   follow(card, image.id);
@@ -96,6 +126,28 @@ function setStatus(card, image) {
   if (image.last_error) text += `: ${image.last_error.error}: ${image.last_error.message}`;
   el.textContent = text;
 }
+
+// The link panel: the page renders it once; this keeps it current.
+const linkFields = {
+  goodput: (l) => (l.goodput_kbps === null ? "not measured yet" : `${l.goodput_kbps.toFixed(1)} kbit/s`),
+  rtt: (l) => (l.rtt_s === null ? "-" : `${(l.rtt_s * 1000).toFixed(0)} ms`),
+  source: (l) => l.source,
+  queued: (l) => `${l.queued_bytes} B in ${l.queued_frames} frame(s)`,
+  drain: (l) => (l.drain_s === null ? "-" : `${l.drain_s.toFixed(1)} s`),
+};
+async function refreshLink() {
+  try {
+    const response = await fetch("/v1/link");
+    if (!response.ok) return;
+    const l = await response.json();
+    for (const [name, text] of Object.entries(linkFields)) {
+      document.getElementById(`link-${name}`).textContent = text(l);
+    }
+  } catch (err) {
+    // the sender is restarting: the next poll tries again
+  }
+}
+setInterval(refreshLink, 2000);
 
 async function follow(card, id) {
   for (let wait = 500; ; wait = Math.min(wait * 1.5, 10000)) {

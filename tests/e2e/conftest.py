@@ -2,31 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
+import shutil
 import time
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import sync_playwright
 
 from shared.launcher import ServicePair
 from tests.conftest import TINY_MODEL
 
 
-@pytest.fixture
-def services(tmp_path, tiny_models_dir):
-    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32),
-                       model=TINY_MODEL, models_dir=tiny_models_dir)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def started(pair: ServicePair):
+    """``pair`` started (a failed start raises with both logs' tails), stopped afterwards."""
     try:
         pair.start()
     except Exception:
         pair.stop()
         raise RuntimeError(f"services did not start:\nreceiver:\n{pair.receiver.log_tail()}\n"
                            f"sender:\n{pair.sender.log_tail()}")
-    yield pair
-    pair.stop()
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+@pytest.fixture
+def services(tmp_path, tiny_models_dir):
+    with started(ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32),
+                             model=TINY_MODEL, models_dir=tiny_models_dir)) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium (Playwright's own browser download is not used)."""
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
 
 
 def png_bytes(width: int, height: int, seed: int) -> bytes:

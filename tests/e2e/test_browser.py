@@ -5,27 +5,12 @@ machine; receiver cards keep their text apart and say mode and coded size."""
 from __future__ import annotations
 
 import re
-import shutil
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
 
 from tests.e2e.conftest import png_bytes
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
 
 def test_live_gallery_updates_without_reload(services, browser):
     page = browser.new_page()

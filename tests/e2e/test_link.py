@@ -14,7 +14,7 @@ import httpx
 from shared.launcher import ServicePair
 from shared.link_emulator import LinkEmulator
 from tests.conftest import TINY_MODEL
-from tests.e2e.conftest import png_bytes, wait_until
+from tests.e2e.conftest import png_bytes, started, wait_until
 
 FAST_KBPS, SLOW_KBPS = 64, 6
 TARGET_S = 0.15
@@ -38,28 +38,19 @@ def test_auto_budgets_follow_rate_steps_through_the_emulator(tmp_path, tiny_mode
     with link.running():  # binds its port: the sender's receiver URL is the emulator's
         args = pair.sender.args
         args[args.index("--receiver-url") + 1] = link.url
-        try:
-            pair.start()
-        except Exception:
-            pair.stop()
-            raise RuntimeError(f"services did not start:\nreceiver:\n{pair.receiver.log_tail()}\n"
-                               f"sender:\n{pair.sender.log_tail()}")
-        try:
-            with httpx.Client(base_url=pair.sender.url, timeout=60) as sender:
-                budgets = []
-                # A slow POST weighs by its time in the estimate (sender/link.py), so one shows a
-                # step down; the step back up takes a few fast ones.
-                for seed, kbps, measuring in ((10, FAST_KBPS, 1), (20, SLOW_KBPS, 1), (30, FAST_KBPS, 3)):
-                    link.kbps = kbps
-                    for k in range(measuring):
-                        _upload(sender, seed + k, quality=1)  # POSTs at this rate
-                    budgets.append(_upload(sender, seed + 9, quality="auto")["budget"])
-                counts = sender.get("/v1/images").json()["counts"]
-        finally:
-            pair.stop()
+        with started(pair), httpx.Client(base_url=pair.sender.url, timeout=60) as sender:
+            budgets = []
+            # A slow POST weighs by its time in the estimate (sender/link.py), so one shows a
+            # step down; the step back up takes a few fast ones.
+            for seed, kbps, measuring in ((10, FAST_KBPS, 1), (20, SLOW_KBPS, 1), (30, FAST_KBPS, 3)):
+                link.kbps = kbps
+                for k in range(measuring):
+                    _upload(sender, seed + k, quality=1)  # POSTs at this rate
+                budgets.append(_upload(sender, seed + 9, quality="auto")["budget"])
+            counts = sender.get("/v1/images").json()["counts"]
     fast, slow, fast_again = budgets
     assert all(b["link_source"] == "measured" for b in budgets), budgets
     assert slow["link_kbps"] < fast["link_kbps"] / 2 and fast_again["link_kbps"] > slow["link_kbps"] * 1.5, budgets
     assert slow["bytes"] < fast["bytes"] / 2 and fast_again["bytes"] > slow["bytes"] * 1.5, budgets
-    assert counts == {"queued": 0, "delivered": 8, "failed": 0}
+    assert counts == {"queued": 0, "delivered": 8, "failed": 0, "superseded": 0}
     assert link.bytes_up > 8 * 169

@@ -144,7 +144,7 @@ def test_full_encode_queue_is_503_and_every_accepted_upload_is_delivered(service
     for image_id in ids:
         wait_status(sc, image_id, "delivered")
     assert sorted(stored_ids(rc)) == sorted(ids)
-    assert sc.get("/v1/images").json()["counts"] == {"queued": 0, "delivered": 3, "failed": 0}
+    assert sc.get("/v1/images").json()["counts"] == {"queued": 0, "delivered": 3, "failed": 0, "superseded": 0}
 
 
 def unwritable_store(rc: TestClient, monkeypatch):

@@ -156,7 +156,7 @@ def test_listing_and_unknown_ids(client):
     assert r.status_code == 200
     body = r.json()
     assert len(body["images"]) <= 2 and all(i["status"] == "delivered" for i in body["images"])
-    assert set(body["counts"]) == {"queued", "delivered", "failed"}
+    assert set(body["counts"]) == {"queued", "delivered", "failed", "superseded"}
     unknown = client.get("/v1/images/" + "0" * 32)
     assert unknown.status_code == 404 and unknown.json()["error"] == "ImageNotFound"
     assert client.get("/v1/images/" + "0" * 32 + "/jpeg.jpg").status_code == 404

@@ -1,0 +1,42 @@
+"""``latentwire bench link`` at unit speed: the tiny model, one link rate, a few seconds per run; the
+table's numbers parse and hold together (delivered <= offered, latencies >= 0, p50 <= p95)."""
+
+from __future__ import annotations
+
+import re
+
+from shared.cli import main
+from tests.conftest import TINY_MODEL
+
+ROW = re.compile(r"^\s*(?P<kbps>\d+(?:\.\d+)?)\s+(?P<mode>auto|q=\d\.\d\d)\s+(?P<delivered>\d+)/(?P<offered>\d+)\s+"
+                 r"(?P<p50>>?\d+\.\d+)\s+(?P<p95>>?\d+\.\d+)\s+(?P<first>>?\d+\.\d+)\s+(?P<last>>?\d+\.\d+)\s+"
+                 r"(?P<psnr>\d+\.\d+)\s+(?P<bytes>\d+)\s+(?P<avif>\d+\.\d+|-)\s*$")
+
+
+def seconds(text: str) -> float:
+    return float(text.lstrip(">"))
+
+
+def test_bench_link_prints_a_row_per_run(tiny_models_dir, capsys):
+    rc = main(["bench", "link", "--kbps", "64", "--rate", "2", "--target-s", "2", "--duration-s", "2",
+               "--size", "96x64", "--quality", "0.3", "--drain-s", "10", "--delay-s", "0.01",
+               "--model", TINY_MODEL, "--models-dir", str(tiny_models_dir), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "latentwire bench link — 2 image/s of 96x64 for 2 s, latency target 2 s" in out
+    rows = [m.groupdict() for m in map(ROW.match, out.splitlines()) if m]
+    assert [(r["kbps"], r["mode"]) for r in rows] == [("64", "auto"), ("64", "q=0.30")], out
+    for r in rows:
+        assert int(r["offered"]) == 4 and 1 <= int(r["delivered"]) <= 4, out
+        p50, p95 = seconds(r["p50"]), seconds(r["p95"])
+        assert 0 <= p50 <= p95 < 60 and seconds(r["first"]) >= 0 and seconds(r["last"]) >= 0, out
+        assert 5 < float(r["psnr"]) < 60 and 50 < int(r["bytes"]) < 2000, out
+    # Tiny pictures on 64 kbit/s with a 2 s target: every frame gets through, none late.
+    assert all(r["delivered"] == r["offered"] and not r["p95"].startswith(">") for r in rows), out
+
+
+def test_bench_link_refuses_bad_arguments(capsys):
+    assert main(["bench", "link", "--kbps", "64,zero"]) == 2
+    assert main(["bench", "link", "--kbps", "0"]) == 2
+    assert main(["bench", "link", "--target-s", "-1"]) == 2
+    assert "--kbps is a comma-separated list" in capsys.readouterr().err
