@@ -1,6 +1,6 @@
 """Training the entropy model alone, on cached latents: ``latentwire train-entropy``.
 
-    latentwire train-entropy --model models/lw-vr-hyperprior-4b86bcca.pt \\
+    latentwire train-entropy --model models/lw-vr-hyperprior-<hash8>.pt \\
         --data ../shared/datasets/train --out runs/ctx1 --time-budget-s 3600
 
 The analysis transform g_a stays frozen, and the gain is applied after it, so the latent y of a

@@ -17,9 +17,11 @@ Dataflow (Minnen et al. 2018 without the autoregressive context model)::
                 │ h_a │── z ──×h(q)─► Q ─► ẑ_s (EntropyBottleneck)
                 └─────┘
 
-The hyper-synthesis predicts the mean and scale of the *unscaled* latent; multiplying both by the
-gain turns them into the Gaussian of the scaled latent, so quantising ``y_s`` at unit step is
-quantising ``y`` with step ``1/g``.
+With ``context_groups`` set, a context model (``shared/context.py``) refines h_s's mean and scale
+step by step from what is already decoded (channel groups, each in checkerboard halves); y is
+then coded in that order, format version 4. The hyper-synthesis predicts the mean and scale of
+the *unscaled* latent; multiplying both by the gain turns them into the Gaussian of the scaled
+latent, so quantising ``y_s`` at unit step is quantising ``y`` with step ``1/g``.
 
 Contract (as in CompressAI): ``forward`` is for training (x_hat + likelihoods), ``compress``
 returns strings + shapes, ``decompress`` returns x_hat. The entropy-parameter path
@@ -210,6 +212,7 @@ class VariableRateHyperprior(CompressionModel):
         return means * g, g, scales * g, y_hat * g
 
     def _cdfs(self) -> tuple[list, list, list]:
+        """The Gaussian tables as the rANS coder's calls take them: (CDFs, lengths, offsets)."""
         gc = self.gaussian_conditional
         return gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).int().tolist(), gc._offset.reshape(-1).int().tolist()
 

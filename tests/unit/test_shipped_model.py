@@ -2,7 +2,7 @@
 
 The file is replaced whenever the model is retrained, so nothing here pins its hash or byte
 counts: only that it loads verified, that rate and PSNR rise with quality, and a PSNR floor at
-the middle quality (measured 32.21 dB at 0.362 bpp with lw-vr-hyperprior-4b86bcca, bf16).
+the middle quality (measured 32.17 dB at 0.345 bpp with lw-vr-hyperprior-bba93d6e, bf16).
 """
 
 from __future__ import annotations
@@ -58,19 +58,19 @@ def test_psnr_band_at_half_quality(ladder):
 
 
 def test_half_the_lowest_rates_bytes_still_give_a_picture(shipped_codec, kodim_rgb):
-    """RESOLUTION (shared/codec.py). Measured with lw-vr-hyperprior-4b86bcca: quality 0 takes 860
-    bytes (0.070 bpp, 25.28 dB); 430 bytes gave 23.18 dB coded at 192x128, and a budget of exactly
-    the 860 bytes gave 25.44 dB at 192x128 against 25.29 at the full size's best fit."""
+    """RESOLUTION (shared/codec.py). Measured with lw-vr-hyperprior-bba93d6e: quality 0 takes 787
+    bytes (0.064 bpp, 25.36 dB); 390 bytes gave 23.15 dB coded at 192x128. At exactly the 787 bytes
+    the full size (25.37 dB) beat 0.5 of the side (25.36) and 0.75 (25.28), and was sent."""
     lowest = shipped_codec.encode(kodim_rgb, quality=0.0).nbytes
     half = shipped_codec.encode(kodim_rgb, max_bytes=lowest // 2)
-    assert half.nbytes <= lowest // 2 and half.stream.version == 3
+    assert half.nbytes <= lowest // 2 and half.stream.coded_size is not None
     assert psnr(kodim_rgb, shipped_codec.decode(half.data)) > 22.5
 
     chosen = shipped_codec.encode(kodim_rgb, max_bytes=lowest)
-    full = shipped_codec.encode(kodim_rgb, max_bytes=lowest, scale=1.0)
-    assert chosen.stream.coded_size is not None
-    gain = psnr(kodim_rgb, shipped_codec.decode(chosen.data)) - psnr(kodim_rgb, shipped_codec.decode(full.data))
-    assert gain > 0.05, f"{gain:.2f} dB"
+    candidates = [shipped_codec.encode(kodim_rgb, max_bytes=lowest, scale=s) for s in (1.0, 0.75, 0.5)]
+    best = max(psnr(kodim_rgb, shipped_codec.decode(c.data)) for c in candidates)
+    assert chosen.nbytes <= lowest
+    assert psnr(kodim_rgb, shipped_codec.decode(chosen.data)) >= best - 1e-9  # the closest candidate is sent
 
 
 # ---- the shipped denoising checkpoint (models/lw-vr-denoise-*.pt) ----
