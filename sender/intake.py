@@ -127,8 +127,9 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
     budget_plan, budgets = None, [(rate.max_bytes, None)] * len(images)
     if rate.auto:
         link_rate, source = svc.deliverer.link.budget_rate(s.link_start_kbps)
+        interval = svc.deliverer.link.arrived(time.time())
         budget_plan = plan([im.width * im.height for im in images], link_rate, source, s.latency_target_s,
-                           await svc.outbox.queued_bytes(), s.auto_min_bpp, s.delivery_batch_max_bytes)
+                           await svc.outbox.queued_bytes(), s.auto_min_bpp, s.delivery_batch_max_bytes, interval)
         budgets = list(budget_plan.budgets)
     results = await svc.encoder.encode_many([(codec, im.rgb, rate.quality, b) for im, (b, _) in zip(images, budgets)],
                                             measure=preview)

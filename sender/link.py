@@ -6,9 +6,12 @@ seconds from sending the request to reading the reply). Goodput is the ratio of 
 bytes to the smoothed seconds (two exponential averages, weight ``SMOOTHING`` on the newest), so a
 long slow POST after a rate drop weighs by its time, and the estimate falls within a POST or two.
 It includes each POST's round trip and the receiver's time, which is right: it is the rate at which
-the outbox really drains. ``rtt_s`` is the same average of the POST times. Failed POSTs are no
-sample (an outage leaves the last estimate in place). ``LATENTWIRE_SENDER_LINK_KBPS`` pins the rate
-(source "pinned"; the measurement goes on and is shown beside it).
+the outbox really drains. ``rtt_s`` is the same average of the POST times. A POST that timed out
+is a sample too, as a bound (the link moved less than its body in that time), so a link that
+slows below the batches it is sent pulls the estimate down; other failed POSTs are no sample (an
+outage leaves the last estimate in place). ``LATENTWIRE_SENDER_LINK_KBPS`` pins the rate (source
+"pinned"; the measurement goes on and is shown beside it). The same rate caps each POST's batch
+at what it moves in half the request timeout (``Deliverer._batch_bytes``).
 
 The budget (``quality=auto``, on when ``LATENTWIRE_SENDER_LATENCY_TARGET_S`` is set). A frame
 waits for the bytes queued ahead of it, then for its own, so it reaches the receiver within the
@@ -18,14 +21,22 @@ them in proportion to their pixels:
 
     rate     = measured goodput | LINK_KBPS (pinned) | LINK_START_KBPS before the first sample
     left     = rate * target_s - queued_bytes
+             = rate * interval, when that is less     reason "pace"
     share    = left * pixels / pixels of the whole upload
-    budget   = share                                  reason "target"
+    budget   = share                                  reason "target" (or "pace")
              = floor = AUTO_MIN_BPP * pixels / 8       reason "floor", when share is below it
     then     the stream came out at quality 1          reason "ceiling" (the share was not needed)
              the codec's smallest stream > budget      reason "codec_minimum" (sent at that size)
     late     = (queued + this upload's streams up to this one) / rate > target_s
 
 A late frame is still queued and sent; its record says it will be late.
+
+The pace: ``interval`` is the smoothed time between quality=auto uploads (as goodput, weight
+``SMOOTHING`` on the newest). The target alone lets each upload fill whatever the queue leaves,
+so uploads that come faster than the link drains them keep the queue near rate * target and every
+frame near the target's edge, past it as soon as encoding lags; rate * interval is what the link
+carries between two uploads, the share that keeps the queue from growing at all. A burst of
+uploads is paced like a fast feed: each gets what the link carries between them.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 SMOOTHING = 0.5  # weight of the newest POST: a rate step shows within 1-2 POSTs, one odd POST is halved
-BudgetReason = Literal["target", "floor", "ceiling", "codec_minimum"]
+BudgetReason = Literal["target", "pace", "floor", "ceiling", "codec_minimum"]
 RateSource = Literal["measured", "pinned", "start"]
 
 
@@ -56,6 +67,17 @@ class LinkModel:
         self._bytes: float | None = None  # smoothed body bytes per acknowledged POST
         self._seconds: float | None = None  # smoothed seconds per acknowledged POST
         self.samples = 0
+        self._last_upload_at: float | None = None
+        self.interval_s: float | None = None  # smoothed seconds between quality=auto uploads
+
+    def arrived(self, now: float) -> float | None:
+        """A quality=auto upload at ``now``: the smoothed interval between such uploads so far
+        (None for the first)."""
+        if self._last_upload_at is not None and now > self._last_upload_at:
+            gap = now - self._last_upload_at
+            self.interval_s = gap if self.interval_s is None else self.interval_s + SMOOTHING * (gap - self.interval_s)
+        self._last_upload_at = now
+        return self.interval_s
 
     def observe(self, nbytes: int, seconds: float) -> None:
         """One POST the receiver answered 200: ``nbytes`` of body in ``seconds``."""
@@ -114,15 +136,18 @@ class Plan:
 
 
 def plan(pixels: list[int], rate_bytes_per_s: float, source: RateSource, target_s: float, queued_bytes: int,
-         min_bpp: float, max_bytes: int) -> Plan:
-    """Each image's budget (see the module docstring); ``max_bytes`` caps any one budget."""
-    left = rate_bytes_per_s * target_s - queued_bytes
+         min_bpp: float, max_bytes: int, interval_s: float | None = None) -> Plan:
+    """Each image's budget (see the module docstring); ``max_bytes`` caps any one budget;
+    ``interval_s``: the pace of uploads (``LinkModel.arrived``), None before there is one."""
+    left, why = rate_bytes_per_s * target_s - queued_bytes, "target"
+    if interval_s is not None and rate_bytes_per_s * interval_s < left:
+        left, why = rate_bytes_per_s * interval_s, "pace"
     total = sum(pixels)
     budgets = []
     for px in pixels:
         share = left * px / total
         floor = max(1, math.ceil(min_bpp * px / 8))
-        budgets.append((floor, "floor") if share < floor else (min(int(share), max_bytes), "target"))
+        budgets.append((floor, "floor") if share < floor else (min(int(share), max_bytes), why))
     return Plan(rate_bytes_per_s, source, target_s, queued_bytes, tuple(budgets))  # type: ignore[arg-type]
 
 
@@ -131,7 +156,7 @@ def settle(p: Plan, index: int, budget_bytes: int, reason: BudgetReason, quality
     """The record of image ``index`` once encoded. ``budget_bytes`` / ``reason``: what it was
     encoded with (the codec's minimum when the plan's budget was below it); ``quality``: what the
     stream came out at; ``bytes_through``: this upload's stream bytes up to and including it."""
-    if reason == "target" and quality >= 1.0:
+    if reason in ("target", "pace") and quality >= 1.0:
         reason = "ceiling"
     expected = (p.queued_bytes + bytes_through) / p.rate_bytes_per_s
     return Budget(bytes=budget_bytes, reason=reason, late=expected > p.target_s,

@@ -103,8 +103,7 @@ class Deliverer(BackgroundTask):
             await asyncio.sleep(pause)  # new uploads do not cut a receiver's backoff short
             return
         self._wake.clear()  # before looking, so an upload queued meanwhile still wakes us
-        frames = await self.outbox.due(time.time(), self.settings.delivery_batch_max,
-                                       self.settings.delivery_batch_max_bytes)
+        frames = await self.outbox.due(time.time(), self.settings.delivery_batch_max, self._batch_bytes())
         if frames:
             try:
                 await self._send(frames)
@@ -118,6 +117,14 @@ class Deliverer(BackgroundTask):
         except TimeoutError:
             pass
 
+    def _batch_bytes(self) -> int:
+        """Stream bytes one POST may carry: at most what the link moves in half the request timeout
+        (its measured or pinned rate, else the start rate). On a thin link a whole backlog as one
+        batch would time out, be retried whole, and time out again: nothing would ever arrive.
+        The outbox still sends one frame alone when even that is more."""
+        rate, _ = self.link.budget_rate(self.settings.link_start_kbps)
+        return max(1, min(self.settings.delivery_batch_max_bytes, int(rate * self.settings.request_timeout_s / 2)))
+
     async def _send(self, frames: list[PendingFrame]) -> None:
         body = await asyncio.to_thread(self._pack, frames)  # msgpack + HMAC over up to 8 MiB
         ids = [f.id for f in frames]
@@ -126,7 +133,11 @@ class Deliverer(BackgroundTask):
             response = await self.client.post(self.settings.frames_url, content=body,
                                               headers={"Content-Type": CONTENT_TYPE})
         except httpx.TimeoutException as exc:
-            self.metrics.transmit_seconds.labels("timeout").observe(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            self.metrics.transmit_seconds.labels("timeout").observe(elapsed)
+            # Not delivered, but a bound: the link moved less than the body in that time. Counting
+            # it pulls the rate (and so batches and auto budgets) down when a link slows.
+            self.link.observe(len(body), elapsed)
             await self._transient(ids, "timeout", f"no answer within {self.settings.request_timeout_s} s "
                                   f"({type(exc).__name__})")
             return

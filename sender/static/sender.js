@@ -69,6 +69,7 @@ function denoiseNote(image) {
 // quality=auto: the budget chosen and why; max_bytes: whether the budget limited the stream at all.
 const REASONS = {
   target: "its share of the link within the target",
+  pace: "its share of what the link carries between uploads",
   floor: "the floor (the link is too slow for the target)",
   ceiling: "not binding: quality 1 fitted in the link's share",
   codec_minimum: "the codec's smallest stream (the link is too slow for the floor)",

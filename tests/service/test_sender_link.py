@@ -123,6 +123,23 @@ def test_plan_shares_the_bytes_left_by_pixels_and_keeps_the_floor():
     assert settle(p, 0, 500, "target", 1.0, 300).reason == "ceiling"
 
 
+
+def test_uploads_faster_than_the_link_get_its_pace_not_the_whole_target():
+    """1 kB/s and a 10 s target leave 10 kB to the first upload; at one upload a second the link
+    carries 1 kB between two, so from the second on that is the budget, and the queue stops growing."""
+    link = LinkModel(pinned_kbps=8)
+    rate, source = link.budget_rate(64)
+    assert link.arrived(100.0) is None
+    first = plan([100], rate, source, target_s=10, queued_bytes=0, min_bpp=8, max_bytes=10**6)
+    interval = link.arrived(101.0)
+    second = plan([100], rate, source, 10, queued_bytes=900, min_bpp=8, max_bytes=10**6, interval_s=interval)
+    assert link.arrived(103.0) == pytest.approx(1.5)  # smoothed: 1 s, then 2 s at weight 0.5
+    slow = plan([100, 300], rate, source, 10, queued_bytes=9500, min_bpp=1, max_bytes=10**6, interval_s=1.5)
+    assert first.budgets == ((10_000, "target"),)
+    assert second.budgets == ((1000, "pace"),)
+    assert slow.budgets == ((125, "target"), (375, "target"))  # 500 left of the target: less than the pace
+    assert settle(second, 0, 1000, "pace", 1.0, 300).reason == "ceiling"
+
 # ---- GET /v1/link and /metrics --------------------------------------------------------------------
 def test_link_is_measured_from_acknowledged_posts(tmp_path, tiny_models_dir):
     link = Link(bytes_per_s=4000)
@@ -190,10 +207,13 @@ def test_auto_before_any_measurement_uses_the_start_rate(tmp_path, tiny_models_d
 
 def test_auto_budgets_shrink_with_the_bytes_queued_ahead(tmp_path, tiny_models_dir):
     """Pinned at 8 kbit/s (1000 B/s) with a 0.5 s target: 500 bytes in all, while the receiver is
-    down and the frames wait. Each upload gets what the ones before it left."""
+    down and the frames wait. Each upload gets what the ones before it left. They come 0.6 s
+    apart, so the pace (what the link carries between two uploads, 600 bytes) does not bind."""
     with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.5) as client:
         (first,) = upload(client, smooth_png(), quality="auto")
+        time.sleep(0.6)
         (second,) = upload(client, smooth_png(seed=4), quality="auto")
+        time.sleep(0.6)
         (third,) = upload(client, smooth_png(seed=5), quality="auto")
         record = client.get(f"/v1/images/{third['id']}").json()
         metrics = client.get("/metrics").text
@@ -250,3 +270,20 @@ def test_auto_budgets_follow_a_rate_step(tmp_path, tiny_models_dir):
     assert fast["budget"]["link_kbps"] > 60 and rate_after < 40
     assert after["budget"]["bytes"] < 0.6 * fast["budget"]["bytes"]
     assert after["bytes"] < fast["bytes"]
+
+
+def test_a_thin_links_backlog_goes_in_batches_that_fit_the_timeout(tmp_path, tiny_models_dir):
+    """At 200 B/s with a 2 s request timeout a POST may carry about 200 bytes of streams: a backlog
+    of six frames goes a frame or two at a time and every POST succeeds (one batch of all of them
+    would outlast the timeout, and be retried whole, forever)."""
+    link = Link(bytes_per_s=200)
+    with client_for(tmp_path, tiny_models_dir, link, link_kbps=1.6, request_timeout_s=2.0,
+                    retry_base_s=0.05, retry_max_s=0.2) as client:
+        images = upload(client, *(smooth_png(seed=s) for s in range(6)), quality=0.3)
+        for image in images:
+            wait_status(client, image["id"], "delivered", timeout_s=30.0)
+        metrics = client.get("/metrics").text
+    assert sum(image["bytes"] for image in images) / 200 > 2.0  # one batch: past the timeout
+    assert len(link.bodies) >= 3
+    assert all(body / 200 < 2.0 for body in link.bodies), link.bodies  # each POST within it
+    assert 'latentwire_sender_transmit_seconds_count{outcome="timeout"}' not in metrics
