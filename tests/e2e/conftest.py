@@ -15,7 +15,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from shared.launcher import ServicePair
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -42,6 +42,16 @@ def started(pair: ServicePair):
 def services(tmp_path, tiny_models_dir):
     with started(ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32),
                              model=TINY_MODEL, models_dir=tiny_models_dir)) as pair:
+        yield pair
+
+
+@pytest.fixture
+def denoise_services(tmp_path, tiny_models_dir):
+    """The pair with the tiny denoising model beside the tiny one, so mode=denoise is on."""
+    env = {"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
+           "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL}
+    with started(ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
+                             models_dir=tiny_models_dir, extra_env=env)) as pair:
         yield pair
 
 

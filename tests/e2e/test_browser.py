@@ -55,34 +55,22 @@ def test_sender_upload_page_shows_comparison(services, browser, tmp_path):
     page.close()
 
 
-def test_denoise_uploads_show_the_noise_estimate(tmp_path, tiny_models_dir, browser):
+def test_denoise_uploads_show_the_noise_estimate(tmp_path, denoise_services, browser):
     """mode=denoise on the upload page: the card says what clean first decided (the random tiny
     denoiser's estimate is far above any limit, so it codes its reconstruction)."""
-    import secrets
-
-    from shared.launcher import ServicePair
-    from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
-
-    denoise = {"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
-               "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL}
-    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
-                       models_dir=tiny_models_dir, extra_env=denoise)
-    try:
-        pair.start()
-        page = browser.new_page()
-        page.goto(pair.sender.url + "/")
-        path = tmp_path / "noisy.png"
-        path.write_bytes(png_bytes(80, 60, seed=5))
-        page.check("input[name=mode][value=denoise]")
-        page.set_input_files("input[type=file]", str(path))
-        page.locator("form [type=submit], form button").first.click()
-        page.wait_for_function("document.querySelectorAll('[data-id] img').length >= 3", timeout=30_000)
-        text = page.locator("[data-id] .ours").first.inner_text()
-        image_id = page.locator("[data-id]").first.get_attribute("data-id")
-        record = httpx.get(f"{pair.sender.url}/v1/images/{image_id}").json()
-        page.close()
-    finally:
-        pair.stop()
+    pair = denoise_services
+    page = browser.new_page()
+    page.goto(pair.sender.url + "/")
+    path = tmp_path / "noisy.png"
+    path.write_bytes(png_bytes(80, 60, seed=5))
+    page.check("input[name=mode][value=denoise]")
+    page.set_input_files("input[type=file]", str(path))
+    page.locator("form [type=submit], form button").first.click()
+    page.wait_for_function("document.querySelectorAll('[data-id] img').length >= 3", timeout=30_000)
+    text = page.locator("[data-id] .ours").first.inner_text()
+    image_id = page.locator("[data-id]").first.get_attribute("data-id")
+    record = httpx.get(f"{pair.sender.url}/v1/images/{image_id}").json()
+    page.close()
     assert record["mode"] == "denoise" and record["cleaned"] is True and record["noise"] > 50
     assert text.startswith("latentwire (denoise):")
     assert f"noise estimate {record['noise']:.1f} grey levels, coded its clean reconstruction" in text
@@ -173,62 +161,53 @@ def _photo_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def test_receiver_cards_show_mode_and_coded_size_without_overlapping_text(tmp_path, tiny_models_dir, browser):
+def test_receiver_cards_show_mode_and_coded_size_without_overlapping_text(tiny_models_dir, denoise_services,
+                                                                          browser):
     """A 1136x818 photo through the sender twice: at a quality (full size, mode standard) and in
     mode denoise with a byte budget below what the full size needs (coded smaller). Each card
     says its mode, the reduced one its coded size, and no two text boxes of a card overlap, in
     windows 1280 px wide, 1366 and 1920 (where the grid's cards are narrowest: the old layout ran
     "1136×818" into "22.6 kB" there) and 400 px narrow."""
-    import secrets
-
     from shared.codec import Codec
     from shared.images import load_image
-    from shared.launcher import ServicePair
-    from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
+    from tests.conftest import TINY_DENOISE_MODEL
 
+    pair = denoise_services
     photo = _photo_png(1136, 818)
     denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
     budget = denoiser.encode(load_image(photo).rgb, quality=0.0).nbytes // 2  # the full size cannot fit
-    denoise = {"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
-               "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL}
-    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
-                       models_dir=tiny_models_dir, extra_env=denoise)
-    try:
-        pair.start()
-        with httpx.Client(base_url=pair.sender.url, timeout=120) as sender:
-            uploads = [sender.post("/v1/images", params=params, files={"file": ("photo.png", photo, "image/png")})
-                       for params in ({"quality": 0.5, "preview": False},
-                                      {"mode": "denoise", "max_bytes": budget, "preview": False})]
-        assert [r.status_code for r in uploads] == [202, 202], [r.text for r in uploads]
-        full, reduced = (r.json()["images"][0] for r in uploads)
-        assert (full["coded_width"], full["coded_height"]) == (1136, 818)
-        coded = (reduced["coded_width"], reduced["coded_height"])
-        assert coded[0] < 1136 and coded[1] < 818, reduced
+    with httpx.Client(base_url=pair.sender.url, timeout=120) as sender:
+        uploads = [sender.post("/v1/images", params=params, files={"file": ("photo.png", photo, "image/png")})
+                   for params in ({"quality": 0.5, "preview": False},
+                                  {"mode": "denoise", "max_bytes": budget, "preview": False})]
+    assert [r.status_code for r in uploads] == [202, 202], [r.text for r in uploads]
+    full, reduced = (r.json()["images"][0] for r in uploads)
+    assert (full["coded_width"], full["coded_height"]) == (1136, 818)
+    coded = (reduced["coded_width"], reduced["coded_height"])
+    assert coded[0] < 1136 and coded[1] < 818, reduced
 
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(pair.receiver.url + "/")
-        for image in (full, reduced):  # arrive live, or are listed when the page loads after them
-            page.wait_for_selector(f'#gallery [data-id="{image["id"]}"]', timeout=60_000)
-        cards = {image["id"]: page.locator(f'#gallery [data-id="{image["id"]}"]') for image in (full, reduced)}
-        shown = {}
-        for width in (1280, 1366, 1920, 400):
-            page.set_viewport_size({"width": width, "height": 900})
-            for image_id, card in cards.items():
-                card.scroll_into_view_if_needed()
-                boxes = card.evaluate(_CARD_TEXT_BOXES)
-                texts = [box["text"] for box in boxes]
-                assert "1136×818" in texts and len(texts) >= 16, texts
-                assert _overlapping(boxes) == [], (width, texts)
-                frame = card.bounding_box()
-                assert all(frame["x"] <= box["left"] and box["right"] <= frame["x"] + frame["width"] + 0.5
-                           for box in boxes), (width, boxes, frame)  # nothing runs out of the card
-                shown[image_id] = texts
-        time_text = cards[full["id"]].locator("time").inner_text()
-        page.close()
-    finally:
-        pair.stop()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(pair.receiver.url + "/")
+    for image in (full, reduced):  # arrive live, or are listed when the page loads after them
+        page.wait_for_selector(f'#gallery [data-id="{image["id"]}"]', timeout=60_000)
+    cards = {image["id"]: page.locator(f'#gallery [data-id="{image["id"]}"]') for image in (full, reduced)}
+    shown = {}
+    for width in (1280, 1366, 1920, 400):
+        page.set_viewport_size({"width": width, "height": 900})
+        for image_id, card in cards.items():
+            card.scroll_into_view_if_needed()
+            boxes = card.evaluate(_CARD_TEXT_BOXES)
+            texts = [box["text"] for box in boxes]
+            assert "1136×818" in texts and len(texts) >= 16, texts
+            assert _overlapping(boxes) == [], (width, texts)
+            frame = card.bounding_box()
+            assert all(frame["x"] <= box["left"] and box["right"] <= frame["x"] + frame["width"] + 0.5
+                       for box in boxes), (width, boxes, frame)  # nothing runs out of the card
+            shown[image_id] = texts
+    time_text = cards[full["id"]].locator("time").inner_text()
+    page.close()
     assert errors == []
     full_texts, reduced_texts = shown[full["id"]], shown[reduced["id"]]
     assert "standard" in full_texts and "coded at" not in full_texts
