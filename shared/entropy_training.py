@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from compressai.ops import quantize_ste
 
 from shared.checkpoint import load_model, safe_load
 from shared.network import InferenceTransform, NetworkConfig, VariableRateHyperprior
@@ -104,17 +103,8 @@ def sample_batch(latents: list[torch.Tensor], batch: int, crop: int, rng: random
 
 def rate_bits(model: VariableRateHyperprior, y: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """Training rate of each crop in bits (B,): noisy likelihoods, context steps rounded (STE)."""
-    g, hg = model.gains(quality)
-    z = model.h_a(y)
-    z_s = z * hg
-    _, z_lik = model.entropy_bottleneck(z_s)
-    medians = model.entropy_bottleneck._get_medians()
-    z_hat = (quantize_ste(z_s - medians) + medians) / hg
-    scales, means = model.h_s(z_hat).chunk(2, 1)
-    if model.context is not None:
-        means, scales, _ = model.refine(means, scales, quality, y, g)
-    _, y_lik = model.gaussian_conditional(y * g, scales * g, means=means * g)
-    return -(torch.log2(y_lik).sum((1, 2, 3)) + torch.log2(z_lik).sum((1, 2, 3)))
+    _, likelihoods = model.latent_forward(y, model.h_a(y), quality)
+    return -sum(torch.log2(lik).sum((1, 2, 3)) for lik in likelihoods.values())
 
 
 @torch.no_grad()

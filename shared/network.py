@@ -134,16 +134,24 @@ class VariableRateHyperprior(CompressionModel):
         ``autocast_dtype`` (e.g. bfloat16) applies to the four transforms only; gains and entropy
         models stay in float32, where the likelihoods need the precision.
         """
-        g, hg = self.gains(quality)
         with _autocast(x.device, autocast_dtype):
             y = self.g_a(x)  # (B, M, H/16, W/16)
             z = self.h_a(y)  # (B, N, H/64, W/64)
-        y, z = y.float(), z.float()
+        y_hat, likelihoods = self.latent_forward(y.float(), z.float(), quality, autocast_dtype)
+        with _autocast(x.device, autocast_dtype):
+            x_hat = self.g_s(y_hat)  # (B, 3, H, W)
+        return {"x_hat": x_hat.float(), "likelihoods": likelihoods}
+
+    def latent_forward(self, y: Tensor, z: Tensor, quality: Tensor,
+                       autocast_dtype: torch.dtype | None = None) -> tuple[Tensor, dict]:
+        """Training from analysed latents (float32): (ŷ for g_s, likelihoods of y and z). The
+        entropy-model half of ``forward``, which ``latentwire train-entropy`` runs on cached y."""
+        g, hg = self.gains(quality)
         z_s = z * hg
         _, z_likelihoods = self.entropy_bottleneck(z_s)
         medians = self.entropy_bottleneck._get_medians()  # (1, N, 1, 1)
         z_hat = (quantize_ste(z_s - medians) + medians) / hg
-        with _autocast(x.device, autocast_dtype):
+        with _autocast(y.device, autocast_dtype):
             gaussian_params = self.h_s(z_hat)  # (B, 2M, H/16, W/16)
         scales, means = gaussian_params.float().chunk(2, 1)
         y_s = y * g
@@ -152,9 +160,7 @@ class VariableRateHyperprior(CompressionModel):
         else:
             means, scales, y_hat = self.refine(means, scales, quality, y, g)
         _, y_likelihoods = self.gaussian_conditional(y_s, scales * g, means=means * g)
-        with _autocast(x.device, autocast_dtype):
-            x_hat = self.g_s(y_hat)  # (B, 3, H, W)
-        return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
     def refine(self, means: Tensor, scales: Tensor, quality: Tensor, y: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Training: the context model's (means, scales, ŷ) for the unscaled y, rounding each step
@@ -173,14 +179,19 @@ class VariableRateHyperprior(CompressionModel):
         Runs h_s on the CPU in float64 whatever device the caller uses: the indexes choose the
         entropy coder's tables, so encoder and decoder must compute them bit-identically.
         """
+        means, scales, g = self._hyper_parameters(z_hat_s, quality)
+        scales_s = scales * g
+        return scale_indexes(self.gaussian_conditional, scales_s), means * g, g, scales_s
+
+    def _hyper_parameters(self, z_hat_s: Tensor, quality: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h_s's (means, scales) of the unscaled latent and the y gain, float64 on the CPU."""
         h_s64 = _float64_copy(self.h_s)
         q = quality.detach().to("cpu", torch.float64)
         g, hg = self.gains(q.to(self.log_gain.device), dtype=torch.float64)
         g, hg = g.cpu(), hg.cpu()
         z_hat = z_hat_s.detach().to("cpu", torch.float64) / hg
         scales, means = h_s64(z_hat).chunk(2, 1)
-        scales_s = scales * g
-        return scale_indexes(self.gaussian_conditional, scales_s), means * g, g, scales_s
+        return means, scales, g
 
     def _context_walk(self, z_hat_s: Tensor, quality: Tensor, y: Tensor | None, code) -> tuple[Tensor, ...]:
         """The context model's decoding order (``shared/context.py``) in float64 on the CPU, for one
@@ -188,8 +199,7 @@ class VariableRateHyperprior(CompressionModel):
         its integer symbols: the encoder passes round(y_s - μ_s) on and returns them, the decoder
         ignores them (``y`` is None) and returns what it decodes. Returns (means_s, g, scales_s,
         ŷ_s) of the whole latent, float64."""
-        _, means_s, g, scales_s = self.entropy_parameters(z_hat_s, quality)
-        means, scales = means_s / g, scales_s / g
+        means, scales, g = self._hyper_parameters(z_hat_s, quality)
         context64 = _float64_copy(self.context)
         y64 = torch.zeros_like(means) if y is None else y.detach().to("cpu", torch.float64)
 
