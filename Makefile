@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast browser compiler bench eval clean
+.PHONY: setup demo test test-fast browser compiler postgres cluster bench eval clean
 
 setup: $(STAMP)
 
@@ -30,10 +30,19 @@ browser:
 compiler:
 	@$(call apt_need,g++,g++)
 
+# PostgreSQL for cluster mode's tests and `make cluster` (Debian keeps initdb out of PATH).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  $(call apt_need,initdb,postgresql)
+
 demo: setup
 	$(BIN)/latentwire demo
 
-test: setup browser compiler
+# Cluster mode on this machine: NATS JetStream, PostgreSQL, SeaweedFS S3, 1 sender, 2 receiver workers.
+cluster: setup postgres
+	$(BIN)/latentwire cluster
+
+test: setup browser compiler postgres
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -35,6 +35,8 @@ from receiver.metrics import Metrics
 from receiver.routes import router
 from receiver.settings import Settings
 from receiver.store import Store
+from receiver.worker import FrameWorker, subscribe_events
+from shared.jetstream import Broker, redact
 
 log = logging.getLogger("latentwire.receiver")
 HERE = Path(__file__).resolve().parent
@@ -59,20 +61,39 @@ def create_app(settings: Settings) -> FastAPI:
         elif settings.denoise_model:
             log.warning("no model %r in %s: frames from a sender's mode=denoise will be refused (409)",
                         settings.denoise_model, settings.models_dir)
-        store = await asyncio.to_thread(Store(settings.store_dir).open)
+        if settings.cluster_store:  # imported here: the embedded default needs neither psycopg nor boto3
+            from receiver.cluster_store import ClusterStore
+
+            store = ClusterStore(settings.database_url, settings.blob_url, endpoint_url=settings.blob_endpoint_url)
+        else:
+            store = Store(settings.store_dir)
+        store = await asyncio.to_thread(store.open)
         hub = EventHub(settings.sse_client_queue, on_count=metrics.sse_clients.set)
         decoder = Decoder(codecs, store, hub, metrics, settings.secret_bytes(),
                           max_frame_bytes=settings.max_frame_bytes, max_batch=settings.max_batch,
                           queue_size=settings.decode_queue_size)
+        broker = worker = None
+        if settings.broker_url:  # cluster mode: one worker of the JetStream consumer (receiver/worker.py)
+            broker = Broker(settings.broker_url, "latentwire-receiver", on_connect=lambda nc: subscribe_events(nc, hub))
+            worker = FrameWorker(broker, decoder, hub, settings, metrics)
+            broker.start()
+            worker.start()
         app.state.codec, app.state.codecs = codec, codecs
         app.state.store, app.state.hub, app.state.decoder = store, hub, decoder
-        log.info("receiver ready: models %s on %s, store %s", ", ".join(f"{c.name}@{c.weights}" for c in codecs),
-                 codec.device, settings.store_dir)
+        app.state.broker, app.state.worker = broker, worker
+        log.info("receiver ready: models %s on %s, store %s%s", ", ".join(f"{c.name}@{c.weights}" for c in codecs),
+                 codec.device, f"{redact(settings.database_url)} + {settings.blob_url}" if settings.cluster_store
+                 else settings.store_dir,
+                 f", worker of NATS JetStream at {broker.where}" if broker else "")
         try:
             yield
         finally:
             hub.close()
+            if worker is not None:
+                await worker.stop()  # no new frame is fetched; the one decoding finishes below
             await asyncio.to_thread(decoder.shutdown)
+            if broker is not None:
+                await broker.close()
             store.close()
 
     # FastAPI's own /docs and /redoc load their scripts from a CDN: routes.py serves /docs from the

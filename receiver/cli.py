@@ -28,6 +28,14 @@ def add_parser(subparsers) -> None:
                    help="where the synthesis transform runs (LATENTWIRE_RECEIVER_DEVICE, default auto)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="synthesis arithmetic (LATENTWIRE_RECEIVER_PRECISION, default auto: bf16 on CPUs with native bf16)")
+    p.add_argument("--broker-url", help="cluster mode: be one worker of the NATS JetStream consumer at "
+                   "nats://host:4222 (LATENTWIRE_RECEIVER_BROKER_URL)")
+    p.add_argument("--database-url", help="cluster mode: the shared image index, postgresql://user@host/db "
+                   "(LATENTWIRE_RECEIVER_DATABASE_URL; with --blob-url)")
+    p.add_argument("--blob-url", help="cluster mode: the bucket for PNGs and received codes, s3://bucket[/prefix] "
+                   "(LATENTWIRE_RECEIVER_BLOB_URL)")
+    p.add_argument("--blob-endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 "
+                   "(LATENTWIRE_RECEIVER_BLOB_ENDPOINT_URL; default: AWS)")
     p.add_argument("--insecure-demo", action="store_true", default=None,
                    help="accept an empty or weak LATENTWIRE_SECRET (LATENTWIRE_INSECURE_DEMO=1); never in production")
     p.set_defaults(func=_cmd_receiver)
@@ -41,7 +49,8 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
     from receiver.settings import Settings
 
     overrides = {name: getattr(args, name) for name in
-                 ("host", "port", "store_dir", "model", "denoise_model", "models_dir", "device", "precision", "insecure_demo")
+                 ("host", "port", "store_dir", "model", "denoise_model", "models_dir", "device", "precision",
+                  "broker_url", "database_url", "blob_url", "blob_endpoint_url", "insecure_demo")
                  if getattr(args, name) is not None}
     try:
         settings = Settings(**overrides)

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from starlette.concurrency import run_in_threadpool
@@ -42,6 +43,9 @@ class Decoder:
         # then the denoising one (settings.denoise_model) when it is installed.
         self.modes = {c.name: "denoise" if k else "standard" for k, c in enumerate(codecs)}
         self.store, self.hub, self.metrics = store, hub, metrics
+        # Called on the event loop with each stored image's JSON: the local live page by default;
+        # cluster mode sends it to every replica instead (receiver/worker.py).
+        self.announce: Callable[[dict], None] = hub.publish
         self._secret = secret
         self._max_frame_bytes = max_frame_bytes
         self._max_batch = max_batch
@@ -90,6 +94,11 @@ class Decoder:
         self.check_capacity()
         frames = await run_in_threadpool(self.validate, body)
         self.check_capacity()  # others may have filled the queue while this body was checked
+        return await self.decode(frames)
+
+    async def decode(self, frames: list[Frame]) -> list[dict]:
+        """Decode and store validated frames on the decode thread (cluster workers call this
+        directly: they hold one message at a time, so they need no capacity check)."""
         loop = asyncio.get_running_loop()
         self._pending += 1
         self.metrics.decode_queue_depth.set(self._pending)
@@ -119,7 +128,8 @@ class Decoder:
         rgb = self.codec_for(stream).decode(stream)  # (H, W, 3) uint8
         decode_s = time.perf_counter() - t0
         png = encode_png(rgb)
-        stream_bytes = len(stream.to_bytes())
+        code = stream.to_bytes()
+        stream_bytes = len(code)
         meta = {
             "id": frame.id, "width": stream.width, "height": stream.height,
             "stream_bytes": stream_bytes, "bpp": stream_bytes * 8 / (stream.width * stream.height),
@@ -128,7 +138,7 @@ class Decoder:
             "coded_height": stream.coded_size[0] if stream.coded_size else None,
             "coded_width": stream.coded_size[1] if stream.coded_size else None,
         }
-        row = self.store.put(meta, png)
+        row = self.store.put(meta, png, code=code)
         if row is None:  # stored by a concurrent request between the check and now
             self.metrics.frames.labels(result="duplicate").inc()
             return "duplicate"
@@ -137,7 +147,7 @@ class Decoder:
         self.metrics.bpp.observe(meta["bpp"])
         log.info("stored %s: %dx%d, %d bytes, %.3f bpp, decode %.1f ms", frame.id, stream.width,
                  stream.height, stream_bytes, meta["bpp"], decode_s * 1000.0)
-        _call_soon(loop, self.hub.publish, as_json(row))
+        _call_soon(loop, self.announce, as_json(row))
         return "stored"
 
 

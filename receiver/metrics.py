@@ -2,13 +2,16 @@
 test process can build several apps). Served as text at ``GET /metrics``.
 
     latentwire_receiver_frames_total{result}        stored | duplicate per frame; a rejected request
-                                                    counts once under its error code (BadSignature, ...)
+                                                    counts once under its error code (BadSignature, ...);
+                                                    cluster mode: dead_letter per frame taken off the stream
     latentwire_receiver_received_bytes_total        request body bytes read on POST /v1/frames
     latentwire_receiver_decode_seconds              histogram: bitstream -> pixels
     latentwire_receiver_bpp                         histogram: bits per pixel of stored frames
     latentwire_receiver_decode_queue_depth          requests queued or decoding now
     latentwire_receiver_errors_total{code}          every error answered, by error code
     latentwire_receiver_sse_clients                 live /v1/events connections
+    latentwire_receiver_dead_letters_total{reason}  cluster mode: frames from the stream dead-lettered, by
+                                                    reason (BadSignature, ModelMismatch, ...; receiver/worker.py)
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Metrics:
                                         namespace=ns, registry=r)
         self.errors = Counter("errors", "Errors answered, by code", ["code"], namespace=ns, registry=r)
         self.sse_clients = Gauge("sse_clients", "Live /v1/events connections", namespace=ns, registry=r)
+        self.dead_letters = Counter("dead_letters", "Cluster mode: frames dead-lettered, by reason", ["reason"],
+                                    namespace=ns, registry=r)
         for result in ("stored", "duplicate"):
             self.frames.labels(result=result)  # present at 0 from the start
 

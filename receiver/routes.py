@@ -8,7 +8,8 @@
     GET  /v1/models            -> the served model: name, weights, device, precision, network, limits
     GET  /                     -> live gallery page
     GET  /healthz              -> {"status": "ok"} while the process serves requests
-    GET  /readyz               -> 200 ready / 503 with reasons (model, entropy tables, store writable)
+    GET  /readyz               -> 200 ready / 503 with reasons (model, entropy tables, store writable;
+                                  cluster mode: NATS reachable, PostgreSQL and S3 answering, each named)
     GET  /metrics              -> Prometheus text
     GET  /docs                 -> Swagger UI of /openapi.json, its files served by this app (the
                                   fastapi-offline package, mounted at /docs/assets): no CDN. No ReDoc:
@@ -104,15 +105,14 @@ async def list_images(store: StoreDep, limit: Annotated[int, Query(ge=1, le=200)
 
 
 # The .png route comes first: "{image_id}" alone would also match "<id>.png".
-@router.get("/v1/images/{image_id}.png", response_class=FileResponse,
+@router.get("/v1/images/{image_id}.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}, 400: {"model": ErrorBody}, 404: {"model": ErrorBody}})
-async def image_png(image_id: str, store: StoreDep) -> FileResponse:
-    path = store.png_path(image_id)
-    if not await run_in_threadpool(store.contains, image_id) or not path.is_file():
+async def image_png(image_id: str, store: StoreDep) -> Response:
+    png = await run_in_threadpool(store.read_png, check_id(image_id))  # from disk, or S3 in cluster mode
+    if png is None:
         raise ImageNotFound(f"no stored image {image_id}: list stored images at /v1/images")
     # An id names one reconstruction forever, so browsers may cache it for good.
-    return FileResponse(path, media_type="image/png",
-                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 
 @router.get("/v1/images/{image_id}", response_model=ImageMeta,
@@ -171,6 +171,9 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
         reasons.append("the model is not loaded")
     elif not all(tables_ready(c) for c in getattr(state, "codecs", [codec])):
         reasons.append("the model's entropy-coder tables are missing: re-export it with `latentwire export`")
+    broker = getattr(state, "broker", None)
+    if broker is not None and not broker.connected:
+        reasons.append(broker.unavailable_reason())
     if store is None:
         reasons.append("the store is not open")
     else:

@@ -21,6 +21,20 @@
     LATENTWIRE_RECEIVER_DECODE_QUEUE_SIZE    8                       requests waiting to decode (503 above)
     LATENTWIRE_RECEIVER_SSE_HEARTBEAT_S      15                      seconds between SSE comment heartbeats
     LATENTWIRE_RECEIVER_SSE_CLIENT_QUEUE     100                     events buffered per live client
+  cluster mode (each setting alone switches on its part; docs in receiver/worker.py):
+    LATENTWIRE_RECEIVER_BROKER_URL           (unset)                 nats://host:4222: this process is one worker
+                                                                     of the JetStream consumer, and live events
+                                                                     reach every replica through NATS
+    LATENTWIRE_RECEIVER_DATABASE_URL         (unset)                 postgresql://user@host/db: the image index
+    LATENTWIRE_RECEIVER_BLOB_URL             (unset)                 s3://bucket[/prefix]: PNGs and received codes
+                                                                     (with DATABASE_URL; both or neither)
+    LATENTWIRE_RECEIVER_BLOB_ENDPOINT_URL    (unset: AWS)            S3-compatible endpoint, e.g. SeaweedFS's
+                                                                     http://host:8333; keys from the usual
+                                                                     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    LATENTWIRE_RECEIVER_BROKER_ACK_WAIT_S    30                      a worker that dies holding a frame: seconds
+                                                                     until the frame goes to another worker
+    LATENTWIRE_RECEIVER_BROKER_MAX_DELIVERIES 10                     deliveries of one frame before it is
+                                                                     dead-lettered (it keeps killing workers)
 
 ``latentwire receiver --flag`` overrides the matching env var. The secret policy: refuse an
 empty secret, one shorter than 16 characters, or a placeholder ("change-me", "secret", ...),
@@ -34,11 +48,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.checkpoint import DEFAULT_MODELS_DIR
 from shared.codec import DEFAULT_DENOISE_MODEL, DEFAULT_MODEL
+from shared.jetstream import redact
 from shared.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, SecretSettings, check_secret
 
 
@@ -67,15 +82,44 @@ class Settings(SecretSettings, BaseSettings):
     # Events a live client may lag behind before it is dropped (it reconnects and refetches).
     sse_client_queue: Annotated[int, Field(ge=1, le=10_000)] = 100
 
+    broker_url: str | None = None
+    database_url: str | None = None
+    blob_url: str | None = None
+    blob_endpoint_url: str | None = None
+    # Decoding takes well under a second per image here; 30 s leaves room for the largest ones
+    # on a busy CPU (the worker also tells the broker it is still working while it decodes).
+    broker_ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    broker_max_deliveries: Annotated[int, Field(ge=1, le=1000)] = 10
+
     # Shared by both services, hence no LATENTWIRE_RECEIVER_ prefix. Never logged or returned.
     secret: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("LATENTWIRE_SECRET"))
     insecure_demo: bool = Field(False, validation_alias=AliasChoices(
         "LATENTWIRE_INSECURE_DEMO", "LATENTWIRE_RECEIVER_INSECURE_DEMO"))
 
+    @field_validator("broker_url", "database_url", "blob_url", "blob_endpoint_url")
+    @classmethod
+    def _url(cls, value: str | None, info) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        schemes = {"broker_url": ("nats://", "tls://"), "database_url": ("postgresql://", "postgres://"),
+                   "blob_url": ("s3://",), "blob_endpoint_url": ("http://", "https://")}[info.field_name]
+        if not value.startswith(schemes) or not value.split("://", 1)[1].strip("/"):
+            raise ValueError(f"{info.field_name} must start with {' or '.join(schemes)} and name a host or bucket, "
+                             f"got {redact(value)!r}")
+        return value
+
     @model_validator(mode="after")
     def _refuse_weak_secret(self) -> "Settings":
+        if bool(self.database_url) != bool(self.blob_url):
+            raise ValueError("set LATENTWIRE_RECEIVER_DATABASE_URL and LATENTWIRE_RECEIVER_BLOB_URL together (the "
+                             "shared index and the bucket its images live in), or neither for the embedded store")
         check_secret(self.secret.get_secret_value(), self.insecure_demo)
         return self
+
+    @property
+    def cluster_store(self) -> bool:
+        return bool(self.database_url)
 
 
 @lru_cache(maxsize=1)

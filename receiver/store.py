@@ -1,10 +1,11 @@
 """The receiver's store: reconstructions as PNG files plus one SQLite index beside them.
 
     STORE/images/<id>.png     written atomically: tmp file in the same folder, fsync, os.replace
+    STORE/codes/<id>.lw       the received bitstream, when ``put`` is given one; written the same way
     STORE/index.sqlite3       WAL mode, synchronous=FULL; table ``images``, one row per image
 
-A row is inserted only after its PNG is durable, and the PNG is removed again when the insert
-fails, so every listed image can be served and a failed write leaves nothing behind. Ids are
+A row is inserted only after its files are durable, and the files are removed again when the
+insert fails, so every listed image can be served and a failed write leaves nothing behind. Ids are
 checked against ``^[0-9a-f]{32}$`` before they become a path, so no id can leave ``images/``.
 
 ``received_at`` (UNIX seconds when the image was stored) is strictly increasing within a store,
@@ -104,6 +105,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.images_dir = self.root / "images"
+        self.codes_dir = self.root / "codes"
         self.db_path = self.root / "index.sqlite3"
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
@@ -113,8 +115,9 @@ class Store:
     def open(self) -> "Store":
         try:
             self.images_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.images_dir.glob(".*.tmp"):  # left by a crash mid-write
-                stale.unlink(missing_ok=True)
+            for folder in (self.images_dir, self.codes_dir):
+                for stale in folder.glob(".*.tmp"):  # left by a crash mid-write
+                    stale.unlink(missing_ok=True)
             db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=10)
         except (OSError, sqlite3.Error) as exc:
             raise _translate(exc, "open its store") from exc
@@ -144,6 +147,19 @@ class Store:
     def png_path(self, image_id: str) -> Path:
         return self.images_dir / f"{check_id(image_id)}.png"
 
+    def code_path(self, image_id: str) -> Path:
+        return self.codes_dir / f"{check_id(image_id)}.lw"
+
+    def read_png(self, image_id: str) -> bytes | None:
+        """The stored reconstruction's bytes, or None if there is none."""
+        path = self.png_path(image_id)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _translate(exc, "read an image from its store") from exc
+
     def contains(self, image_id: str) -> bool:
         with self._lock:
             return self._contains(check_id(image_id))
@@ -164,14 +180,25 @@ class Store:
         return items, (items[-1]["received_at"] if len(rows) > limit else None)
 
     # ---- writes --------------------------------------------------------------------------
-    def put(self, meta: dict, png: bytes) -> dict | None:
-        """Store one image; returns its row (received_at set), or None if the id is already stored."""
+    def put(self, meta: dict, png: bytes, code: bytes | None = None) -> dict | None:
+        """Store one image (and its received bitstream ``code``, if given); returns its row
+        (received_at set), or None if the id is already stored."""
         image_id = check_id(meta["id"])
         final = self.png_path(image_id)
+        code_final = self.code_path(image_id) if code is not None else None
         with self._lock:
             if self._contains(image_id):
                 return None
-            self._write_file(final, png)
+            written = []
+            try:
+                if code_final is not None:
+                    self._write_file(code_final, code)
+                    written.append(code_final)
+                self._write_file(final, png)
+                written.append(final)
+            except StoreError:
+                _unlink_all(written)
+                raise
             received_at = max(time.time(), self._last_received_at + 1e-6)
             row = {**{c: meta.get(c) for c in COLUMNS}, "received_at": received_at}
             try:
@@ -179,8 +206,7 @@ class Store:
                     f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                     tuple(row[c] for c in COLUMNS))
             except (sqlite3.Error, StoreError) as exc:
-                with suppress(OSError):
-                    final.unlink(missing_ok=True)
+                _unlink_all(written)
                 if isinstance(exc, StoreError):
                     raise
                 raise _translate(exc, "index an image in its store") from exc
@@ -229,15 +255,15 @@ class Store:
         tmp: str | None = None
         replaced = False
         try:
-            self.images_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.images_dir, prefix=f".{final.stem}.", suffix=".tmp")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
             replaced, tmp = True, None
-            _fsync_dir(self.images_dir)  # makes the rename itself durable
+            _fsync_dir(final.parent)  # makes the rename itself durable
         except OSError as exc:
             if replaced:
                 with suppress(OSError):
@@ -272,6 +298,12 @@ def _migrate(db: sqlite3.Connection) -> None:
                 db.execute("ROLLBACK")
             raise
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from sender import routes
+from sender.broker import BrokerDeliverer
 from sender.dependencies import Services
 from sender.encoder import Encoder
 from sender.errors import InvalidParameters, OutboxError
@@ -41,6 +42,7 @@ from sender.settings import Settings, get_settings
 from sender.transmit import Deliverer
 from shared.codec import Codec, load_optional
 from shared.errors import BudgetTooSmall, CheckpointNotFound, LatentwireError
+from shared.jetstream import Broker
 
 log = logging.getLogger("latentwire.sender")
 HERE = Path(__file__).resolve().parent
@@ -108,7 +110,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         encoder = Encoder(settings.encode_queue_size, batch_max, settings.batch_wait_ms / 1000)
         encoder.start()
         stack.push_async_callback(encoder.stop)
-        deliverer = Deliverer(outbox, client, settings, metrics)
+        if settings.broker_url:  # cluster mode: frames go to NATS JetStream (sender/broker.py)
+            broker = Broker(settings.broker_url, "latentwire-sender")
+            broker.start()
+            stack.push_async_callback(broker.close)
+            deliverer = BrokerDeliverer(outbox, broker, settings, metrics)
+        else:
+            deliverer = Deliverer(outbox, client, settings, metrics)
         await outbox.retry_now(time.time())
         deliverer.start()
         stack.push_async_callback(deliverer.stop)  # stops first: nothing sends once shutdown begins
@@ -119,7 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         log.info("sender ready: models %s on %s, batch_max %d, delivering to %s, outbox %s (%d queued)",
                  ", ".join(f"{m}={c.name}@{c.weights}" for m, c in codecs.items()), codec.device, batch_max,
-                 settings.frames_url, outbox.path, await outbox.pending())
+                 settings.destination, outbox.path, await outbox.pending())
         yield
 
 

@@ -14,7 +14,9 @@ import sys
 def add_parser(sub) -> None:
     p = sub.add_parser("sender", help="run the sender service (upload page + API, delivers to a receiver)",
                        description=__doc__.split("\n\n")[1].strip() if __doc__ else None)
-    p.add_argument("--receiver-url", help="receiver base URL (env LATENTWIRE_SENDER_RECEIVER_URL; required)")
+    p.add_argument("--receiver-url", help="receiver base URL (env LATENTWIRE_SENDER_RECEIVER_URL; this or --broker-url)")
+    p.add_argument("--broker-url", help="cluster mode: publish frames to NATS JetStream at nats://host:4222 "
+                   "(env LATENTWIRE_SENDER_BROKER_URL)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="bind port (default 8000)")
     p.add_argument("--data-dir", help="outbox, previews, lock file (default .data/sender)")
@@ -41,7 +43,7 @@ def _cmd_sender(args) -> int:
     from sender.settings import Settings
 
     overrides = {name: getattr(args, name) for name in
-                 ("receiver_url", "host", "port", "data_dir", "model", "denoise_model", "default_mode", "models_dir",
+                 ("receiver_url", "broker_url", "host", "port", "data_dir", "model", "denoise_model", "default_mode", "models_dir",
                   "device", "precision", "insecure_demo")
                  if getattr(args, name) is not None}
     try:
@@ -49,7 +51,8 @@ def _cmd_sender(args) -> int:
     except ValidationError as exc:  # hide_input_in_errors: the secret is never echoed
         for error in exc.errors(include_input=False, include_url=False):
             where = ".".join(str(p) for p in error["loc"]) or "settings"
-            hint = " (--receiver-url or LATENTWIRE_SENDER_RECEIVER_URL)" if where == "receiver_url" else ""
+            hint = {"receiver_url": " (--receiver-url or LATENTWIRE_SENDER_RECEIVER_URL)",
+                    "broker_url": " (--broker-url or LATENTWIRE_SENDER_BROKER_URL)"}.get(where, "")
             message = error["msg"].removeprefix("Value error, ")
             print(f"latentwire sender: {where}: {message}{hint}", file=sys.stderr)
         return 2

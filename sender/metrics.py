@@ -8,14 +8,17 @@ or an app and a library user, never share or collide on the global registry).
     latentwire_sender_images_total              counter    images accepted (queued)
     latentwire_sender_stream_bytes_total        counter    bitstream bytes of accepted images
     latentwire_sender_upload_errors_total       counter    rejected uploads, by error code
-    latentwire_sender_transmit_seconds          histogram  one POST to the receiver, by outcome
-    latentwire_sender_wire_bytes_total          counter    request body bytes POSTed to the receiver
+    latentwire_sender_transmit_seconds          histogram  one POST to the receiver, by outcome (cluster mode:
+                                                           one acknowledged publish, outcome "published")
+    latentwire_sender_wire_bytes_total          counter    request body bytes POSTed to the receiver (or published)
     latentwire_sender_delivery_attempts_total   counter    POSTs, by outcome: delivered | retry | failed |
                                                            split (a refused batch resent frame by frame)
     latentwire_sender_delivery_errors_total     counter    failed POSTs, by kind: timeout | connect |
                                                            http_429 | http_503 | http_507 | http_5xx |
-                                                           http_4xx | bad_reply
+                                                           http_4xx | bad_reply; cluster mode: connect |
+                                                           broker (no ack) | too_large (over max_payload)
     latentwire_sender_frames_total              counter    frames settled, by result: stored | duplicate | failed
+                                                           (cluster mode: published | duplicate | failed)
     latentwire_sender_outbox_depth              gauge      frames queued for delivery (refreshed per scrape)
     latentwire_sender_outbox_queued_bytes       gauge      stream bytes queued for delivery (per scrape)
     latentwire_sender_link_goodput_bytes_per_second gauge  the rate quality=auto budgets from: pinned, else

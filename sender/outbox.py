@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS frames (
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,                       -- JSON {"error","message",("http_status")}
     delivered_at    REAL,
-    receiver_status TEXT                        -- "stored" | "duplicate"
+    receiver_status TEXT                        -- "stored" | "duplicate"; cluster mode "published" | "duplicate"
 );
 """
 _INDEXES = """

@@ -67,7 +67,7 @@ async def page(request: Request, svc: ServicesDep) -> HTMLResponse:
         "max_files": s.max_files, "previews_keep": s.previews_keep,
         "models": [(m, f"{c.name}@{c.weights}") for m, c in svc.codecs.items()], "modes": list(svc.codecs),
         "default_mode": s.default_mode if s.default_mode in svc.codecs else "standard",
-        "receiver_url": s.receiver_url,
+        "receiver_url": s.destination,
     })
 
 

@@ -99,7 +99,8 @@ class ImageOut(BaseModel):
     created_at: float
     next_attempt_at: float | None = Field(description="UNIX s of the next delivery try (queued only)")
     delivered_at: float | None
-    receiver_status: str | None = Field(description="stored | duplicate, once delivered")
+    receiver_status: str | None = Field(description="once delivered: stored | duplicate (the receiver's answer); "
+                                        "cluster mode: published | duplicate (the JetStream stream's ack)")
     reconstruction_url: str | None = Field(description="the sender's preview; null with preview=false")
     jpeg_url: str | None
 

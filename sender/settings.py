@@ -1,7 +1,9 @@
 """Every sender setting, and the only place the sender reads the environment.
 
     env var                                   default            meaning
-    LATENTWIRE_SENDER_RECEIVER_URL            (required)         receiver base URL, e.g. http://127.0.0.1:8001
+    LATENTWIRE_SENDER_RECEIVER_URL            (this or BROKER)   receiver base URL, e.g. http://127.0.0.1:8001
+    LATENTWIRE_SENDER_BROKER_URL              (unset)            cluster mode: nats://host:4222; frames go to
+                                                                 NATS JetStream instead (sender/broker.py)
     LATENTWIRE_SECRET                         (required, below)  HMAC key shared with the receiver
     LATENTWIRE_INSECURE_DEMO                  0                  accept a weak/empty secret (demo only);
                                                                  LATENTWIRE_SENDER_INSECURE_DEMO works too
@@ -67,6 +69,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.checkpoint import DEFAULT_MODELS_DIR
 from shared.codec import DEFAULT_DENOISE_MODEL, DEFAULT_MODEL
+from shared.jetstream import redact
 from shared.wire import DEFAULT_MAX_BATCH, SecretSettings, check_secret
 
 
@@ -78,7 +81,8 @@ class Settings(SecretSettings, BaseSettings):
                                       # a model-level error would otherwise print every input, the secret too
                                       hide_input_in_errors=True)
 
-    receiver_url: str = Field(description="receiver base URL; frames go to {receiver_url}/v1/frames")
+    receiver_url: str | None = Field(None, description="receiver base URL; frames go to {receiver_url}/v1/frames")
+    broker_url: str | None = Field(None, description="cluster mode: nats://host:4222; frames go to JetStream")
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     data_dir: Path = Field(Path("data/sender"), description="outbox database, previews and lock file")
@@ -122,11 +126,23 @@ class Settings(SecretSettings, BaseSettings):
 
     @field_validator("receiver_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
         url = httpx.URL(value.strip())
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"receiver_url must be an http(s) URL like http://127.0.0.1:8001, got {value!r}")
         return str(url).rstrip("/")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _nats_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("nats://", "tls://")) or len(value.split("://", 1)[1]) == 0:
+            raise ValueError(f"broker_url must be a NATS URL like nats://127.0.0.1:4222, got {redact(value)!r}")
+        return value
 
     @field_validator("link_kbps", "link_start_kbps")
     @classmethod
@@ -147,6 +163,10 @@ class Settings(SecretSettings, BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if not self.receiver_url and not self.broker_url:
+            raise ValueError("set where frames go: a receiver's http(s) URL (--receiver-url or "
+                             "LATENTWIRE_SENDER_RECEIVER_URL), or for cluster mode a NATS URL nats://host:4222 "
+                             "(--broker-url or LATENTWIRE_SENDER_BROKER_URL)")
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("retry_max_s must be >= retry_base_s")
         if self.default_mode == "denoise" and not self.denoise_model:
@@ -157,6 +177,11 @@ class Settings(SecretSettings, BaseSettings):
     @property
     def frames_url(self) -> str:
         return f"{self.receiver_url}/v1/frames"
+
+    @property
+    def destination(self) -> str:
+        """Where frames go, for logs and pages (no credentials)."""
+        return f"NATS JetStream at {redact(self.broker_url)}" if self.broker_url else self.frames_url
 
 
 @lru_cache(maxsize=1)

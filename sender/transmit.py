@@ -173,16 +173,20 @@ class Deliverer(BackgroundTask):
                     results[item["id"]] = item["status"]
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("receiver answered 200 with an unreadable body (%s)", exc)
+        await self._settle(results)
+        missing = [i for i in ids if i not in results]
+        if missing:
+            await self._transient(missing, "bad_reply",
+                                  "the receiver answered 200 but did not report these frames as stored")
+
+    async def _settle(self, results: dict[str, str]) -> None:
+        """Mark frames delivered: ``results`` maps frame id -> what the far side said."""
         if results:
             await self.outbox.mark_delivered(results, time.time())
             self.metrics.delivery_attempts.labels("delivered").inc()
             for result in results.values():
                 self.metrics.frames.labels(result).inc()
             self._failures = 0
-        missing = [i for i in ids if i not in results]
-        if missing:
-            await self._transient(missing, "bad_reply",
-                                  "the receiver answered 200 but did not report these frames as stored")
 
     async def _permanent(self, frames: list[PendingFrame], response: httpx.Response) -> None:
         self.metrics.delivery_errors.labels("http_4xx").inc()

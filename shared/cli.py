@@ -186,6 +186,7 @@ _PLUGINS = (
     ("receiver.cli", "add_parser"),        # latentwire receiver
     ("sender.cli", "add_parser"),          # latentwire sender
     ("shared.demo", "add_parser"),         # latentwire demo
+    ("shared.cluster", "add_parser"),      # latentwire cluster
 )
 
 

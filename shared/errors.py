@@ -23,8 +23,9 @@
     ├── CheckpointError                  500 a model file that cannot be served
     │   ├── CheckpointNotFound           500 no such file / no model of that name
     │   └── CheckpointHashMismatch       500 weights do not hash to what the file claims
-    └── StoreError                       503 the receiver cannot persist right now (Retry-After: 5)
-        └── StoreFull                    507 the store's disk is full (Retry-After: 60)
+    ├── StoreError                       503 the receiver cannot persist right now (Retry-After: 5)
+    │   └── StoreFull                    507 the store's disk is full (Retry-After: 60)
+    └── BrokerUnavailable                503 cluster mode: the NATS server cannot be reached (Retry-After: 2)
 
 Each service adds its own leaves (``sender/errors.py``, ``receiver/errors.py``); one exception
 handler per service maps ``status``, and ``retry_after_s``, where an error has one, to a
@@ -148,3 +149,10 @@ class StoreError(LatentwireError):
 class StoreFull(StoreError):
     status = 507
     retry_after_s = 60  # freeing disk space takes a person; the sender keeps the frames meanwhile
+
+
+class BrokerUnavailable(LatentwireError):
+    """Cluster mode (shared/jetstream.py): NATS cannot be reached yet; the work waits for it."""
+
+    status = 503
+    retry_after_s = 2

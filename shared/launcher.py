@@ -87,6 +87,59 @@ class ServiceProcess:
             return ""
 
 
+def service_env(secret: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a service process: ours minus any LATENTWIRE_* setting, plus the secret."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTWIRE_")}
+    env.update({"LATENTWIRE_SECRET": secret, "PYTHONUNBUFFERED": "1"}, **(extra or {}))
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _model_args(model: str | None, models_dir: Path | None) -> list[str]:
+    return [*(["--model", model] if model else []), *(["--models-dir", str(models_dir)] if models_dir else [])]
+
+
+@dataclass
+class Cluster:
+    """Cluster mode's services (issue 22) as processes on loopback, around running engines: senders
+    publishing to NATS JetStream, receivers that are workers of its consumer and keep their index in
+    PostgreSQL and their objects in S3. Used by ``latentwire cluster`` and tests/cluster."""
+
+    work_dir: Path
+    secret: str
+    broker_url: str
+    database_url: str
+    blob_url: str
+    blob_endpoint_url: str | None = None
+    s3_keys: tuple[str, str] | None = None  # (access key, secret key) for the S3 endpoint
+    model: str | None = None
+    models_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        extra = dict(self.extra_env)
+        if self.s3_keys:
+            extra.update(AWS_ACCESS_KEY_ID=self.s3_keys[0], AWS_SECRET_ACCESS_KEY=self.s3_keys[1])
+        return service_env(self.secret, extra)
+
+    def receiver(self, name: str, port: int = 0, extra_args: tuple[str, ...] = ()) -> ServiceProcess:
+        port = port or free_port()
+        endpoint = ["--blob-endpoint-url", self.blob_endpoint_url] if self.blob_endpoint_url else []
+        return ServiceProcess(name, ["receiver", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+                                     "--store-dir", str(self.work_dir / name), "--broker-url", self.broker_url,
+                                     "--database-url", self.database_url, "--blob-url", self.blob_url, *endpoint,
+                                     *_model_args(self.model, self.models_dir), *extra_args],
+                              self.env(), port, self.work_dir / "logs" / f"{name}.log")
+
+    def sender(self, name: str, port: int = 0, extra_args: tuple[str, ...] = ()) -> ServiceProcess:
+        port = port or free_port()
+        return ServiceProcess(name, ["sender", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+                                     "--broker-url", self.broker_url, "--data-dir", str(self.work_dir / name),
+                                     *_model_args(self.model, self.models_dir), *extra_args],
+                              self.env(), port, self.work_dir / "logs" / f"{name}.log")
+
+
 @dataclass
 class ServicePair:
     """Receiver + sender on loopback with a shared secret and stores under ``work_dir``."""
@@ -106,15 +159,8 @@ class ServicePair:
 
     def __post_init__(self) -> None:
         self.work_dir = Path(self.work_dir)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTWIRE_")}
-        env.update({"LATENTWIRE_SECRET": self.secret, "PYTHONUNBUFFERED": "1"}, **self.extra_env)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        model_args = []
-        if self.model:
-            model_args += ["--model", self.model]
-        if self.models_dir:
-            model_args += ["--models-dir", str(self.models_dir)]
+        env = service_env(self.secret, self.extra_env)
+        model_args = _model_args(self.model, self.models_dir)
         rport = self.receiver_port or free_port()
         sport = self.sender_port or free_port()
         self.receiver = ServiceProcess(

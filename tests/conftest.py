@@ -1,5 +1,5 @@
 """Shared fixtures. Tiers are marked by folder: tests/unit -> unit, tests/service -> service,
-tests/e2e -> e2e. ``tiny_models_dir`` holds a randomly initialised small model exported exactly
+tests/e2e -> e2e, tests/cluster -> cluster. ``tiny_models_dir`` holds a randomly initialised small model exported exactly
 like a shipped one, so every code path (hashing, tables, container) is the real one."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ TINY_CONTEXT = {"context_groups": (4, 4, 8, 8), "context_width": 16}
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for tier in ("unit", "service", "e2e"):
+        for tier in ("unit", "service", "e2e", "cluster"):
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
 

@@ -73,3 +73,21 @@ def test_cli_registers_receiver_and_refuses_a_placeholder(receiver_env, capsys):
     assert main(["receiver", "--port", "9001"]) == 2
     err = capsys.readouterr().err
     assert "placeholder" in err and "--insecure-demo" in err and "change-me" not in err
+
+
+def test_cluster_settings_come_in_working_sets(receiver_env):
+    """DATABASE_URL and BLOB_URL only together; each URL's scheme checked; passwords never echoed."""
+    s = Settings(secret=RECEIVER_SECRET, broker_url="nats://127.0.0.1:4222")
+    assert s.broker_url == "nats://127.0.0.1:4222" and not s.cluster_store  # broker alone: embedded store
+    s = Settings(secret=RECEIVER_SECRET, database_url="postgresql://u@db/x", blob_url="s3://bucket/pre")
+    assert s.cluster_store and s.broker_url is None
+    with pytest.raises(ValidationError, match="DATABASE_URL and LATENTWIRE_RECEIVER_BLOB_URL together"):
+        Settings(secret=RECEIVER_SECRET, database_url="postgresql://u@db/x")
+    for field, bad, scheme in (("broker_url", "http://u:hunter2@h:4222", "nats://"),
+                               ("database_url", "mysql://u:hunter2@h/x", "postgresql://"),
+                               ("blob_url", "gs://bucket", "s3://"),
+                               ("blob_endpoint_url", "ftp://h", "http://")):
+        with pytest.raises(ValidationError, match=scheme) as info:
+            Settings(secret=RECEIVER_SECRET, **{field: bad})
+        assert "hunter2" not in str(info.value)
+    assert Settings(secret=RECEIVER_SECRET, broker_url="  ").broker_url is None  # blank = unset

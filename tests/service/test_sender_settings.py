@@ -64,8 +64,15 @@ def test_env_names(monkeypatch, tmp_path):
     monkeypatch.setenv("LATENTWIRE_INSECURE_DEMO", "1")
     assert Settings().insecure_demo is True
     monkeypatch.delenv("LATENTWIRE_SENDER_RECEIVER_URL")
-    with pytest.raises(ValidationError, match="receiver_url"):
-        Settings()
+    with pytest.raises(ValidationError, match="LATENTWIRE_SENDER_RECEIVER_URL.*LATENTWIRE_SENDER_BROKER_URL"):
+        Settings()  # frames must go somewhere
+    monkeypatch.setenv("LATENTWIRE_SENDER_BROKER_URL", "nats://user:pw@127.0.0.1:4222")
+    s = Settings()  # cluster mode needs no receiver URL; logs and pages never show the password
+    assert s.receiver_url is None and s.destination == "NATS JetStream at nats://127.0.0.1:4222"
+    with pytest.raises(ValidationError, match="nats://") as err:
+        Settings(broker_url="http://user:pw@127.0.0.1:4222", secret=GOOD)
+    assert "pw" not in str(err.value)
+    monkeypatch.delenv("LATENTWIRE_SENDER_BROKER_URL")
     with pytest.raises(ValidationError, match="http"):
         Settings(receiver_url="ftp://x", secret=GOOD)
 

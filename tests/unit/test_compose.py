@@ -48,7 +48,7 @@ def test_compose_file_matches_the_compose_spec_schema(name):
 
 def test_both_services_gpu_reservations_healthchecks_and_ordering():
     doc = load("docker-compose.yml")
-    services = doc["services"]
+    services = {name: svc for name, svc in doc["services"].items() if "profiles" not in svc}
     assert set(services) == {"receiver", "sender"}
     for svc in services.values():
         devices = svc["deploy"]["resources"]["reservations"]["devices"]
@@ -56,12 +56,32 @@ def test_both_services_gpu_reservations_healthchecks_and_ordering():
         assert "readyz" in " ".join(svc["healthcheck"]["test"])
     assert services["sender"]["depends_on"]["receiver"]["condition"] == "service_healthy"
     volumes = {v.split(":")[0] for svc in services.values() for v in svc["volumes"]}
-    assert volumes == set(doc["volumes"]) == {"receiver-store", "sender-outbox"}
+    assert volumes == {"receiver-store", "sender-outbox"}
     # The secret comes from the environment and compose refuses to start without it.
     for svc in services.values():
         assert re.fullmatch(r"\$\{LATENTWIRE_SECRET:\?.+\}", svc["environment"]["LATENTWIRE_SECRET"])
     cpu = load("docker-compose.cpu.yml")["services"]
     assert all(cpu[s]["deploy"] is None for s in ("receiver", "sender"))
+
+
+def test_cluster_profile_has_the_engines_three_workers_and_a_broker_sender():
+    doc = load("docker-compose.yml")
+    cluster = {name: svc for name, svc in doc["services"].items() if svc.get("profiles") == ["cluster"]}
+    assert set(cluster) == {"nats", "postgres", "seaweedfs", "cluster-receiver", "cluster-sender"}
+    workers = cluster["cluster-receiver"]
+    assert workers["deploy"]["replicas"] == 3
+    env = workers["environment"]
+    assert env["LATENTWIRE_RECEIVER_BROKER_URL"] == "nats://nats:4222"
+    assert env["LATENTWIRE_RECEIVER_DATABASE_URL"].startswith("postgresql://") and "@postgres:5432/" in env[
+        "LATENTWIRE_RECEIVER_DATABASE_URL"]
+    assert env["LATENTWIRE_RECEIVER_BLOB_URL"] == "s3://latentwire"
+    assert env["LATENTWIRE_RECEIVER_BLOB_ENDPOINT_URL"] == "http://seaweedfs:8333"
+    assert "--broker-url" in cluster["cluster-sender"]["command"]
+    nats_conf = doc["configs"]["nats-conf"]["content"]
+    assert "jetstream" in nats_conf and "max_payload: 8MB" in nats_conf  # frames above NATS's 1 MB default
+    # every engine keeps its data in a named volume
+    for name in ("nats", "postgres", "seaweedfs"):
+        assert any(v.split(":")[0] in doc["volumes"] for v in cluster[name]["volumes"])
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -74,13 +94,16 @@ def test_every_command_parses_and_every_env_var_is_a_setting(name):
                 "sender": ("LATENTWIRE_SENDER_", SenderSettings)}
     base = load("docker-compose.yml")["services"]
     for svc_name, svc in load(name)["services"].items():
+        if svc_name in ("nats", "postgres", "seaweedfs"):  # the engines' own images
+            continue
         command = svc.get("command", base[svc_name]["command"])
         assert command[0] == "latentwire"
         args = build_parser().parse_args(command[1:])  # SystemExit on an unknown command or flag
-        assert args.command == svc_name
-        prefix, settings_cls = prefixes[svc_name]
+        service = svc_name.removeprefix("cluster-")
+        assert args.command == service
+        prefix, settings_cls = prefixes[service]
         for var in svc.get("environment", {}):
-            if var in ("LATENTWIRE_SECRET", "LATENTWIRE_INSECURE_DEMO"):
+            if var in ("LATENTWIRE_SECRET", "LATENTWIRE_INSECURE_DEMO", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 continue
             assert var.startswith(prefix), f"{svc_name}: {var} is not a {prefix}* setting"
             field = var[len(prefix):].lower()
