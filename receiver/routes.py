@@ -5,10 +5,13 @@
     GET  /v1/images/{id}       -> meta                       (400 malformed id, 404 unknown)
     GET  /v1/images/{id}.png   -> image/png                  (400 malformed id, 404 unknown)
     GET  /v1/events            -> text/event-stream, "image" events with meta as data
-    GET  /v1/models            -> the served model: name, weights, device, precision, network, limits
+    GET  /v1/models            -> {"models": [name, weights, device, precision, network, max_side, mode,
+                                  clean_first per model], insecure_demo, wire_version, frame limits};
+                                  entries alike on both services (shared/schemas.py)
     GET  /                     -> live gallery page
     GET  /healthz              -> {"status": "ok"} while the process serves requests
-    GET  /readyz               -> 200 ready / 503 with reasons (model, entropy tables, store writable;
+    GET  /readyz               -> {"status": ready|unavailable, "reasons", "checks", "model", "insecure_demo"}:
+                                  200 ready / 503 with reasons (model + entropy tables, store writable;
                                   cluster mode: NATS reachable, PostgreSQL and S3 answering, each named)
     GET  /metrics              -> Prometheus text
     GET  /docs                 -> Swagger UI of /openapi.json, its files served by this app (the
@@ -36,7 +39,8 @@ from receiver.decoder import Decoder, tables_ready
 from receiver.errors import ImageNotFound, InvalidImageId
 from receiver.events import EventHub
 from receiver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
-from receiver.schemas import ErrorBody, FramesResponse, Health, ImageMeta, ImagePage, Readiness
+from receiver.schemas import (ErrorBody, FramesResponse, Health, ImageMeta, ImagePage, ModelInfo, ReceiverModels,
+                              ReceiverReadiness)
 from receiver.settings import Settings
 from receiver.store import Store, as_json, check_id
 
@@ -139,12 +143,13 @@ async def events(hub: HubDep, settings: SettingsDep) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/v1/models")
-async def models(request: Request, codec: CodecDep, settings: SettingsDep) -> dict:
-    """The main model's fields at the top level, every model it decodes (main + denoise) in ``models``."""
-    return {**codec.info(), "models": [c.info() for c in request.app.state.codecs],
-            "insecure_demo": settings.insecure_demo, "wire_version": WIRE_VERSION,
-            "max_frame_bytes": settings.max_frame_bytes, "max_batch": settings.max_batch}
+@router.get("/v1/models", response_model=ReceiverModels)
+async def models(request: Request, decoder: DecoderDep, settings: SettingsDep) -> ReceiverModels:
+    """Every model it decodes (main, then denoise), each with the sender's mode it serves."""
+    return ReceiverModels(
+        models=[ModelInfo(mode=decoder.modes[c.name], **c.info()) for c in request.app.state.codecs],
+        insecure_demo=settings.insecure_demo, wire_version=WIRE_VERSION, max_frame_bytes=settings.max_frame_bytes,
+        max_batch=settings.max_batch)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -161,29 +166,37 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+_STARTING = "the receiver is still starting, or its start failed (its log says why)"
+
+
+@router.get("/readyz", response_model=ReceiverReadiness, responses={503: {"model": ReceiverReadiness}})
 async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     state = request.app.state
     codec: Codec | None = getattr(state, "codec", None)
     store: Store | None = getattr(state, "store", None)
-    reasons = []
+    checks, reasons = {"model": codec is not None}, []
     if codec is None:
-        reasons.append("the model is not loaded")
+        reasons.append(f"the model is not loaded: {_STARTING}")
     elif not all(tables_ready(c) for c in getattr(state, "codecs", [codec])):
+        checks["model"] = False
         reasons.append("the model's entropy-coder tables are missing: re-export it with `latentwire export`")
     broker = getattr(state, "broker", None)
-    if broker is not None and not broker.connected:
-        reasons.append(broker.unavailable_reason())
+    if broker is not None:  # cluster mode only
+        checks["broker"] = broker.connected
+        if not broker.connected:
+            reasons.append(broker.unavailable_reason())
+    checks["store"] = store is not None
     if store is None:
-        reasons.append("the store is not open")
+        reasons.append(f"the store is not open: {_STARTING}")
     else:
         try:
             await run_in_threadpool(store.probe)
         except StoreError as exc:
+            checks["store"] = False
             reasons.append(str(exc))
-    body = {"status": "unavailable" if reasons else "ready", "reasons": reasons,
-            "model": f"{codec.name}@{codec.weights}" if codec else None, "insecure_demo": settings.insecure_demo}
-    return JSONResponse(body, status_code=503 if reasons else 200)
+    body = ReceiverReadiness.of(checks, reasons, model=f"{codec.name}@{codec.weights}" if codec else None,
+                                insecure_demo=settings.insecure_demo)
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 
 @router.get("/metrics", response_class=Response,

@@ -1,10 +1,13 @@
-"""JSON shapes the receiver answers with (they also document the API at /docs)."""
+"""JSON shapes the receiver answers with (they also document the API at /docs). The ones both
+services answer alike (``Readiness``, ``ModelInfo``) are in ``shared.schemas``."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from shared.schemas import ModelInfo, Readiness
 
 
 class FrameResult(BaseModel):
@@ -47,11 +50,22 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
-class Readiness(BaseModel):
-    status: Literal["ready", "unavailable"]
-    reasons: list[str]
-    model: str | None
+class ReceiverReadiness(Readiness):
+    """/readyz: the shared body plus the receiver's own keys."""
+
+    model: str | None = Field(description="the main model as name@weights; null before it is loaded")
     insecure_demo: bool
+
+
+class ReceiverModels(BaseModel):
+    """/v1/models: every model the receiver decodes, and the limits a sender must respect."""
+
+    models: list[ModelInfo] = Field(description="the main (standard) model, then the denoising one when installed")
+    insecure_demo: bool
+    wire_version: int = Field(description="the transmission format version of this build; it reads older ones too "
+                                          "(shared/wire.py)")
+    max_frame_bytes: int = Field(description="largest POST /v1/frames body accepted")
+    max_batch: int = Field(description="most frames in one POST /v1/frames")
 
 
 class ErrorBody(BaseModel):

@@ -34,7 +34,7 @@ from sender import routes
 from sender.broker import BrokerDeliverer
 from sender.dependencies import Services
 from sender.encoder import Encoder
-from sender.errors import InvalidParameters, OutboxError
+from sender.errors import InvalidRequest, OutboxError
 from sender.metrics import Metrics
 from sender.outbox import Outbox
 from sender.previews import PreviewStore
@@ -176,4 +176,4 @@ async def _latentwire_error(request: Request, exc: LatentwireError) -> JSONRespo
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
                          for e in exc.errors())
-    return await _latentwire_error(request, InvalidParameters(f"invalid request parameters ({problems})"))
+    return await _latentwire_error(request, InvalidRequest(f"invalid request parameters ({problems})"))

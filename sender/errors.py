@@ -8,8 +8,9 @@ exception handler in ``sender.app`` maps them like every other error (``ImageErr
     │   │                                more decoded pixels than 4 images of max_side x max_side
     │   ├── UnsupportedMediaType     415 Content-Type is not multipart/form-data, image/* or octet-stream
     │   ├── MissingFile              422 a multipart request with no ``file`` field
-    │   └── InvalidParameters        422 quality and max_bytes together, an unknown mode, a malformed
-    │                                    supersede key, ...
+    │   └── InvalidRequest           422 quality and max_bytes together, an unknown mode, a malformed
+    │                                    supersede key, a query parameter of the wrong type (the same
+    │                                    name as the receiver's 422 for a bad request)
     ├── (InvalidImageId 400, ImageNotFound 404: shared.errors)
     ├── OutboxFull                   503 outbox_max_pending frames wait for the receiver; retry later
     ├── EncoderBusy                  503 encode_queue_size images wait for the encoder; retry later
@@ -41,7 +42,7 @@ class MissingFile(UploadError):
     status = 422
 
 
-class InvalidParameters(UploadError):
+class InvalidRequest(UploadError):
     status = 422
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from sender.comparison import JpegComparison, finite, jpeg_same_bytes
 from sender.dependencies import Services
-from sender.errors import InvalidParameters, OutboxFull, UploadTooLarge
+from sender.errors import InvalidRequest, OutboxFull, UploadTooLarge
 from sender.link import plan, settle
 from sender.outbox import FrameRecord, NewFrame
 from sender.uploads import Upload
@@ -56,12 +56,12 @@ def parse_rate(quality: float | str | None, max_bytes: int | None, mode: str, de
     and a mode this sender has a model for. ``quality="auto"`` needs a latency target, and is
     what neither means when one is set."""
     if mode not in MODES:
-        raise InvalidParameters(f"mode {mode!r} does not exist; modes: {', '.join(MODES)}")
+        raise InvalidRequest(f"mode {mode!r} does not exist; modes: {', '.join(MODES)}")
     if mode not in available:
-        raise InvalidParameters(f"mode {mode!r} is off on this sender: it has no model for it (set "
-                                f"LATENTWIRE_SENDER_{mode.upper()}_MODEL); available: {', '.join(available)}")
+        raise InvalidRequest(f"mode {mode!r} is off on this sender: it has no model for it (set "
+                             f"LATENTWIRE_SENDER_{mode.upper()}_MODEL); available: {', '.join(available)}")
     if quality is not None and max_bytes is not None:
-        raise InvalidParameters("give quality (0..1) or max_bytes, not both")
+        raise InvalidRequest("give quality (0..1) or max_bytes, not both")
     if max_bytes is not None:
         if max_bytes < 1 or max_bytes > MAX_BYTES_LIMIT:
             raise QualityOutOfRange(f"max_bytes must be a positive number of bytes up to {MAX_BYTES_LIMIT}, got "
@@ -69,12 +69,12 @@ def parse_rate(quality: float | str | None, max_bytes: int | None, mode: str, de
         return Rate(None, max_bytes, mode)
     if quality == "auto" or (quality is None and latency_target_s is not None):
         if latency_target_s is None:
-            raise InvalidParameters("quality=auto sizes each image to the link and needs a latency target: set "
-                                    "LATENTWIRE_SENDER_LATENCY_TARGET_S (seconds from upload to the receiver) on "
-                                    "the sender, or give quality (0..1) or max_bytes")
+            raise InvalidRequest("quality=auto sizes each image to the link and needs a latency target: set "
+                                 "LATENTWIRE_SENDER_LATENCY_TARGET_S (seconds from upload to the receiver) on "
+                                 "the sender, or give quality (0..1) or max_bytes")
         return Rate(None, None, mode, auto=True)
     if isinstance(quality, str):  # the route's type admits only "auto"; a library caller may not
-        raise InvalidParameters(f"quality is a number from 0 to 1 or auto, got {quality!r}")
+        raise InvalidRequest(f"quality is a number from 0 to 1 or auto, got {quality!r}")
     return Rate(check_quality(default_quality if quality is None else quality), None, mode)
 
 
@@ -85,8 +85,8 @@ def parse_stream_key(key: str | None) -> str | None:
         return None
     if not STREAM_KEY.fullmatch(key):
         shown = key if len(key) <= 80 else key[:80] + "..."
-        raise InvalidParameters(f"supersede={shown!r} is not a stream key: use 1 to 64 characters of letters, "
-                                "digits and . _ : / -, starting with a letter or digit (e.g. camera-3)")
+        raise InvalidRequest(f"supersede={shown!r} is not a stream key: use 1 to 64 characters of letters, "
+                             "digits and . _ : / -, starting with a letter or digit (e.g. camera-3)")
     return key
 
 

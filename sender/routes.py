@@ -11,10 +11,12 @@
     GET  /v1/images/{id}                     one image: numbers, status, attempts, last_error
     GET  /v1/images/{id}/reconstruction.png  what the receiver will show (kept for the newest images)
     GET  /v1/images/{id}/jpeg.jpg            Pillow JPEG at the same byte count
-    GET  /v1/models                          the loaded model, default quality, modes
+    GET  /v1/models                          {"models": [one per mode], default_quality, modes,
+                                             default_mode}; entries alike on both services
     GET  /v1/link                            goodput, round trip, queued bytes, latency target
     GET  /healthz                            the process answers
-    GET  /readyz                             model loaded, outbox writable, workers running (503 if not)
+    GET  /readyz                             {"status": ready|unavailable, "reasons", "checks"}: model
+                                             loaded, outbox writable, workers running (503 if not)
     GET  /metrics                            Prometheus text (sender/metrics.py lists the names)
     GET  /docs, /openapi.json                OpenAPI: Swagger UI with its files served by this app (the
                                              fastapi-offline package, mounted at /docs/assets): no CDN. No
@@ -37,7 +39,7 @@ from sender.dependencies import ServicesDep
 from sender.errors import ImageNotFound, InvalidImageId
 from sender.intake import MODES, accept, parse_rate, parse_stream_key
 from sender.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from sender.schemas import ErrorOut, ImageList, ImageOut, LinkOut, ModelInfo, ModelsOut, UploadResponse
+from sender.schemas import ErrorOut, ImageList, ImageOut, LinkOut, ModelInfo, ModelsOut, Readiness, UploadResponse
 from sender.uploads import read_uploads
 
 router = APIRouter()
@@ -160,8 +162,10 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "not ready; checks says what is missing"}})
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request) -> JSONResponse:
+    """200 when the model is loaded, the outbox can be written and the encoder and delivery workers
+    run; else 503, each failed check with a reason saying what to do."""
     svc = getattr(request.app.state, "services", None)
     checks = {"model": svc is not None and svc.codec is not None, "outbox": False,
               "encoder": svc is not None and svc.encoder.alive, "delivery": svc is not None and svc.deliverer.alive}
@@ -169,10 +173,22 @@ async def readyz(request: Request) -> JSONResponse:
         try:
             await svc.outbox.check_writable()
             checks["outbox"] = True
-        except Exception:  # any failure is "not ready"; the outbox logs nothing secret
+        except Exception:  # any failure is "not ready"; the reason below names no path
             checks["outbox"] = False
-    ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    reasons = [reason for name, reason in _NOT_READY.items() if not checks[name]]
+    body = Readiness.of(checks, reasons)
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
+
+
+# What each failed /readyz check means and what to do; with no services at all the sender has not
+# finished starting (or its start failed), so every check fails and the first reason says so.
+_NOT_READY = {
+    "model": "the model is not loaded: the sender is still starting, or its start failed (its log says why)",
+    "outbox": "the outbox database cannot be written: check that the data dir (LATENTWIRE_SENDER_DATA_DIR) is "
+              "on a writable disk with free space and that no other process holds outbox.sqlite3",
+    "encoder": "the encoder thread is not running: restart the sender (its log has the error that stopped it)",
+    "delivery": "the delivery worker is not running: restart the sender (its log has the error that stopped it)",
+}
 
 
 @router.get("/metrics", response_class=Response,

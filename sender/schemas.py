@@ -1,10 +1,12 @@
-"""The sender's JSON shapes (response models, so /docs shows them exactly)."""
+"""The sender's JSON shapes (response models, so /docs shows them exactly). The ones both services
+answer alike (``Readiness``, ``ModelInfo``) are in ``shared.schemas``."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
 from sender.outbox import FrameRecord
+from shared.schemas import ModelInfo, Readiness  # noqa: F401 (re-exported: the sender's answers use them)
 
 
 class JpegSameBytes(BaseModel):
@@ -143,20 +145,8 @@ class ErrorOut(BaseModel):
     min_bytes: int | None = Field(None, description="BudgetTooSmall: the smallest max_bytes that works")
 
 
-class ModelInfo(BaseModel):
-    mode: str = Field(description="the upload mode this model serves: standard | denoise")
-    name: str
-    weights: str
-    device: str
-    precision: str = Field(description="arithmetic of the transforms: fp32 | bf16")
-    network: dict
-    max_side: int
-    clean_first: dict | None = Field(None, description="denoising models: the rule by which the sender codes its "
-                                     "own clean reconstruction instead of the upload (shared/codec.py, CLEAN FIRST)")
-
-
 class ModelsOut(BaseModel):
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="one entry per mode: the standard model, then the denoising one")
     default_quality: float
     modes: list[str] = Field(description="modes this sender can serve (it has their models)")
     default_mode: str

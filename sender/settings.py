@@ -115,7 +115,7 @@ class Settings(SecretSettings, BaseSettings):
     link_kbps: float | None = Field(None, description="pin the link's rate, kbit/s; unset: measured")
     latency_target_s: float | None = Field(None, description="upload -> receiver target; set: quality=auto on")
     link_start_kbps: float = Field(64.0, description="quality=auto's rate before the first measurement")
-    # 0.02 bpp is the smallest budget every Kodak image met (at a reduced size; models/README.md,
+    # 0.02 bpp is the smallest budget every Kodak image met (at a reduced size; models/TRAINING.md,
     # "Byte budgets below the lowest rate"): about 1 KB at 768x512.
     auto_min_bpp: Annotated[float, Field(gt=0, le=24)] = 0.02
 

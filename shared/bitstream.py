@@ -190,6 +190,10 @@ class Bitstream:
         return sum(len(s) for s in self.strings)
 
 
+_NOT_LW = ("not a latentwire bitstream: a .lw file starts with the LWIC magic; give a file made by "
+           "`latentwire encode` or a sender")
+
+
 def unpack(data: bytes, max_bytes: int = MAX_STREAM_BYTES) -> dict | list:
     """msgpack -> the stream's object (list or map), with size limits applied by the parser itself."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -198,13 +202,19 @@ def unpack(data: bytes, max_bytes: int = MAX_STREAM_BYTES) -> dict | list:
         raise NotABitstream(f"{len(data)} bytes is more than any latentwire stream ({max_bytes})")
     if len(data) == 0:
         raise NotABitstream("empty bitstream: nothing to decode")
+    # Every version names itself within its first 16 bytes; shorter data is a truncated stream
+    # (CorruptBitstream below) or nothing at all.
+    named = MAGIC in bytes(data[:16])
+    if len(data) >= 16 and not named:
+        raise NotABitstream(_NOT_LW)
     try:
         obj = msgpack.unpackb(
             data, raw=False, strict_map_key=True, max_bin_len=max_bytes, max_str_len=4096,
             max_array_len=64, max_map_len=64, max_ext_len=0,
         )
     except msgpack.ExtraData as exc:
-        raise NotABitstream("trailing bytes after the bitstream: the file was concatenated or damaged") from exc
+        raise NotABitstream("trailing bytes after the bitstream: the file was concatenated or damaged"
+                            if named else _NOT_LW) from exc
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise CorruptBitstream(f"not a readable msgpack bitstream ({exc.__class__.__name__}): "
                                "the stream is truncated or not a .lw file") from exc

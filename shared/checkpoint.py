@@ -46,17 +46,24 @@ def weights_hash(state_dict: dict) -> str:
 
 
 def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
-                 metrics: dict | None = None) -> Path:
+                 metrics: dict | None = None, half_synthesis: bool = False) -> Path:
     """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated.
 
     ``source`` may also be the folder a lent GPU's run returns (tests/gpu/train_on_device.py):
     ``meta.pt`` plus the weights split across ``weights_part*.pt``, joined here.
+
+    ``half_synthesis`` stores g_s's weights in float16 (loading widens them again): half the
+    size of the decoder for a file that must stay small. Only the receiver's pixels can move, and
+    by little (g_s runs in bfloat16 on most CPUs anyway); every bitstream is the same, since
+    nothing the sender computes or the entropy coder uses is touched.
     """
     ckpt = join_parts(source) if Path(source).is_dir() else safe_load(source)
     model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
     model.load_state_dict(ckpt["state_dict"])
     model.update(force=True)  # entropy-coder CDF tables from the trained densities
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half_synthesis:
+        state = {k: v.half() if k.startswith("g_s.") and v.is_floating_point() else v for k, v in state.items()}
     digest = weights_hash(state)
     payload = {
         "format": FORMAT,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -104,6 +105,8 @@ def _add_codec_tools(sub) -> None:
     p.add_argument("--name", default=None, help="model name (default: lw-vr-hyperprior)")
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--replace", action="store_true", help="delete older files of the same model name")
+    p.add_argument("--half-synthesis", action="store_true",
+                   help="store the decoder's (g_s) weights in float16: a smaller file, the same bitstreams")
     p.set_defaults(func=_cmd_export)
 
 
@@ -168,7 +171,7 @@ def _cmd_export(args) -> int:
 
     name = args.name or DEFAULT_MODEL
     models_dir = args.models_dir or DEFAULT_MODELS_DIR
-    path = export_model(args.checkpoint, name, models_dir)
+    path = export_model(args.checkpoint, name, models_dir, half_synthesis=args.half_synthesis)
     if args.replace:
         for old in models_dir.glob(f"{name}-*.pt"):
             if old != path and len(old.stem) == len(name) + 9:
@@ -211,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from shared.errors import LatentwireError
 
+    # CompressAI imports torch_geometric, whose import calls the deprecated torch.jit.script: a
+    # warning on every command that tells a user nothing they can act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -69,7 +69,7 @@ stream is format version 3 (shared/bitstream.py): version 2 plus the coded size;
 synthesises that size and resizes to the declared one with Pillow's Lanczos filter on 8-bit RGB
 (integer arithmetic: the same pixels everywhere). ``encode(..., scale=s)`` fixes the size
 instead. Qualities are never resized: a quality means the full size. On Kodak (figures in
-models/README.md, "Byte budgets below the lowest rate") budgets of 0.02 / 0.04 bpp, which 0 / 1
+models/TRAINING.md, "Byte budgets below the lowest rate") budgets of 0.02 / 0.04 bpp, which 0 / 1
 of the 24 images met at the full size, were met by all 24, and budgets of 0.06 / 0.08 bpp gained
 +0.19 / +0.11 dB on the images the full size could meet (none lost).
 """

@@ -1,6 +1,6 @@
 """quality=auto through a thin link: sender and receiver as real processes, the sender's POSTs to the
 receiver through shared/link_emulator.py. A rate step down is followed by smaller budgets, the
-step back up by larger ones, and every frame is stored.
+step back up by larger ones, and every frame is stored; a 20 s outage loses nothing.
 
 Tiny model, 192x160 pictures: 169 bytes at quality 0, 562 at quality 1. After each step a few
 quality=1 uploads cross the link at the new rate, then one quality=auto upload is budgeted."""
@@ -8,13 +8,14 @@ quality=1 uploads cross the link at the new rate, then one quality=auto upload i
 from __future__ import annotations
 
 import secrets
+import time
 
 import httpx
 
 from shared.launcher import ServicePair
 from shared.link_emulator import LinkEmulator
 from tests.conftest import TINY_MODEL
-from tests.e2e.conftest import png_bytes, started, wait_until
+from tests.e2e.conftest import png_bytes, receiver_ids, started, wait_until
 
 FAST_KBPS, SLOW_KBPS = 64, 6
 TARGET_S = 0.15
@@ -54,3 +55,43 @@ def test_auto_budgets_follow_rate_steps_through_the_emulator(tmp_path, tiny_mode
     assert slow["bytes"] < fast["bytes"] / 2 and fast_again["bytes"] > slow["bytes"] * 1.5, budgets
     assert counts == {"queued": 0, "delivered": 8, "failed": 0, "superseded": 0}
     assert link.bytes_up > 8 * 169
+
+
+def test_a_20_s_outage_loses_nothing_and_the_backlog_drains(tmp_path, tiny_models_dir):
+    """quality=auto uploads every 0.5 s for 30 s, the link down (a stall: POSTs time out) from 5 s to
+    25 s. Half the uploads are a live feed (supersede=cam): of those, stale ones may be superseded,
+    the rest delivered; every other upload is delivered, each once, and all of it soon after."""
+    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
+                       models_dir=tiny_models_dir,
+                       extra_env={"LATENTWIRE_SENDER_LATENCY_TARGET_S": "2", "LATENTWIRE_SENDER_REQUEST_TIMEOUT_S": "2",
+                                  "LATENTWIRE_SENDER_RETRY_BASE_S": "0.2", "LATENTWIRE_SENDER_RETRY_MAX_S": "2"})
+    link = LinkEmulator("127.0.0.1", pair.receiver.port, kbps=FAST_KBPS, delay_s=0.01)
+    with link.running():
+        args = pair.sender.args
+        args[args.index("--receiver-url") + 1] = link.url
+        with started(pair), httpx.Client(base_url=pair.sender.url, timeout=60) as sender:
+            t0 = time.monotonic()
+            outage = link.outage(20, start_in_s=5, kind="stall")
+            plain, feed = [], []
+            for k in range(60):
+                time.sleep(max(0.0, t0 + 0.5 * k - time.monotonic()))
+                live = k % 2 == 1
+                r = sender.post("/v1/images", params={"quality": "auto", **({"supersede": "cam"} if live else {})},
+                                files={"file": (f"{k}.png", png_bytes(96, 80, k))})
+                assert r.status_code == 202, r.text
+                (feed if live else plain).append(r.json()["images"][0]["id"])
+            assert time.monotonic() > outage.end  # the uploads span the whole outage
+            status = lambda i: sender.get(f"/v1/images/{i}").json()["status"]  # noqa: E731
+            wait_until(lambda: all(status(i) == "delivered" for i in plain) and status(feed[-1]) == "delivered",
+                       30, interval_s=0.2, what="the backlog to drain")
+            drained_s = time.monotonic() - outage.end
+            counts = sender.get("/v1/images").json()["counts"]
+            receiver = httpx.Client(base_url=pair.receiver.url, timeout=30)
+            stored = set(receiver_ids(receiver))
+    superseded = counts["superseded"]
+    assert counts["failed"] == 0 and counts["queued"] == 0, counts
+    assert counts["delivered"] + superseded == 60, counts
+    assert set(plain) <= stored and feed[-1] in stored  # nothing accepted is lost; the newest feed frame arrived
+    assert len(stored) == counts["delivered"]  # each delivered frame stored once, nothing else
+    assert 0 < superseded < len(feed), counts  # the outage made stale feed frames, and only those were dropped
+    assert drained_s < 30

@@ -278,8 +278,10 @@ def test_pagination_follows_received_at_cursor(receiver_client, receiver_frames)
 def test_models_health_ready_and_no_secret_anywhere(receiver_client, receiver_frames):
     codec = receiver_frames.codec
     models = receiver_client.get("/v1/models").json()
-    assert {"name", "weights", "device", "network"} <= set(models)
-    assert (models["name"], models["weights"], models["device"]) == (codec.name, codec.weights, "cpu")
+    (main,) = models["models"]
+    assert {"name", "weights", "device", "network"} <= set(main) and "name" not in models
+    assert (main["name"], main["weights"], main["device"], main["mode"]) == (codec.name, codec.weights, "cpu",
+                                                                             "standard")
     assert models["insecure_demo"] is False
     assert receiver_client.get("/healthz").json() == {"status": "ok"}
     ready = receiver_client.get("/readyz")

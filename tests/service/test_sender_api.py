@@ -203,11 +203,11 @@ def test_bad_file_is_refused_with_json_and_the_next_upload_works(client, case):
 
 @pytest.mark.parametrize("params, status, error, words", [
     ({"quality": 1.5}, 422, "QualityOutOfRange", "[0, 1]"),
-    ({"quality": "abc"}, 422, "InvalidParameters", "quality"),
-    ({"quality": 0.5, "max_bytes": 1000}, 422, "InvalidParameters", "not both"),
+    ({"quality": "abc"}, 422, "InvalidRequest", "quality"),
+    ({"quality": 0.5, "max_bytes": 1000}, 422, "InvalidRequest", "not both"),
     ({"max_bytes": 0}, 422, "QualityOutOfRange", "positive"),
-    ({"mode": "denoise"}, 422, "InvalidParameters", "is off on this sender"),
-    ({"mode": "blur"}, 422, "InvalidParameters", "modes: standard, denoise"),
+    ({"mode": "denoise"}, 422, "InvalidRequest", "is off on this sender"),
+    ({"mode": "blur"}, 422, "InvalidRequest", "modes: standard, denoise"),
 ])
 def test_bad_parameters(client, params, status, error, words):
     r = client.post("/v1/images", params=params, files={"file": ("a.png", png(seed=9))})
@@ -312,7 +312,7 @@ def test_metrics_health_models_and_docs(client):
         assert name in text, name
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["reasons"] == []
     models = client.get("/v1/models").json()
     assert models["models"][0]["name"] == TINY_MODEL and models["modes"] == ["standard"]
     spec = client.get("/openapi.json").json()

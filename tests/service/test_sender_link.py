@@ -181,13 +181,13 @@ def test_auto_without_a_target_is_a_422_that_says_what_to_set(tmp_path, tiny_mod
     with client_for(tmp_path, tiny_models_dir, storing_receiver()) as client:
         r = client.post("/v1/images", params={"quality": "auto"}, files={"file": ("a.png", smooth_png())})
         assert r.status_code == 422
-        assert r.json()["error"] == "InvalidParameters"
+        assert r.json()["error"] == "InvalidRequest"
         assert "set LATENTWIRE_SENDER_LATENCY_TARGET_S" in r.json()["message"]
         both = client.post("/v1/images", params={"quality": "auto", "max_bytes": 200},
                            files={"file": ("a.png", smooth_png())})
         assert both.status_code == 422 and "not both" in both.json()["message"]
         word = client.post("/v1/images", params={"quality": "best"}, files={"file": ("a.png", smooth_png())})
-        assert word.status_code == 422 and word.json()["error"] == "InvalidParameters"
+        assert word.status_code == 422 and word.json()["error"] == "InvalidRequest"
         (plain,) = upload(client, smooth_png())
         assert plain["budget"] is None and plain["quality"] == 0.5  # no target: the default quality
 

@@ -85,7 +85,8 @@ def test_denoise_uploads_travel_with_the_denoising_model(tmp_path, tiny_models_d
             preview = client.get(f"/v1/images/{image_id}/reconstruction.png").content
             with Image.open(io.BytesIO(stored)) as a, Image.open(io.BytesIO(preview)) as b:
                 assert a.size == (48, 40) and np.array_equal(np.asarray(a), np.asarray(b))
-        assert len(receiver_app.get("/v1/models").json()["models"]) == 2
+        # Both services list the same two models, mode for mode, with the same fields (shared.schemas.ModelInfo).
+        assert receiver_app.get("/v1/models").json()["models"] == models["models"]
 
 
 def test_default_mode_denoise_applies_to_uploads_that_name_none(tmp_path, tiny_models_dir):
@@ -104,7 +105,7 @@ def test_denoise_is_refused_with_422_when_the_sender_has_no_denoising_model(tmp_
         assert client.get("/v1/models").json()["modes"] == ["standard"]
         r = client.post("/v1/images?mode=denoise", files=[("file", ("n.png", noisy_png()))])
         assert r.status_code == 422
-        assert r.json()["error"] == "InvalidParameters" and "mode 'denoise' is off" in r.json()["message"]
+        assert r.json()["error"] == "InvalidRequest" and "mode 'denoise' is off" in r.json()["message"]
         r = client.post("/v1/images?mode=sharpen", files=[("file", ("n.png", noisy_png()))])
         assert r.status_code == 422 and "does not exist" in r.json()["message"]
         assert client.get("/v1/images").json()["counts"].get("queued", 0) == 0  # nothing half-accepted

@@ -134,7 +134,7 @@ def test_a_malformed_stream_key_is_a_422_that_says_what_a_key_is(tmp_path, tiny_
         r = client.post("/v1/images", params={"supersede": key}, files={"file": ("a.png", smooth_png())})
         counts = client.get("/v1/images").json()["counts"]
     assert r.status_code == 422
-    assert r.json()["error"] == "InvalidParameters"
+    assert r.json()["error"] == "InvalidRequest"
     assert "1 to 64 characters of letters, digits and . _ : / -" in r.json()["message"]
     assert counts["queued"] == 0  # nothing was queued
 

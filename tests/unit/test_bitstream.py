@@ -436,3 +436,10 @@ def test_parse_accepts_the_unpacked_object_and_the_bitstream(tiny_codec, tiny_st
     assert tiny_codec.parse(stream.to_obj()) == stream
     assert tiny_codec.parse(stream) == stream
     assert tiny_codec.decode(stream.to_obj()).shape == (71, 97, 3)
+
+
+def test_a_text_file_is_named_as_not_a_bitstream():
+    """Not "trailing bytes" (msgpack reads the first letter as an integer): the file is no .lw at all."""
+    for text in (b"hello world\n", b"hello world, this is a text file, not a code\n"):
+        with pytest.raises(NotABitstream, match="not a latentwire bitstream: a .lw file starts with the LWIC magic"):
+            bs.loads(text)

@@ -171,3 +171,28 @@ def test_a_gpu_run_folder_without_weights_is_not_found(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(CheckpointNotFound, match="weights_part"):
         export_model(tmp_path / "run", "lw-tiny", tmp_path / "out")
+
+
+def test_half_synthesis_export_halves_the_decoder_and_keeps_every_stream(tiny_file, tmp_path):
+    """``latentwire export --half-synthesis``: g_s in float16 on disk, widened on load; the sender's
+    side is untouched, so streams are byte-identical and only the pixels move, by little."""
+    import numpy as np
+
+    from shared.checkpoint import export_model
+    from shared.codec import Codec
+    from shared.images import psnr
+
+    half = export_model(tiny_file, "lw-tiny", tmp_path / "half", half_synthesis=True)
+    stored = torch.load(half, weights_only=True)["state_dict"]
+    g_s = {k: v for k, v in stored.items() if k.startswith("g_s.") and v.is_floating_point()}
+    assert g_s and all(v.dtype == torch.float16 for v in g_s.values())
+    assert all(v.dtype != torch.float16 for k, v in stored.items() if not k.startswith("g_s."))
+    assert half.stat().st_size < tiny_file.stat().st_size
+    assert half.name != tiny_file.name  # the rounded weights hash differently: a model of its own
+
+    full, small = Codec.load(tiny_file), Codec.load(half)
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    for quality in (0.0, 0.5, 1.0):
+        a, b = full.encode(rgb, quality=quality), small.encode(rgb, quality=quality)
+        assert a.stream.strings == b.stream.strings and a.nbytes == b.nbytes
+        assert psnr(full.decode(a.data), small.decode(b.data)) > 35  # float16 rounding of g_s only

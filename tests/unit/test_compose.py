@@ -58,8 +58,11 @@ def test_both_services_gpu_reservations_healthchecks_and_ordering():
     volumes = {v.split(":")[0] for svc in services.values() for v in svc["volumes"]}
     assert volumes == {"receiver-store", "sender-outbox"}
     # The secret comes from the environment and compose refuses to start without it.
+    from shared.wire import MIN_SECRET_CHARS
+
     for svc in services.values():
         assert re.fullmatch(r"\$\{LATENTWIRE_SECRET:\?.+\}", svc["environment"]["LATENTWIRE_SECRET"])
+        assert f"{MIN_SECRET_CHARS}+ characters" in svc["environment"]["LATENTWIRE_SECRET"]  # the app's own rule
     cpu = load("docker-compose.cpu.yml")["services"]
     assert all(cpu[s]["deploy"] is None for s in ("receiver", "sender"))
 
