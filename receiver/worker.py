@@ -46,6 +46,7 @@ from receiver.decoder import Decoder
 from receiver.events import EventHub
 from receiver.metrics import Metrics
 from receiver.settings import Settings
+from shared.background import BackgroundTask
 from shared.errors import LatentwireError, StoreError
 from shared.jetstream import (DEAD_STREAM, EVENTS_SUBJECT, FRAMES_STREAM, FRAMES_SUBJECTS, WORKERS, Broker,
                               dead_subject)
@@ -68,7 +69,9 @@ async def subscribe_events(nc: Client, hub: EventHub) -> None:
     await nc.subscribe(EVENTS_SUBJECT, cb=forward)
 
 
-class FrameWorker:
+class FrameWorker(BackgroundTask):
+    task_name = "latentwire-frame-worker"
+
     def __init__(self, broker: Broker, decoder: Decoder, hub: EventHub, settings: Settings, metrics: Metrics) -> None:
         self.broker = broker
         self.decoder = decoder
@@ -76,25 +79,12 @@ class FrameWorker:
         self.settings = settings
         self.metrics = metrics
         self.store_down: str | None = None  # the StoreError that paused fetching, until a probe passes
-        self._task: asyncio.Task | None = None
         self._announcing: set[asyncio.Task] = set()
 
-    # ---- lifecycle ------------------------------------------------------------------------
+    # ---- lifecycle (stop() and alive: BackgroundTask) ---------------------------------------
     def start(self) -> None:
         self.decoder.announce = self.announce
-        self._task = asyncio.create_task(self._run(), name="latentwire-frame-worker")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
+        super().start()
 
     # ---- live events ----------------------------------------------------------------------
     def announce(self, item: dict) -> None:

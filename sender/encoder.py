@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sender.background import BackgroundTask
+from shared.background import BackgroundTask
 from sender.errors import EncoderBusy
 from shared.codec import Codec, Encoded
 from shared.images import psnr

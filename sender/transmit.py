@@ -44,7 +44,7 @@ import time
 
 import httpx
 
-from sender.background import BackgroundTask
+from shared.background import BackgroundTask
 from sender.link import LinkModel
 from sender.metrics import Metrics
 from sender.outbox import Outbox, PendingFrame

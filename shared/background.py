@@ -1,5 +1,6 @@
-"""``BackgroundTask``: the lifecycle the sender's two long-running workers share (the encoder and
-the deliverer): one asyncio task, started by ``start()``, cancelled and awaited by ``stop()``."""
+"""``BackgroundTask``: the lifecycle the services' long-running workers share (the sender's encoder
+and deliverer, the receiver's cluster-mode frame worker): one asyncio task, started by ``start()``,
+cancelled and awaited by ``stop()``. Plain asyncio, nothing else."""
 
 from __future__ import annotations
 
