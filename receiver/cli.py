@@ -10,34 +10,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from shared.service.flags import add_settings_flags, given
+
+# The settings that have a flag, --field-name (receiver/settings.py describes each one; that
+# description is the flag's help): field name -> argparse keywords beyond the help.
+FLAGS = {
+    "host": {}, "port": {"type": int}, "store_dir": {}, "model": {}, "denoise_model": {}, "models_dir": {},
+    "device": {}, "precision": {"choices": ("auto", "fp32", "bf16")},
+    "broker_url": {}, "database_url": {}, "blob_url": {}, "blob_endpoint_url": {},
+    "insecure_demo": {"action": "store_true", "default": None},  # None: unset, the env decides
+}
+# Settings with no flag, from the environment only: the secret, because command lines are visible
+# to every user in ``ps``; the rest are limits and policies a deployment sets once (.env.example).
+ENV_ONLY = (
+    "secret", "max_side", "max_frame_bytes", "max_batch", "decode_queue_size", "sse_heartbeat_s",
+    "sse_client_queue", "broker_ack_wait_s", "broker_max_deliveries",
+)
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("receiver", help="run the receiver service (decode, store, live gallery)",
-                              description=__doc__.split("\n")[0])
-    p.add_argument("--host", help="bind address (LATENTWIRE_RECEIVER_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="bind port (LATENTWIRE_RECEIVER_PORT, default 8001)")
-    p.add_argument("--store-dir", type=Path,
-                   help="images/ and index.sqlite3 live here (LATENTWIRE_RECEIVER_STORE_DIR, default ./data/receiver)")
-    p.add_argument("--model", help="model name in --models-dir or a .pt path (LATENTWIRE_RECEIVER_MODEL)")
-    p.add_argument("--denoise-model", help="also decode frames of this model "
-                   "(LATENTWIRE_RECEIVER_DENOISE_MODEL, default lw-vr-denoise; '' = off)")
-    p.add_argument("--models-dir", type=Path, help="exported models (LATENTWIRE_RECEIVER_MODELS_DIR, default models/)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
-                   help="where the synthesis transform runs (LATENTWIRE_RECEIVER_DEVICE, default auto)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="synthesis arithmetic (LATENTWIRE_RECEIVER_PRECISION, default auto: bf16 on CPUs with native bf16)")
-    p.add_argument("--broker-url", help="cluster mode: be one worker of the NATS JetStream consumer at "
-                   "nats://host:4222 (LATENTWIRE_RECEIVER_BROKER_URL)")
-    p.add_argument("--database-url", help="cluster mode: the shared image index, postgresql://user@host/db "
-                   "(LATENTWIRE_RECEIVER_DATABASE_URL; with --blob-url)")
-    p.add_argument("--blob-url", help="cluster mode: the bucket for PNGs and received codes, s3://bucket[/prefix] "
-                   "(LATENTWIRE_RECEIVER_BLOB_URL)")
-    p.add_argument("--blob-endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 "
-                   "(LATENTWIRE_RECEIVER_BLOB_ENDPOINT_URL; default: AWS)")
-    p.add_argument("--insecure-demo", action="store_true", default=None,
-                   help="accept an empty or weak LATENTWIRE_SECRET (LATENTWIRE_INSECURE_DEMO=1); never in production")
+                              description=__doc__.split("\n")[0], add_help=False)
+    add_settings_flags(p, FLAGS, "receiver.settings:Settings")
     p.set_defaults(func=_cmd_receiver)
 
 
@@ -48,12 +43,8 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
 
     from receiver.settings import Settings
 
-    overrides = {name: getattr(args, name) for name in
-                 ("host", "port", "store_dir", "model", "denoise_model", "models_dir", "device", "precision",
-                  "broker_url", "database_url", "blob_url", "blob_endpoint_url", "insecure_demo")
-                 if getattr(args, name) is not None}
     try:
-        settings = Settings(**overrides)
+        settings = Settings(**given(args, FLAGS))
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])

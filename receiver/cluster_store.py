@@ -41,7 +41,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from shared.errors import StoreError, StoreFull
-from receiver.store import COLUMNS, check_id
+from shared.wire import check_image_id
+from receiver.store import COLUMNS
 
 log = logging.getLogger("latentwire.receiver")
 
@@ -138,12 +139,12 @@ class ClusterStore:
 
     # ---- reads ---------------------------------------------------------------------------
     def contains(self, image_id: str) -> bool:
-        check_id(image_id)
+        check_image_id(image_id)
         return bool(self._with_db("read its index", lambda db: db.execute(
             "SELECT 1 FROM images WHERE id = %s", (image_id,)).fetchone()))
 
     def get(self, image_id: str) -> dict | None:
-        check_id(image_id)
+        check_image_id(image_id)
         return self._with_db("read its index", lambda db: db.execute(
             f"SELECT {_FIELDS} FROM images WHERE id = %s", (image_id,)).fetchone())
 
@@ -157,7 +158,7 @@ class ClusterStore:
 
     def read_png(self, image_id: str) -> bytes | None:
         """The stored reconstruction's bytes, or None if no image has that id."""
-        check_id(image_id)
+        check_image_id(image_id)
         row = self._with_db("read its index", lambda db: db.execute(
             "SELECT png_key FROM images WHERE id = %s", (image_id,)).fetchone())
         if row is None:
@@ -176,7 +177,7 @@ class ClusterStore:
     def put(self, meta: dict, png: bytes, code: bytes | None = None) -> dict | None:
         """Store one image (and its received bitstream ``code``, if given); returns its row
         (received_at and seq set), or None if the id is already stored."""
-        image_id = check_id(meta["id"])
+        image_id = check_image_id(meta["id"])
         if self.contains(image_id):  # the common duplicate costs no upload
             return None
         keys = {"png_key": f"{self.prefix}images/{image_id}.png",

@@ -14,53 +14,31 @@
                                   200 ready / 503 with reasons (model + entropy tables, store writable;
                                   cluster mode: NATS reachable, PostgreSQL and S3 answering, each named)
     GET  /metrics              -> Prometheus text
-    GET  /docs                 -> Swagger UI of /openapi.json, its files served by this app (the
-                                  fastapi-offline package, mounted at /docs/assets): no CDN. No ReDoc:
-                                  it always loads its logo from the web
-    GET  /favicon.ico          -> the icon
-Errors are {"error": code, "message": what to do}; the status map is in receiver/app.py.
+    GET  /openapi.json         -> OpenAPI; GET /docs shows it (Swagger UI, no CDN) and /favicon.ico is the
+                                  icon: both shared/service/docs.py
+Errors are {"error": code, "message": what to do}: shared/service/handlers.py maps them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from shared.codec import Codec
 from shared.errors import FrameTooLarge, StoreError, WireError
-from shared.wire import CONTENT_TYPE as MSGPACK, WIRE_VERSION
-from receiver.decoder import Decoder, tables_ready
-from receiver.errors import ImageNotFound, InvalidImageId
-from receiver.events import EventHub
-from receiver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from shared.wire import CONTENT_TYPE as MSGPACK, WIRE_VERSION, check_image_id
+from receiver.decoder import tables_ready
+from receiver.dependencies import Services, ServicesDep
+from receiver.errors import ImageNotFound
+from receiver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from receiver.schemas import (ErrorBody, FramesResponse, Health, ImageMeta, ImagePage, ModelInfo, ReceiverModels,
                               ReceiverReadiness)
-from receiver.settings import Settings
-from receiver.store import Store, as_json, check_id
-
-
-def _state(name: str):
-    def dependency(request: Request):
-        return getattr(request.app.state, name)
-    dependency.__name__ = f"get_{name}"
-    return Depends(dependency)
-
-
-SettingsDep = Annotated[Settings, _state("settings")]
-MetricsDep = Annotated[Metrics, _state("metrics")]
-CodecDep = Annotated[Codec, _state("codec")]
-StoreDep = Annotated[Store, _state("store")]
-DecoderDep = Annotated[Decoder, _state("decoder")]
-HubDep = Annotated[EventHub, _state("hub")]
+from receiver.store import as_json
 
 router = APIRouter()
-_STATIC = Path(__file__).resolve().parent / "static"
 # No framing, plugins, <base> or form posts. Scripts are not restricted further: a strict
 # script-src also forbids eval, which browser automation (Playwright's wait_for_function) needs,
 # and the page has no inline code to protect anyway (values go in with textContent).
@@ -70,13 +48,13 @@ _errors = {s: {"model": ErrorBody} for s in (400, 401, 409, 413, 503, 507)}
 
 @router.post("/v1/frames", response_model=FramesResponse, responses=_errors, openapi_extra={
     "requestBody": {"required": True, "content": {MSGPACK: {"schema": {"type": "string", "format": "binary"}}}}})
-async def post_frames(request: Request, decoder: DecoderDep, settings: SettingsDep) -> dict:
+async def post_frames(request: Request, svc: ServicesDep) -> dict:
     """Store a signed batch of frames (see shared/wire.py). All frames are validated before any
     is decoded; an id already stored answers "duplicate" and is not stored twice."""
-    with decoder.counting_rejections():
-        decoder.check_capacity()  # before reading up to max_frame_bytes we would only refuse
-        body = await _read_body(request, settings.max_frame_bytes)
-        return {"results": await decoder.receive(body)}
+    with svc.decoder.counting_rejections():
+        svc.decoder.check_capacity()  # before reading up to max_frame_bytes we would only refuse
+        body = await _read_body(request, svc.settings.max_frame_bytes)
+        return {"results": await svc.decoder.receive(body)}
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -101,18 +79,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 @router.get("/v1/images", response_model=ImagePage)
-async def list_images(store: StoreDep, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+async def list_images(svc: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 50,
                       before: Annotated[float | None, Query(description="cursor: `next` of the previous page")] = None
                       ) -> dict:
-    items, next_cursor = await run_in_threadpool(store.page, limit, before)
+    items, next_cursor = await run_in_threadpool(svc.store.page, limit, before)
     return {"items": [as_json(row) for row in items], "next": next_cursor}
 
 
 # The .png route comes first: "{image_id}" alone would also match "<id>.png".
 @router.get("/v1/images/{image_id}.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}, 400: {"model": ErrorBody}, 404: {"model": ErrorBody}})
-async def image_png(image_id: str, store: StoreDep) -> Response:
-    png = await run_in_threadpool(store.read_png, check_id(image_id))  # from disk, or S3 in cluster mode
+async def image_png(image_id: str, svc: ServicesDep) -> Response:
+    png = await run_in_threadpool(svc.store.read_png, check_image_id(image_id))  # from disk, or S3 in cluster mode
     if png is None:
         raise ImageNotFound(f"no stored image {image_id}: list stored images at /v1/images")
     # An id names one reconstruction forever, so browsers may cache it for good.
@@ -121,8 +99,8 @@ async def image_png(image_id: str, store: StoreDep) -> Response:
 
 @router.get("/v1/images/{image_id}", response_model=ImageMeta,
             responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}})
-async def image_meta(image_id: str, store: StoreDep) -> dict:
-    row = await run_in_threadpool(store.get, check_id(image_id))
+async def image_meta(image_id: str, svc: ServicesDep) -> dict:
+    row = await run_in_threadpool(svc.store.get, check_image_id(image_id))
     if row is None:
         raise ImageNotFound(f"no stored image {image_id}: list stored images at /v1/images")
     return as_json(row)
@@ -131,34 +109,35 @@ async def image_meta(image_id: str, store: StoreDep) -> dict:
 @router.get("/v1/images/{rest:path}", include_in_schema=False)
 async def image_bad_path(rest: str) -> None:
     """Anything else under /v1/images/ (e.g. "../x" or "a/b") is a malformed id, never a path."""
-    raise InvalidImageId("image ids are 32 lowercase hex digits (the sender's frame id)")
+    check_image_id(rest)  # raises InvalidImageId: the routes above took every "/"-free rest
 
 
 @router.get("/v1/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def events(hub: HubDep, settings: SettingsDep) -> StreamingResponse:
+async def events(svc: ServicesDep) -> StreamingResponse:
     """Server-Sent Events: one `image` event (metadata JSON) per newly stored image."""
-    subscriber = hub.subscribe()  # before the response starts, so no event is missed after it
-    return StreamingResponse(hub.stream(subscriber, settings.sse_heartbeat_s), media_type="text/event-stream",
+    subscriber = svc.hub.subscribe()  # before the response starts, so no event is missed after it
+    return StreamingResponse(svc.hub.stream(subscriber, svc.settings.sse_heartbeat_s), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/v1/models", response_model=ReceiverModels)
-async def models(request: Request, decoder: DecoderDep, settings: SettingsDep) -> ReceiverModels:
+async def models(svc: ServicesDep) -> ReceiverModels:
     """Every model it decodes (main, then denoise), each with the sender's mode it serves."""
+    s = svc.settings
     return ReceiverModels(
-        models=[ModelInfo(mode=decoder.modes[c.name], **c.info()) for c in request.app.state.codecs],
-        insecure_demo=settings.insecure_demo, wire_version=WIRE_VERSION, max_frame_bytes=settings.max_frame_bytes,
-        max_batch=settings.max_batch)
+        models=[ModelInfo(mode=svc.decoder.modes[c.name], **c.info()) for c in svc.codecs],
+        insecure_demo=s.insecure_demo, wire_version=WIRE_VERSION, max_frame_bytes=s.max_frame_bytes,
+        max_batch=s.max_batch)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def gallery(request: Request, store: StoreDep, codec: CodecDep, settings: SettingsDep) -> HTMLResponse:
-    items, next_cursor = await run_in_threadpool(store.page, 50, None)
+async def gallery(request: Request, svc: ServicesDep) -> HTMLResponse:
+    items, next_cursor = await run_in_threadpool(svc.store.page, 50, None)
     return request.app.state.templates.TemplateResponse(request, "gallery.html", {
         "items": [as_json(row) for row in items], "next": next_cursor,
-        "model": ", ".join(f"{c.name}@{c.weights}" for c in request.app.state.codecs), "device": str(codec.device),
-        "insecure_demo": settings.insecure_demo}, headers={"Content-Security-Policy": _GALLERY_CSP})
+        "model": ", ".join(f"{c.name}@{c.weights}" for c in svc.codecs), "device": str(svc.codec.device),
+        "insecure_demo": svc.settings.insecure_demo}, headers={"Content-Security-Policy": _GALLERY_CSP})
 
 
 @router.get("/healthz", response_model=Health)
@@ -170,56 +149,38 @@ _STARTING = "the receiver is still starting, or its start failed (its log says w
 
 
 @router.get("/readyz", response_model=ReceiverReadiness, responses={503: {"model": ReceiverReadiness}})
-async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
-    state = request.app.state
-    codec: Codec | None = getattr(state, "codec", None)
-    store: Store | None = getattr(state, "store", None)
-    checks, reasons = {"model": codec is not None}, []
-    if codec is None:
+async def readyz(request: Request) -> JSONResponse:
+    """200 when the models (with their entropy-coder tables) are loaded and the store answers, and
+    in cluster mode NATS is reachable; else 503, each failed check with a reason saying what to do."""
+    svc: Services | None = getattr(request.app.state, "services", None)
+    checks, reasons = {"model": svc is not None}, []
+    if svc is None:
         reasons.append(f"the model is not loaded: {_STARTING}")
-    elif not all(tables_ready(c) for c in getattr(state, "codecs", [codec])):
+    elif not all(tables_ready(c) for c in svc.codecs):
         checks["model"] = False
         reasons.append("the model's entropy-coder tables are missing: re-export it with `latentwire export`")
-    broker = getattr(state, "broker", None)
-    if broker is not None:  # cluster mode only
-        checks["broker"] = broker.connected
-        if not broker.connected:
-            reasons.append(broker.unavailable_reason())
-    checks["store"] = store is not None
-    if store is None:
+    if svc is not None and svc.broker is not None:  # cluster mode only
+        checks["broker"] = svc.broker.connected
+        if not svc.broker.connected:
+            reasons.append(svc.broker.unavailable_reason())
+    checks["store"] = svc is not None
+    if svc is None:
         reasons.append(f"the store is not open: {_STARTING}")
     else:
         try:
-            await run_in_threadpool(store.probe)
+            await run_in_threadpool(svc.store.probe)
         except StoreError as exc:
             checks["store"] = False
             reasons.append(str(exc))
+    codec = svc.codec if svc is not None else None
     body = ReceiverReadiness.of(checks, reasons, model=f"{codec.name}@{codec.weights}" if codec else None,
-                                insecure_demo=settings.insecure_demo)
+                                insecure_demo=request.app.state.settings.insecure_demo)
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
-async def metrics(metrics: MetricsDep, decoder: DecoderDep) -> Response:
-    metrics.decode_queue_depth.set(decoder.pending)
-    return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+async def metrics(svc: ServicesDep) -> Response:
+    svc.metrics.decode_queue_depth.set(svc.decoder.pending)
+    return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-
-@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-async def docs(request: Request) -> HTMLResponse:
-    """Swagger UI with its script and style served by this app, so it works with no internet.
-    validatorUrl off: served from any host but localhost, Swagger UI would load a badge from an
-    online validator and hand it the schema's URL."""
-    root = request.scope.get("root_path", "").rstrip("/")
-    return get_swagger_ui_html(openapi_url=root + request.app.openapi_url, title=f"{request.app.title} API",
-                               swagger_js_url=request.url_for("docs-assets", path="swagger-ui-bundle.js").path,
-                               swagger_css_url=request.url_for("docs-assets", path="swagger-ui.css").path,
-                               swagger_favicon_url=request.url_for("favicon").path,
-                               swagger_ui_parameters={"validatorUrl": None})
-
-
-@router.get("/favicon.ico", response_class=FileResponse, include_in_schema=False)
-async def favicon() -> FileResponse:
-    return FileResponse(_STATIC / "favicon.ico", media_type="image/x-icon",
-                        headers={"Cache-Control": "public, max-age=86400"})

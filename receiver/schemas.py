@@ -1,5 +1,5 @@
 """JSON shapes the receiver answers with (they also document the API at /docs). The ones both
-services answer alike (``Readiness``, ``ModelInfo``) are in ``shared.schemas``."""
+services answer alike (``Readiness``, ``ModelInfo``, ``ErrorBody``) are in ``shared.schemas``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from shared.schemas import ModelInfo, Readiness
+from shared.schemas import ErrorBody, ModelInfo, Readiness  # noqa: F401 (re-exported: the receiver's answers use them)
 
 
 class FrameResult(BaseModel):
@@ -66,8 +66,3 @@ class ReceiverModels(BaseModel):
                                           "(shared/wire.py)")
     max_frame_bytes: int = Field(description="largest POST /v1/frames body accepted")
     max_batch: int = Field(description="most frames in one POST /v1/frames")
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="stable error code, e.g. BadSignature, ModelMismatch")
-    message: str = Field(description="what went wrong and what to do next")

@@ -1,40 +1,11 @@
 """Every receiver setting, and the only place the receiver reads the environment.
 
-    env var                                  default                 meaning
-    LATENTWIRE_SECRET                        (required, see below)   HMAC key shared with the sender
-    LATENTWIRE_INSECURE_DEMO                 0                       accept a weak/empty secret (demo only)
-    LATENTWIRE_RECEIVER_HOST                 127.0.0.1               bind address
-    LATENTWIRE_RECEIVER_PORT                 8001                    bind port
-    LATENTWIRE_RECEIVER_STORE_DIR            ./data/receiver         images/<id>.png + index.sqlite3
-    LATENTWIRE_RECEIVER_MODEL                lw-vr-hyperprior        model name in MODELS_DIR, or a .pt path
-    LATENTWIRE_RECEIVER_DENOISE_MODEL        lw-vr-denoise           second model it decodes (the sender's
-                                                                     mode=denoise); "" = off; a missing
-                                                                     file turns it off with a log line
-    LATENTWIRE_RECEIVER_MODELS_DIR           <repo>/models           where exported models live
-    LATENTWIRE_RECEIVER_DEVICE               auto                    auto | cpu | cuda[:N]
-    LATENTWIRE_RECEIVER_PRECISION            auto                    auto | fp32 | bf16 (synthesis arithmetic;
-                                                                     auto = bf16 on CPUs with native bf16;
-                                                                     see PRECISION in shared/codec.py)
-    LATENTWIRE_RECEIVER_MAX_SIDE             4096                    largest width/height decoded
-    LATENTWIRE_RECEIVER_MAX_FRAME_BYTES      16777216                request body limit (413 above)
-    LATENTWIRE_RECEIVER_MAX_BATCH            64                      frames per request
-    LATENTWIRE_RECEIVER_DECODE_QUEUE_SIZE    8                       requests waiting to decode (503 above)
-    LATENTWIRE_RECEIVER_SSE_HEARTBEAT_S      15                      seconds between SSE comment heartbeats
-    LATENTWIRE_RECEIVER_SSE_CLIENT_QUEUE     100                     events buffered per live client
-  cluster mode (each setting alone switches on its part; docs in receiver/worker.py):
-    LATENTWIRE_RECEIVER_BROKER_URL           (unset)                 nats://host:4222: this process is one worker
-                                                                     of the JetStream consumer, and live events
-                                                                     reach every replica through NATS
-    LATENTWIRE_RECEIVER_DATABASE_URL         (unset)                 postgresql://user@host/db: the image index
-    LATENTWIRE_RECEIVER_BLOB_URL             (unset)                 s3://bucket[/prefix]: PNGs and received codes
-                                                                     (with DATABASE_URL; both or neither)
-    LATENTWIRE_RECEIVER_BLOB_ENDPOINT_URL    (unset: AWS)            S3-compatible endpoint, e.g. SeaweedFS's
-                                                                     http://host:8333; keys from the usual
-                                                                     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-    LATENTWIRE_RECEIVER_BROKER_ACK_WAIT_S    30                      a worker that dies holding a frame: seconds
-                                                                     until the frame goes to another worker
-    LATENTWIRE_RECEIVER_BROKER_MAX_DELIVERIES 10                     deliveries of one frame before it is
-                                                                     dead-lettered (it keeps killing workers)
+Each field of ``Settings`` below is one env var, LATENTWIRE_RECEIVER_<FIELD> (``store_dir``:
+LATENTWIRE_RECEIVER_STORE_DIR), with its default and a description: the one description of the
+setting, which ``latentwire receiver --help`` shows as its flag's help (receiver/cli.py). The secret
+and insecure demo mode are shared with the sender: LATENTWIRE_SECRET and LATENTWIRE_INSECURE_DEMO
+(LATENTWIRE_RECEIVER_INSECURE_DEMO works too). .env.example names every one;
+tests/service/test_settings_docs.py keeps the fields, .env.example and the flags in step.
 
 ``latentwire receiver --flag`` overrides the matching env var. The secret policy: refuse an
 empty secret, one shorter than 16 characters, or a placeholder ("change-me", "secret", ...),
@@ -46,7 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,43 +29,62 @@ from shared.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_BYTES, SecretSettin
 
 
 class Settings(SecretSettings, BaseSettings):
+    """Receiver configuration: one env var per field (module docstring)."""
+
     model_config = SettingsConfigDict(env_prefix="LATENTWIRE_RECEIVER_", extra="ignore",
                                       populate_by_name=True, frozen=True,
                                       hide_input_in_errors=True)  # errors must not echo the secret
 
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8001
-    store_dir: Path = Path("data/receiver")
-    model: str = DEFAULT_MODEL
-    denoise_model: str = DEFAULT_DENOISE_MODEL
-    models_dir: Path = DEFAULT_MODELS_DIR
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    max_side: Annotated[int, Field(ge=64, le=16384)] = 4096
-    max_frame_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_FRAME_BYTES
-    max_batch: Annotated[int, Field(ge=1, le=1024)] = DEFAULT_MAX_BATCH
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8001, ge=1, le=65535, description="bind port")
+    store_dir: Path = Field(Path("data/receiver"), description="images/<id>.png, codes/<id>.lw and "
+                            "index.sqlite3 live here (the embedded store)")
+    model: str = Field(DEFAULT_MODEL, description="model name in models_dir, or a .pt path")
+    denoise_model: str = Field(DEFAULT_DENOISE_MODEL, description="a second model it decodes, for frames of the "
+                               "sender's mode=denoise; '' turns it off, and so does a missing file (the log says so)")
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="where exported models live")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="where the synthesis transform runs: auto | cpu | cuda[:N]")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="the synthesis arithmetic; auto: bf16 "
+                                                       "on CPUs with native bf16 (PRECISION in shared/codec.py)")
+    max_side: int = Field(4096, ge=64, le=16384, description="largest declared image width/height decoded (413 "
+                          "above)")
+    max_frame_bytes: int = Field(DEFAULT_MAX_FRAME_BYTES, ge=1024, description="request body limit of POST "
+                                 "/v1/frames (413 above)")
+    max_batch: int = Field(DEFAULT_MAX_BATCH, ge=1, le=1024, description="frames in one request")
     # Requests (each up to max_frame_bytes) allowed to wait for the one decode thread. 8 bounds
     # the memory held by waiting bodies to ~9 x 16 MiB, and since one CPU decoder is the
     # bottleneck a deeper queue would only add latency: past it the sender gets 503 +
     # Retry-After and keeps the frames in its outbox.
-    decode_queue_size: Annotated[int, Field(ge=0, le=1024)] = 8
-    sse_heartbeat_s: Annotated[float, Field(gt=0, le=300)] = 15.0
-    # Events a live client may lag behind before it is dropped (it reconnects and refetches).
-    sse_client_queue: Annotated[int, Field(ge=1, le=10_000)] = 100
+    decode_queue_size: int = Field(8, ge=0, le=1024, description="requests waiting for the decoder (503 above)")
+    sse_heartbeat_s: float = Field(15.0, gt=0, le=300, description="seconds between the live stream's heartbeat "
+                                   "comments")
+    sse_client_queue: int = Field(100, ge=1, le=10_000, description="events a live client may lag behind before "
+                                  "it is dropped (it reconnects and refetches)")
 
-    broker_url: str | None = None
-    database_url: str | None = None
-    blob_url: str | None = None
-    blob_endpoint_url: str | None = None
+    # Cluster mode (receiver/worker.py): each setting alone switches its part on.
+    broker_url: str | None = Field(None, description="cluster mode: be one worker of the NATS JetStream consumer "
+                                   "at nats://host:4222; live events then reach every replica through NATS")
+    database_url: str | None = Field(None, description="cluster mode: the shared image index, "
+                                     "postgresql://user@host/db (with blob_url)")
+    blob_url: str | None = Field(None, description="cluster mode: the bucket for PNGs and received codes, "
+                                 "s3://bucket[/prefix] (with database_url)")
+    blob_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. SeaweedFS's "
+                                          "http://host:8333; unset: AWS. Keys from AWS_ACCESS_KEY_ID / "
+                                          "AWS_SECRET_ACCESS_KEY")
     # Decoding takes well under a second per image here; 30 s leaves room for the largest ones
     # on a busy CPU (the worker also tells the broker it is still working while it decodes).
-    broker_ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
-    broker_max_deliveries: Annotated[int, Field(ge=1, le=1000)] = 10
+    broker_ack_wait_s: float = Field(30.0, ge=1, le=3600, description="cluster mode: seconds until a frame held "
+                                     "by a worker that died goes to another worker")
+    broker_max_deliveries: int = Field(10, ge=1, le=1000, description="cluster mode: deliveries of one frame "
+                                       "before it is dead-lettered (it keeps killing workers)")
 
     # Shared by both services, hence no LATENTWIRE_RECEIVER_ prefix. Never logged or returned.
-    secret: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("LATENTWIRE_SECRET"))
+    secret: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("LATENTWIRE_SECRET"),
+                              description="HMAC key shared with the sender: 16+ characters, not a placeholder")
     insecure_demo: bool = Field(False, validation_alias=AliasChoices(
-        "LATENTWIRE_INSECURE_DEMO", "LATENTWIRE_RECEIVER_INSECURE_DEMO"))
+        "LATENTWIRE_INSECURE_DEMO", "LATENTWIRE_RECEIVER_INSECURE_DEMO"),
+        description="accept a weak or empty secret, with a loud warning: local demos only, never in production")
 
     @field_validator("broker_url", "database_url", "blob_url", "blob_endpoint_url")
     @classmethod

@@ -6,22 +6,23 @@
 
 A row is inserted only after its files are durable, and the files are removed again when the
 insert fails, so every listed image can be served and a failed write leaves nothing behind. Ids are
-checked against ``^[0-9a-f]{32}$`` before they become a path, so no id can leave ``images/``.
+checked (``shared.wire.check_image_id``: 32 lowercase hex digits) before they become a path, so no id
+can leave ``images/``.
 
 ``received_at`` (UNIX seconds when the image was stored) is strictly increasing within a store,
 which makes it an exact pagination cursor: ``page(before=item["received_at"])``.
 
 Schema 2 added ``mode`` and ``coded_height`` / ``coded_width`` and dropped the always-NULL
-``psnr``; ``open()`` migrates an older index in place (``_MIGRATIONS``), one committed step per
-version. Rows stored under schema 1 get their mode from the model name and read as coded at
-their own size (the stream that would say otherwise was not kept).
+``psnr``; ``open()`` migrates an older index in place (``_MIGRATIONS``, run by
+``shared/service/migrations.py``), one committed step per version. Rows stored under schema 1 get
+their mode from the model name and read as coded at their own size (the stream that would say
+otherwise was not kept).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import sqlite3
 import tempfile
 import threading
@@ -30,7 +31,8 @@ from contextlib import suppress
 from pathlib import Path
 
 from shared.errors import StoreError, StoreFull
-from receiver.errors import InvalidImageId
+from shared.service.migrations import migrate
+from shared.wire import check_image_id
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -63,14 +65,7 @@ _MIGRATIONS = {
 }
 COLUMNS = ("id", "width", "height", "stream_bytes", "bpp", "quality", "model", "weights",
            "sent_at", "received_at", "decode_ms", "mode", "coded_height", "coded_width")
-_ID = re.compile(r"^[0-9a-f]{32}$")
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
-def check_id(image_id: str) -> str:
-    if not isinstance(image_id, str) or not _ID.match(image_id):
-        raise InvalidImageId("image ids are 32 lowercase hex digits (the sender's frame id)")
-    return image_id
 
 
 def as_json(row: dict) -> dict:
@@ -126,7 +121,8 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a 200 "stored" answer means the row survives power loss, like the fsynced PNG.
             db.execute("PRAGMA synchronous=FULL")
-            _migrate(db)
+            # unstamped=1: schema 1 was written before the index carried its version
+            migrate(db, SCHEMA, _MIGRATIONS, SCHEMA_VERSION, _too_new, unstamped=1)
             last = db.execute("SELECT MAX(received_at) FROM images").fetchone()[0]
         except (OSError, sqlite3.Error, StoreError) as exc:
             db.close()
@@ -145,10 +141,10 @@ class Store:
 
     # ---- reads ---------------------------------------------------------------------------
     def png_path(self, image_id: str) -> Path:
-        return self.images_dir / f"{check_id(image_id)}.png"
+        return self.images_dir / f"{check_image_id(image_id)}.png"
 
     def code_path(self, image_id: str) -> Path:
-        return self.codes_dir / f"{check_id(image_id)}.lw"
+        return self.codes_dir / f"{check_image_id(image_id)}.lw"
 
     def read_png(self, image_id: str) -> bytes | None:
         """The stored reconstruction's bytes, or None if there is none."""
@@ -162,10 +158,10 @@ class Store:
 
     def contains(self, image_id: str) -> bool:
         with self._lock:
-            return self._contains(check_id(image_id))
+            return self._contains(check_image_id(image_id))
 
     def get(self, image_id: str) -> dict | None:
-        check_id(image_id)
+        check_image_id(image_id)
         with self._lock:
             row = self._query(f"SELECT {', '.join(COLUMNS)} FROM images WHERE id = ?", (image_id,))
         return dict(row[0]) if row else None
@@ -183,7 +179,7 @@ class Store:
     def put(self, meta: dict, png: bytes, code: bytes | None = None) -> dict | None:
         """Store one image (and its received bitstream ``code``, if given); returns its row
         (received_at set), or None if the id is already stored."""
-        image_id = check_id(meta["id"])
+        image_id = check_image_id(meta["id"])
         final = self.png_path(image_id)
         code_final = self.code_path(image_id) if code is not None else None
         with self._lock:
@@ -275,29 +271,9 @@ class Store:
                     os.unlink(tmp)
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    """Create a new index, or bring an older one to SCHEMA_VERSION; a newer one is refused."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'images'").fetchone():
-        version = 1  # schema 1 as written before the index carried its version
-    if version > SCHEMA_VERSION:
-        raise StoreError(f"the store's index has schema {version}; this receiver reads schemas 1 to "
-                         f"{SCHEMA_VERSION}: run the receiver version that wrote it, or start with an "
-                         "empty store directory")
-    if version == 0:  # a new file
-        db.executescript(SCHEMA)
-    for old in range(version, SCHEMA_VERSION) if version else ():
-        try:  # each step commits with its version stamp, or not at all
-            db.execute("BEGIN IMMEDIATE")
-            for statement in _MIGRATIONS[old]:
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version={old + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+def _too_new(version: int) -> StoreError:
+    return StoreError(f"the store's index has schema {version}; this receiver reads schemas 1 to {SCHEMA_VERSION}: "
+                      "run the receiver version that wrote it, or start with an empty store directory")
 
 
 def _unlink_all(paths: list[Path]) -> None:

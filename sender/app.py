@@ -6,10 +6,10 @@
 The lifespan loads the codecs (standard, and denoise when its model is installed), opens the outbox,
 starts the encoder thread and the delivery task, and opens the app's one ``httpx.AsyncClient`` (to
 the receiver). Tests pass ``transport=`` (an ``httpx.MockTransport`` or ``httpx.ASGITransport``
-around a receiver app) to talk to a receiver in process. Errors: one handler maps every
-``LatentwireError`` to its ``.status`` with the body ``{"error", "message"}`` (plus ``file``,
-``min_bytes`` where they apply, and ``Retry-After`` on 503s); request validation errors get the
-same shape with 422.
+around a receiver app) to talk to a receiver in process. Errors become answers as on the receiver
+(shared/service/handlers.py: ``{"error", "message"}`` with the error's status, plus ``file`` and
+``min_bytes`` where they apply, ``Retry-After`` on 503s); rejected uploads are counted in
+``latentwire_sender_upload_errors_total``.
 """
 
 from __future__ import annotations
@@ -26,23 +26,23 @@ from typing import AsyncIterator
 import anyio
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from sender import routes
 from sender.broker import BrokerDeliverer
 from sender.dependencies import Services
 from sender.encoder import Encoder
-from sender.errors import InvalidRequest, OutboxError
+from sender.errors import OutboxError
 from sender.metrics import Metrics
 from sender.outbox import Outbox
 from sender.previews import PreviewStore
 from sender.settings import Settings, get_settings
 from sender.transmit import Deliverer
 from shared.codec import Codec, load_optional
-from shared.errors import BudgetTooSmall, CheckpointNotFound, LatentwireError
+from shared.errors import CheckpointNotFound
 from shared.jetstream import Broker
+from shared.service.docs import install_docs
+from shared.service.handlers import install_error_handlers
 
 log = logging.getLogger("latentwire.sender")
 HERE = Path(__file__).resolve().parent
@@ -57,19 +57,27 @@ def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTr
         version=VERSION,
         summary="Encodes uploaded images into latent bitstreams and delivers them to the receiver",
         lifespan=lifespan,
-        # FastAPI's own /docs and /redoc load their scripts from a CDN: routes.py serves /docs from
-        # the files mounted at /docs/assets instead; ReDoc stays off (it always fetches its logo from the web).
-        docs_url=None,
+        docs_url=None,  # FastAPI's load their files from a CDN: install_docs serves /docs offline
         redoc_url=None,
     )
     app.state.settings = settings
     app.state.transport = transport
     app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.mount("/docs/assets", StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
-    app.add_exception_handler(LatentwireError, _latentwire_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    install_docs(app, favicon=HERE / "static" / "favicon.ico")
+    install_error_handlers(app, "sender", on_error=_count_upload_error, hints=_HINTS)
     return app
+
+
+# Requests that cannot work on a sender, answered with where to go instead of a bare 404/405.
+_HINTS = {("POST", "/v1/frames"): "the sender takes no frames: frames go to the receiver's POST /v1/frames; "
+                                  "upload images here with POST /v1/images, which encodes and delivers them"}
+
+
+def _count_upload_error(request: Request, code: str) -> None:
+    services = getattr(request.app.state, "services", None)
+    if services is not None and request.url.path == "/v1/images" and request.method == "POST":
+        services.metrics.upload_errors.labels(code).inc()
 
 
 @asynccontextmanager
@@ -151,29 +159,3 @@ class _exclusive:
     def __exit__(self, *exc) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
-
-
-async def _latentwire_error(request: Request, exc: LatentwireError) -> JSONResponse:
-    body: dict = {"error": exc.code, "message": str(exc)}
-    file = getattr(exc, "file", None)
-    if file is not None:
-        body["file"] = file
-        body["message"] = f"{file}: {exc} (the whole request was rejected; nothing was queued)"
-    if isinstance(exc, BudgetTooSmall):
-        body["min_bytes"] = exc.min_bytes
-    headers = {}
-    retry_after = getattr(exc, "retry_after_s", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(int(retry_after))
-    if exc.status >= 500:
-        log.error("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc)
-    services = getattr(request.app.state, "services", None)
-    if services is not None and request.url.path == "/v1/images" and request.method == "POST":
-        services.metrics.upload_errors.labels(exc.code).inc()
-    return JSONResponse(body, status_code=exc.status, headers=headers)
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
-                         for e in exc.errors())
-    return await _latentwire_error(request, InvalidRequest(f"invalid request parameters ({problems})"))

@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import sys
 
+from shared.service.flags import add_settings_flags, given
+
+# The settings that have a flag, --field-name (sender/settings.py describes each one; that
+# description is the flag's help): field name -> argparse keywords beyond the help.
+FLAGS = {
+    "receiver_url": {}, "broker_url": {}, "host": {}, "port": {"type": int}, "data_dir": {}, "model": {},
+    "denoise_model": {}, "default_mode": {"choices": ("standard", "denoise")}, "models_dir": {}, "device": {},
+    "precision": {"choices": ("auto", "fp32", "bf16")},
+    "insecure_demo": {"action": "store_true", "default": None},  # None: unset, the env decides
+}
+# Settings with no flag, from the environment only: the secret, because command lines are visible
+# to every user in ``ps``; the rest are limits and policies a deployment sets once (.env.example).
+ENV_ONLY = (
+    "secret", "max_side", "default_quality", "max_upload_bytes", "max_files", "outbox_max_pending",
+    "encode_queue_size", "batch_max", "batch_wait_ms", "delivery_batch_max", "delivery_batch_max_bytes",
+    "request_timeout_s", "retry_base_s", "retry_max_s", "previews_keep", "link_kbps", "latency_target_s",
+    "link_start_kbps", "auto_min_bpp",
+)
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sender", help="run the sender service (upload page + API, delivers to a receiver)",
-                       description=__doc__.split("\n\n")[1].strip() if __doc__ else None)
-    p.add_argument("--receiver-url", help="receiver base URL (env LATENTWIRE_SENDER_RECEIVER_URL; this or --broker-url)")
-    p.add_argument("--broker-url", help="cluster mode: publish frames to NATS JetStream at nats://host:4222 "
-                   "(env LATENTWIRE_SENDER_BROKER_URL)")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="bind port (default 8000)")
-    p.add_argument("--data-dir", help="outbox, previews, lock file (default .data/sender)")
-    p.add_argument("--model", help="model name in --models-dir, or a .pt path (default lw-vr-hyperprior)")
-    p.add_argument("--denoise-model", help="model for mode=denoise; '' turns the mode off (default lw-vr-denoise)")
-    p.add_argument("--default-mode", choices=("standard", "denoise"), help="mode of uploads that name none")
-    p.add_argument("--models-dir", help="where exported models live (default: the repository's models/)")
-    p.add_argument("--device", help="auto | cpu | cuda[:N] (default auto)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="transforms' arithmetic (default auto: bf16 on CPUs with native bf16)")
-    p.add_argument("--insecure-demo", action="store_true", default=None,
-                   help="accept a weak or empty LATENTWIRE_SECRET (local demos only; logs a warning)")
+                       description=__doc__.split("\n\n")[1].strip() if __doc__ else None, add_help=False)
+    add_settings_flags(p, FLAGS, "sender.settings:Settings")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(func=_cmd_sender)
 
@@ -42,12 +47,8 @@ def _cmd_sender(args) -> int:
     from sender.app import create_app
     from sender.settings import Settings
 
-    overrides = {name: getattr(args, name) for name in
-                 ("receiver_url", "broker_url", "host", "port", "data_dir", "model", "denoise_model", "default_mode", "models_dir",
-                  "device", "precision", "insecure_demo")
-                 if getattr(args, name) is not None}
     try:
-        settings = Settings(**overrides)
+        settings = Settings(**given(args, FLAGS))
     except ValidationError as exc:  # hide_input_in_errors: the secret is never echoed
         for error in exc.errors(include_input=False, include_url=False):
             where = ".".join(str(p) for p in error["loc"]) or "settings"

@@ -44,9 +44,4 @@ def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 ServicesDep = Annotated[Services, Depends(get_services)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -54,6 +54,7 @@ class _Job:
     max_bytes: int | None
     measure: bool  # decode the stream and measure its PSNR
     future: asyncio.Future
+    search: str = "exact"  # how a byte budget is searched (Codec.encode)
 
 
 class Encoder(BackgroundTask):
@@ -76,9 +77,10 @@ class Encoder(BackgroundTask):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def encode_many(self, items: list[tuple[Codec, np.ndarray, float | None, int | None]],
-                          measure: bool = True) -> list[EncodeResult | BaseException]:
+                          measure: bool = True, search: str = "exact") -> list[EncodeResult | BaseException]:
         """Encode every (codec, rgb, quality, max_bytes); each entry is a result or that image's error.
-        ``measure``: also decode each stream (the reconstruction and its PSNR).
+        ``measure``: also decode each stream (the reconstruction and its PSNR); ``search``: how
+        byte budgets are searched (``Codec.encode``).
         All are queued or none (``EncoderBusy``), so a multi-file upload is never half-taken."""
         free = self._queue.maxsize - self._queue.qsize()
         if len(items) > free:
@@ -88,7 +90,7 @@ class Encoder(BackgroundTask):
                 + ("" if len(items) <= self._queue.maxsize else ", with fewer files per request")
             )
         loop = asyncio.get_running_loop()
-        jobs = [_Job(c, rgb, q, b, measure, loop.create_future()) for c, rgb, q, b in items]
+        jobs = [_Job(c, rgb, q, b, measure, loop.create_future(), search) for c, rgb, q, b in items]
         for job in jobs:
             self._queue.put_nowait(job)
         return list(await asyncio.gather(*(j.future for j in jobs), return_exceptions=True))
@@ -171,6 +173,8 @@ class Encoder(BackgroundTask):
 
     def _encode_one(self, job: _Job) -> Encoded | BaseException:
         try:
-            return job.codec.encode(job.rgb, quality=job.quality, max_bytes=job.max_bytes)
+            if job.max_bytes is None:
+                return job.codec.encode(job.rgb, quality=job.quality)
+            return job.codec.encode(job.rgb, max_bytes=job.max_bytes, search=job.search)
         except Exception as exc:
             return exc

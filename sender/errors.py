@@ -1,6 +1,6 @@
 """Errors only the sender raises. They hang off ``shared.errors.LatentwireError`` so the one
-exception handler in ``sender.app`` maps them like every other error (``ImageError``,
-``RateError`` ... from ``shared.errors`` cover the image itself)::
+exception handler of both services (``shared/service/handlers.py``) maps them like every other
+error (``ImageError``, ``RateError`` ... from ``shared.errors`` cover the image itself)::
 
     LatentwireError
     ├── UploadError                  400 the request, not the image, is unusable

@@ -26,7 +26,7 @@ import numpy as np
 from sender.comparison import JpegComparison, finite, jpeg_same_bytes
 from sender.dependencies import Services
 from sender.errors import InvalidRequest, OutboxFull, UploadTooLarge
-from sender.link import plan, settle
+from sender.link import Plan, plan, settle
 from sender.outbox import FrameRecord, NewFrame
 from sender.uploads import Upload
 from shared.codec import check_quality
@@ -123,20 +123,35 @@ async def accept(uploads: list[Upload], rate: Rate, svc: Services, preview: bool
                                      "together: send them in several requests")
             images.append(im)
 
-    codec = svc.codecs[rate.mode]
+    link = svc.deliverer.link
     budget_plan, budgets = None, [(rate.max_bytes, None)] * len(images)
     if rate.auto:
-        link_rate, source = svc.deliverer.link.budget_rate(s.link_start_kbps)
-        interval = svc.deliverer.link.arrived(time.time())
+        link_rate, source = link.budget_rate(s.link_start_kbps)
+        interval = link.arrived(time.time())
+        queued = await svc.outbox.queued_bytes() + link.encoding_bytes
         budget_plan = plan([im.width * im.height for im in images], link_rate, source, s.latency_target_s,
-                           await svc.outbox.queued_bytes(), s.auto_min_bpp, s.delivery_batch_max_bytes, interval)
+                           queued, s.auto_min_bpp, s.delivery_batch_max_bytes, interval)
         budgets = list(budget_plan.budgets)
+    with link.reserve(sum(b for b, _ in budgets) if rate.auto else 0):
+        return await _encode_and_queue(uploads, images, rate, budget_plan, budgets, svc, preview, stream_key)
+
+
+async def _encode_and_queue(uploads: list[Upload], images: list[LoadedImage], rate: Rate, budget_plan: Plan | None,
+                            budgets: list[tuple], svc: Services, preview: bool,
+                            stream_key: str | None) -> tuple[list[FrameRecord], list[str]]:
+    """``accept`` once the budgets are planned: encode, then queue (``budgets``: (max_bytes, reason)
+    per image; reason None unless quality=auto)."""
+    s = svc.settings
+    codec = svc.codecs[rate.mode]
+    # quality=auto's budgets are estimates of the link, and a feed must not outrun the encoder:
+    # the quick search (shared/rate_control.py) codes a fraction of the exact one's streams.
+    search = "quick" if rate.auto else "exact"
     results = await svc.encoder.encode_many([(codec, im.rgb, rate.quality, b) for im, (b, _) in zip(images, budgets)],
-                                            measure=preview)
+                                            measure=preview, search=search)
     if rate.auto:  # below the codec's smallest stream: send that (late, most likely), never refuse
         small = [i for i, r in enumerate(results) if isinstance(r, BudgetTooSmall) and r.min_bytes]
         again = await svc.encoder.encode_many([(codec, images[i].rgb, None, results[i].min_bytes) for i in small],
-                                              measure=preview) if small else []
+                                              measure=preview, search=search) if small else []
         for i, result in zip(small, again):
             budgets[i] = (results[i].min_bytes, "codec_minimum")
             results[i] = result
@@ -201,11 +216,13 @@ def _pixels_out(rgb: np.ndarray, reconstruction: np.ndarray, nbytes: int) -> tup
 
 @contextmanager
 def _naming(upload: Upload):
-    """Attach the file's name to an error about it, so a multi-file upload says which file."""
+    """Attach the file's name to an error about it, so a multi-file upload says which file (in the
+    answer's ``file`` and at the head of its message)."""
     try:
         yield
     except LatentwireError as exc:
-        exc.file = upload.filename  # type: ignore[attr-defined]
+        exc.file = upload.filename
+        exc.args = (f"{upload.filename}: {exc} (the whole request was rejected; nothing was queued)",)
         raise
 
 

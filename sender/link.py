@@ -20,7 +20,8 @@ must be through by the same deadline, so the bytes left, rate * target - queued,
 them in proportion to their pixels:
 
     rate     = measured goodput | LINK_KBPS (pinned) | LINK_START_KBPS before the first sample
-    left     = rate * target_s - queued_bytes
+    queued   = the outbox's stream bytes + the budgets of auto uploads still being encoded
+    left     = rate * target_s - queued
              = rate * interval, when that is less     reason "pace"
     share    = left * pixels / pixels of the whole upload
     budget   = share                                  reason "target" (or "pace")
@@ -42,6 +43,8 @@ uploads is paced like a fast feed: each gets what the link carries between them.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -69,6 +72,19 @@ class LinkModel:
         self.samples = 0
         self._last_upload_at: float | None = None
         self.interval_s: float | None = None  # smoothed seconds between quality=auto uploads
+        # Budgets of quality=auto uploads planned but not yet in the outbox (still encoding): they
+        # go ahead of the next upload as surely as queued frames do (``reserve``).
+        self.encoding_bytes = 0
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Count ``nbytes`` as queued ahead of later uploads while an upload encodes; its frames
+        then count in the outbox instead (or, refused, nowhere)."""
+        self.encoding_bytes += nbytes
+        try:
+            yield
+        finally:
+            self.encoding_bytes -= nbytes
 
     def arrived(self, now: float) -> float | None:
         """A quality=auto upload at ``now``: the smoothed interval between such uploads so far
@@ -118,7 +134,7 @@ class Budget:
     target_s: float
     link_kbps: float  # the rate the budget was computed from
     link_source: RateSource
-    queued_bytes: int  # stream bytes queued ahead of this upload when it was planned
+    queued_bytes: int  # stream bytes ahead of this upload when it was planned (outbox + still encoding)
 
     def to_dict(self) -> dict:
         return asdict(self)

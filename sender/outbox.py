@@ -21,14 +21,14 @@ whose last POST timed out or lost its connection may be stored at the receiver: 
 sent again. Frames of the same upload never supersede each other.
 
 Schema 2 added ``noise`` and ``cleaned`` (clean first) and ``coded_height`` / ``coded_width``
-(RESOLUTION; both in shared/codec.py). Schema 3 added ``budget``: how ``quality=auto`` chose the
+(shared/resolution.py). Schema 3 added ``budget``: how ``quality=auto`` chose the
 frame's byte budget (sender/link.py). Schema 4 added the status ``superseded`` (a CHECK
 constraint, so the table is rebuilt: SQLite cannot alter one), ``stream_key`` and
 ``superseded_by`` (superseding) and ``max_bytes`` (the byte budget the frame was encoded with,
 from the upload or from quality=auto). An older outbox is migrated in place, step by step, when
-the sender opens it: its frames get NULL, 0, NULL and NULL (nothing was estimated; coded at their
-own size; no auto budget), then NULL for the three new columns (no key, not superseded, no
-budget recorded).
+the sender opens it (``shared/service/migrations.py``): its frames get NULL, 0, NULL and NULL
+(nothing was estimated; coded at their own size; no auto budget), then NULL for the three new
+columns (no key, not superseded, no budget recorded).
 
 All database work runs on one dedicated thread (sqlite3 calls block, and a commit waits for the
 disk): the event loop only awaits it. One thread also means one connection and no lock contention
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sender.errors import OutboxError, OutboxFull
+from shared.service.migrations import migrate
 
 SCHEMA_VERSION = 4
 STATUSES = ("queued", "delivered", "failed", "superseded")
@@ -124,7 +125,7 @@ class NewFrame:
     psnr: float | None
     quality: float
     jpeg: dict | None
-    noise: float | None  # clean first (shared/codec.py): the noise estimate; None for other models
+    noise: float | None  # clean first (shared/clean_first.py): the noise estimate; None for other models
     cleaned: bool  # the stream codes the denoiser's own reconstruction rather than the upload
     coded_size: tuple[int, int] | None  # (height, width) it was coded at when smaller than its own
     budget: dict | None = None  # quality=auto: sender.link.Budget.to_dict(); None otherwise
@@ -230,28 +231,16 @@ class Outbox:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # WAL + FULL: each COMMIT is fsync'd
         conn.execute("PRAGMA busy_timeout=5000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, *_MIGRATIONS, SCHEMA_VERSION):
+        try:
+            migrate(conn, _SCHEMA, _MIGRATIONS, SCHEMA_VERSION, self._too_new)
+        except BaseException:
             conn.close()
-            raise OutboxError(f"{self.path} has outbox schema {version}; this sender reads schemas 1 to "
-                              f"{SCHEMA_VERSION}: deliver or move the newer outbox with the sender version "
-                              "that wrote it")
-        if version == 0:  # a new file
-            conn.executescript(_SCHEMA)
-        for old in range(version, SCHEMA_VERSION) if version else ():
-            try:  # each step commits with its version stamp, or not at all
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in _MIGRATIONS[old]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={old + 1}")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                conn.close()
-                raise
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            raise
         self._conn = conn
+
+    def _too_new(self, version: int) -> OutboxError:
+        return OutboxError(f"{self.path} has outbox schema {version}; this sender reads schemas 1 to {SCHEMA_VERSION}: "
+                           "deliver or move the newer outbox with the sender version that wrote it")
 
     async def close(self) -> None:
         if self._conn is not None:

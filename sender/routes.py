@@ -18,35 +18,32 @@
     GET  /readyz                             {"status": ready|unavailable, "reasons", "checks"}: model
                                              loaded, outbox writable, workers running (503 if not)
     GET  /metrics                            Prometheus text (sender/metrics.py lists the names)
-    GET  /docs, /openapi.json                OpenAPI: Swagger UI with its files served by this app (the
-                                             fastapi-offline package, mounted at /docs/assets): no CDN. No
-                                             ReDoc: it always loads its logo from the web
-    GET  /favicon.ico                        the icon
+    GET  /openapi.json                       OpenAPI; GET /docs shows it (Swagger UI, no CDN) and
+                                             /favicon.ico is the icon: both shared/service/docs.py
+Errors are {"error": code, "message": what to do}: shared/service/handlers.py maps them.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from sender.dependencies import ServicesDep
-from sender.errors import ImageNotFound, InvalidImageId
+from sender.errors import ImageNotFound
 from sender.intake import MODES, accept, parse_rate, parse_stream_key
 from sender.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from sender.schemas import ErrorOut, ImageList, ImageOut, LinkOut, ModelInfo, ModelsOut, Readiness, UploadResponse
+from sender.schemas import ErrorBody, ImageList, ImageOut, LinkOut, ModelInfo, ModelsOut, Readiness, UploadResponse
 from sender.uploads import read_uploads
+from shared.wire import check_image_id
 
 router = APIRouter()
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
-_ID = re.compile(r"[0-9a-f]{32}")
-_ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 422, 503)}
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)}
 _UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -113,25 +110,25 @@ async def list_images(
     return ImageList(images=[ImageOut.from_record(r) for r in records], counts=await svc.outbox.counts())
 
 
-@router.get("/v1/images/{image_id}", response_model=ImageOut, responses={400: {"model": ErrorOut},
-                                                                          404: {"model": ErrorOut}})
+@router.get("/v1/images/{image_id}", response_model=ImageOut, responses={400: {"model": ErrorBody},
+                                                                          404: {"model": ErrorBody}})
 async def get_image(image_id: str, svc: ServicesDep) -> ImageOut:
-    record = await svc.outbox.get(_checked_id(image_id))
+    record = await svc.outbox.get(check_image_id(image_id))
     if record is None:
         raise ImageNotFound(f"no image {image_id} in this sender's outbox")
     return ImageOut.from_record(record)
 
 
 @router.get("/v1/images/{image_id}/reconstruction.png", response_class=FileResponse,
-            responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+            responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}})
 async def reconstruction(image_id: str, svc: ServicesDep) -> FileResponse:
-    return _preview(svc, _checked_id(image_id), "png", "image/png")
+    return _preview(svc, check_image_id(image_id), "png", "image/png")
 
 
 @router.get("/v1/images/{image_id}/jpeg.jpg", response_class=FileResponse,
-            responses={400: {"model": ErrorOut}, 404: {"model": ErrorOut}})
+            responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}})
 async def jpeg(image_id: str, svc: ServicesDep) -> FileResponse:
-    return _preview(svc, _checked_id(image_id), "jpg", "image/jpeg")
+    return _preview(svc, check_image_id(image_id), "jpg", "image/jpeg")
 
 
 @router.get("/v1/models", response_model=ModelsOut)
@@ -202,32 +199,6 @@ async def metrics(svc: ServicesDep) -> Response:
     svc.metrics.link_rtt.set(state.rtt_s or 0.0)
     svc.metrics.link_pinned.set(1.0 if state.source == "pinned" else 0.0)
     return Response(svc.metrics.render(), media_type=METRICS_CONTENT_TYPE)
-
-
-@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-async def docs(request: Request) -> HTMLResponse:
-    """Swagger UI with its script and style served by this app, so it works with no internet.
-    validatorUrl off: served from any host but localhost, Swagger UI would load a badge from an
-    online validator and hand it the schema's URL."""
-    root = request.scope.get("root_path", "").rstrip("/")
-    return get_swagger_ui_html(openapi_url=root + request.app.openapi_url, title=f"{request.app.title} API",
-                               swagger_js_url=request.url_for("docs-assets", path="swagger-ui-bundle.js").path,
-                               swagger_css_url=request.url_for("docs-assets", path="swagger-ui.css").path,
-                               swagger_favicon_url=request.url_for("favicon").path,
-                               swagger_ui_parameters={"validatorUrl": None})
-
-
-@router.get("/favicon.ico", response_class=FileResponse, include_in_schema=False)
-async def favicon() -> FileResponse:
-    return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon",
-                        headers={"Cache-Control": "public, max-age=86400"})
-
-
-def _checked_id(image_id: str) -> str:
-    if not _ID.fullmatch(image_id):
-        raise InvalidImageId(f"{image_id!r} is not an image id: ids are 32 lowercase hex digits, as returned "
-                             "by POST /v1/images")
-    return image_id
 
 
 def _preview(svc: ServicesDep, image_id: str, kind: str, media_type: str) -> FileResponse:

@@ -1,11 +1,12 @@
 """The sender's JSON shapes (response models, so /docs shows them exactly). The ones both services
-answer alike (``Readiness``, ``ModelInfo``) are in ``shared.schemas``."""
+answer alike (``Readiness``, ``ModelInfo``, ``ErrorBody``) are in ``shared.schemas``."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
 from sender.outbox import FrameRecord
+from shared.schemas import ErrorBody as SharedErrorBody
 from shared.schemas import ModelInfo, Readiness  # noqa: F401 (re-exported: the sender's answers use them)
 
 
@@ -42,7 +43,8 @@ class BudgetOut(BaseModel):
     link_source: str = Field(description="measured (the delivery worker's goodput) | pinned "
                              "(LATENTWIRE_SENDER_LINK_KBPS) | start (nothing measured yet: "
                              "LATENTWIRE_SENDER_LINK_START_KBPS)")
-    queued_bytes: int = Field(description="stream bytes queued ahead of this upload")
+    queued_bytes: int = Field(description="stream bytes ahead of this upload when it was planned: frames in the "
+                              "outbox, and the budgets of uploads still being encoded")
 
 
 class LinkOut(BaseModel):
@@ -72,7 +74,7 @@ class ImageOut(BaseModel):
     height: int
     original_bytes: int = Field(description="size of the uploaded file")
     bytes: int = Field(description="size of the bitstream on the wire")
-    bpp: float = Field(description="bits per pixel on the wire")
+    bpp: float = Field(description="bits per pixel on the wire, to 4 decimals (as the receiver lists it)")
     ratio: float = Field(description="original_bytes / bytes")
     psnr: float | None = Field(description="dB of the reconstruction the receiver will show, against the upload; "
                                "null when exact or when uploaded with preview=false")
@@ -110,7 +112,7 @@ class ImageOut(BaseModel):
     def from_record(cls, r: FrameRecord) -> "ImageOut":
         return cls(
             id=r.id, filename=r.filename, mode=r.mode, status=r.status, width=r.width, height=r.height,
-            original_bytes=r.original_bytes, bytes=r.nbytes, bpp=round(r.bpp, 5),
+            original_bytes=r.original_bytes, bytes=r.nbytes, bpp=round(r.bpp, 4),
             ratio=round(r.original_bytes / r.nbytes, 3), psnr=r.psnr, quality=r.quality,
             noise=None if r.noise is None else round(r.noise, 2), cleaned=r.cleaned,
             coded_height=r.coded_size[0] if r.coded_size else r.height,
@@ -138,9 +140,9 @@ class ImageList(BaseModel):
     counts: dict[str, int] = Field(description="frames per status in the whole outbox")
 
 
-class ErrorOut(BaseModel):
-    error: str = Field(description="stable error name, e.g. NotAnImage, BudgetTooSmall")
-    message: str = Field(description="what went wrong and what to do")
+class ErrorBody(SharedErrorBody):
+    """Every error's answer, with the two keys only the sender's uploads add."""
+
     file: str | None = Field(None, description="the file of a multi-file upload the error is about")
     min_bytes: int | None = Field(None, description="BudgetTooSmall: the smallest max_bytes that works")
 

@@ -1,52 +1,11 @@
 """Every sender setting, and the only place the sender reads the environment.
 
-    env var                                   default            meaning
-    LATENTWIRE_SENDER_RECEIVER_URL            (this or BROKER)   receiver base URL, e.g. http://127.0.0.1:8001
-    LATENTWIRE_SENDER_BROKER_URL              (unset)            cluster mode: nats://host:4222; frames go to
-                                                                 NATS JetStream instead (sender/broker.py)
-    LATENTWIRE_SECRET                         (required, below)  HMAC key shared with the receiver
-    LATENTWIRE_INSECURE_DEMO                  0                  accept a weak/empty secret (demo only);
-                                                                 LATENTWIRE_SENDER_INSECURE_DEMO works too
-    LATENTWIRE_SENDER_HOST                    127.0.0.1          bind address
-    LATENTWIRE_SENDER_PORT                    8000               bind port
-    LATENTWIRE_SENDER_DATA_DIR                data/sender        outbox.sqlite3, previews/, sender.lock
-    LATENTWIRE_SENDER_MODEL                   lw-vr-hyperprior   model name in MODELS_DIR, or a .pt path
-    LATENTWIRE_SENDER_DENOISE_MODEL           lw-vr-denoise      model for mode=denoise (trained on noisy
-                                                                 inputs, clean targets); "" turns the mode
-                                                                 off. If the file is missing the mode is
-                                                                 off and the log says so.
-    LATENTWIRE_SENDER_DEFAULT_MODE            standard           mode when the upload names none:
-                                                                 standard | denoise
-    LATENTWIRE_SENDER_MODELS_DIR              <repo>/models      where exported models live
-    LATENTWIRE_SENDER_DEVICE                  auto               auto | cpu | cuda[:N] (encoder transforms)
-    LATENTWIRE_SENDER_PRECISION               auto               auto | fp32 | bf16 (transforms' arithmetic;
-                                                                 auto = bf16 on CPUs with native bf16; see
-                                                                 PRECISION in shared/codec.py)
-    LATENTWIRE_SENDER_MAX_SIDE                4096               largest width/height accepted (413 above)
-    LATENTWIRE_SENDER_DEFAULT_QUALITY         0.5                quality when the upload names neither
-                                                                 quality nor max_bytes
-    LATENTWIRE_SENDER_MAX_UPLOAD_BYTES        52428800           request body limit, 50 MiB (413 above,
-                                                                 enforced while the body streams in)
-    LATENTWIRE_SENDER_MAX_FILES               32                 images in one multipart request (413 above)
-    LATENTWIRE_SENDER_OUTBOX_MAX_PENDING      10000              queued frames before uploads get 503 +
-                                                                 Retry-After
-    LATENTWIRE_SENDER_ENCODE_QUEUE_SIZE       32                 images waiting for the encoder (503 above)
-    LATENTWIRE_SENDER_BATCH_MAX               8                  CUDA only: images per encode_batch call
-    LATENTWIRE_SENDER_BATCH_WAIT_MS           5                  CUDA only: how long a batch waits to fill
-    LATENTWIRE_SENDER_DELIVERY_BATCH_MAX      16                 frames per POST to the receiver
-    LATENTWIRE_SENDER_DELIVERY_BATCH_MAX_BYTES 8388608           stream bytes per POST (receiver takes 16 MiB)
-    LATENTWIRE_SENDER_REQUEST_TIMEOUT_S       10                 timeout of one POST to the receiver
-    LATENTWIRE_SENDER_RETRY_BASE_S            0.5                first retry delay (doubles per failure)
-    LATENTWIRE_SENDER_RETRY_MAX_S             60                 longest retry delay
-    LATENTWIRE_SENDER_PREVIEWS_KEEP           200                reconstruction/JPEG previews kept on disk
-    LATENTWIRE_SENDER_LINK_KBPS               (unset: measured)  pin the link's rate, kbit/s (> 0); unset, the
-                                                                 delivery worker measures it (sender/link.py)
-    LATENTWIRE_SENDER_LATENCY_TARGET_S        (unset: off)       seconds from upload to the receiver (> 0);
-                                                                 set, quality=auto is on and is the default
-    LATENTWIRE_SENDER_LINK_START_KBPS         64                 quality=auto before any POST was measured
-                                                                 and with no LINK_KBPS: the rate assumed
-    LATENTWIRE_SENDER_AUTO_MIN_BPP            0.02               quality=auto's floor, bits per pixel: below
-                                                                 it a budget buys no recognisable picture
+Each field of ``Settings`` below is one env var, LATENTWIRE_SENDER_<FIELD> (``receiver_url``:
+LATENTWIRE_SENDER_RECEIVER_URL), with its default and a description: the one description of the
+setting, which ``latentwire sender --help`` shows as its flag's help (sender/cli.py). The secret and
+insecure demo mode are shared with the receiver: LATENTWIRE_SECRET and LATENTWIRE_INSECURE_DEMO
+(LATENTWIRE_SENDER_INSECURE_DEMO works too). .env.example names every one;
+tests/service/test_settings_docs.py keeps the fields, .env.example and the flags in step.
 
 ``latentwire sender --flag`` overrides the matching env var (the secret has no flag: command lines
 are visible to every user in ``ps``). The secret policy is the receiver's: refuse an empty secret,
@@ -60,7 +19,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import httpx
 
@@ -74,55 +33,72 @@ from shared.wire import DEFAULT_MAX_BATCH, SecretSettings, check_secret
 
 
 class Settings(SecretSettings, BaseSettings):
-    """Sender configuration; see the module docstring for every env var."""
+    """Sender configuration: one env var per field (module docstring)."""
 
     model_config = SettingsConfigDict(env_prefix="LATENTWIRE_SENDER_", extra="ignore",
                                       populate_by_name=True, frozen=True,
                                       # a model-level error would otherwise print every input, the secret too
                                       hide_input_in_errors=True)
 
-    receiver_url: str | None = Field(None, description="receiver base URL; frames go to {receiver_url}/v1/frames")
-    broker_url: str | None = Field(None, description="cluster mode: nats://host:4222; frames go to JetStream")
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    data_dir: Path = Field(Path("data/sender"), description="outbox database, previews and lock file")
-    model: str = DEFAULT_MODEL
-    denoise_model: str = DEFAULT_DENOISE_MODEL
-    default_mode: Literal["standard", "denoise"] = "standard"
-    models_dir: Path = DEFAULT_MODELS_DIR
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    max_side: Annotated[int, Field(ge=64, le=16384)] = 4096
-    default_quality: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    max_upload_bytes: Annotated[int, Field(ge=1024, description="request body limit (413 above)")] = 50 << 20
-    max_files: Annotated[int, Field(ge=1, le=1000, description="images per multipart request")] = 32
-    outbox_max_pending: Annotated[int, Field(ge=1, description="queued frames before 503 + Retry-After")] = 10_000
+    receiver_url: str | None = Field(None, description="where frames go: the receiver's base URL, e.g. "
+                                     "http://127.0.0.1:8001 (this or broker_url)")
+    broker_url: str | None = Field(None, description="cluster mode: publish frames to NATS JetStream at "
+                                   "nats://host:4222 instead (sender/broker.py)")
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=1, le=65535, description="bind port")
+    data_dir: Path = Field(Path("data/sender"), description="outbox.sqlite3, previews/ and sender.lock live here")
+    model: str = Field(DEFAULT_MODEL, description="model name in models_dir, or a .pt path")
+    denoise_model: str = Field(DEFAULT_DENOISE_MODEL, description="model for mode=denoise (trained on noisy "
+                               "inputs, clean targets); '' turns the mode off, and so does a missing file "
+                               "(the log says so)")
+    default_mode: Literal["standard", "denoise"] = Field("standard", description="mode of uploads that name none")
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="where exported models live")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="where the encoder's transforms run: auto | cpu | cuda[:N]")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="the transforms' arithmetic; auto: "
+                                                       "bf16 on CPUs with native bf16 (PRECISION in shared/codec.py); "
+                                                       "match the receiver's for exact previews")
+    max_side: int = Field(4096, ge=64, le=16384, description="largest image width/height accepted (413 above)")
+    default_quality: float = Field(0.5, ge=0.0, le=1.0, description="quality of uploads that name neither "
+                                   "quality nor max_bytes (and no latency target makes them auto)")
+    max_upload_bytes: int = Field(50 << 20, ge=1024, description="request body limit, enforced while the body "
+                                  "streams in (413 above)")
+    max_files: int = Field(32, ge=1, le=1000, description="images in one multipart request (413 above)")
+    outbox_max_pending: int = Field(10_000, ge=1, description="queued frames before uploads get 503 + Retry-After")
     # Each waiting image holds its decoded pixels (up to 48 MiB at 4096x4096): 32 bounds that
     # memory to ~1.5 GiB, and past it a client is better served by 503 + Retry-After than by a
     # queue whose wait exceeds its own timeout.
-    encode_queue_size: Annotated[int, Field(ge=1, le=10_000)] = 32
-    batch_max: Annotated[int, Field(ge=1, le=256, description="CUDA only: images per encode_batch")] = 8
-    batch_wait_ms: Annotated[float, Field(ge=0, le=1000, description="CUDA only: wait for a batch to fill")] = 5.0
-    delivery_batch_max: Annotated[int, Field(ge=1, le=DEFAULT_MAX_BATCH)] = 16
+    encode_queue_size: int = Field(32, ge=1, le=10_000, description="images waiting for the encoder (503 above)")
+    batch_max: int = Field(8, ge=1, le=256, description="CUDA only: images per batched encode")
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="CUDA only: how long a batch waits to fill")
+    delivery_batch_max: int = Field(16, ge=1, le=DEFAULT_MAX_BATCH, description="frames per POST to the receiver")
     # Half the receiver's default 16 MiB body limit, so one POST never trips its 413.
-    delivery_batch_max_bytes: Annotated[int, Field(ge=1024)] = 8 << 20
-    request_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
-    retry_base_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
-    retry_max_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
-    previews_keep: Annotated[int, Field(ge=0, le=100_000, description="previews kept on disk")] = 200
+    delivery_batch_max_bytes: int = Field(8 << 20, ge=1024, description="stream bytes per POST to the receiver")
+    request_timeout_s: float = Field(10.0, gt=0, le=600, description="timeout of one POST to the receiver")
+    retry_base_s: float = Field(0.5, gt=0, le=3600, description="first retry delay after a failed delivery; "
+                                "it doubles per failure, with jitter")
+    retry_max_s: float = Field(60.0, gt=0, le=86_400, description="longest retry delay")
+    previews_keep: int = Field(200, ge=0, le=100_000, description="reconstruction and JPEG previews kept on disk "
+                               "(the newest images')")
     # quality=auto (sender/link.py). Positivity is checked by validators below, whose messages say
     # what to do, rather than by Field(gt=0).
-    link_kbps: float | None = Field(None, description="pin the link's rate, kbit/s; unset: measured")
-    latency_target_s: float | None = Field(None, description="upload -> receiver target; set: quality=auto on")
-    link_start_kbps: float = Field(64.0, description="quality=auto's rate before the first measurement")
+    link_kbps: float | None = Field(None, description="pin the link's rate, kbit/s (> 0); unset, the delivery "
+                                    "worker measures it")
+    latency_target_s: float | None = Field(None, description="seconds from upload to the receiver (> 0); set, "
+                                           "quality=auto is on and is the default")
+    link_start_kbps: float = Field(64.0, description="quality=auto's rate, kbit/s, before any POST was measured "
+                                   "and with no link_kbps")
     # 0.02 bpp is the smallest budget every Kodak image met (at a reduced size; models/TRAINING.md,
     # "Byte budgets below the lowest rate"): about 1 KB at 768x512.
-    auto_min_bpp: Annotated[float, Field(gt=0, le=24)] = 0.02
+    auto_min_bpp: float = Field(0.02, gt=0, le=24, description="quality=auto's floor, bits per pixel: below it a "
+                                "budget buys no recognisable picture")
 
     # Shared by both services, hence no LATENTWIRE_SENDER_ prefix. Never logged or returned.
-    secret: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("LATENTWIRE_SECRET"))
+    secret: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("LATENTWIRE_SECRET"),
+                              description="HMAC key shared with the receiver: 16+ characters, not a placeholder")
     insecure_demo: bool = Field(False, validation_alias=AliasChoices(
-        "LATENTWIRE_INSECURE_DEMO", "LATENTWIRE_SENDER_INSECURE_DEMO"))
+        "LATENTWIRE_INSECURE_DEMO", "LATENTWIRE_SENDER_INSECURE_DEMO"),
+        description="accept a weak or empty secret, with a loud warning: local demos only")
 
     @field_validator("receiver_url")
     @classmethod

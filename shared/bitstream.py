@@ -31,7 +31,7 @@ Integers use msgpack's smallest encoding (as every msgpack writer does); the onl
 quality, packed as float32.
 
 Version 3 is version 2 plus two items, for a picture coded at a reduced resolution (a byte
-budget too small for the full one: ``Codec.encode``, RESOLUTION). It begins
+budget too small for the full one: shared/resolution.py). It begins
 ``\x9f\xc4\x04LWIC\x03``::
 
     13  coded_height  int   1..height                the size the picture was coded at; y_shape
@@ -175,9 +175,6 @@ class Bitstream:
                   float(self.quality), list(self.y_shape), list(self.z_shape), y, z,
                   zlib.crc32(y), zlib.crc32(z)]
         return fields if self.coded_size is None else fields + list(self.coded_size)
-
-    # Old name, kept for callers written before version 2 (it returns a list for version 2).
-    to_dict = to_obj
 
     def to_bytes(self) -> bytes:
         # Version 2 holds one float, the quality, which is float32; version 1's is float64.

@@ -9,11 +9,14 @@ An exported model is ``models/<name>-<hash8>.pt``, a ``torch.save`` of a plain d
     network        architecture arguments (``NetworkConfig``)
     train_config   how it was trained (dataset, steps, schedule) for the model card
     metrics        optional RD summary measured at export
+    clean_first    a denoising model's clean-first parameters (``CleanFirst``, shared/clean_first.py),
+                   None for other models; absent from files exported before it travelled here
     state_dict     tensors, entropy-coder tables (CDFs) included
 
 It is read with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
 containers, and the weights are re-hashed and compared with both the stored hash and the file
-name's prefix before the model is used.
+name's prefix before the model is used. The hash covers the state dict alone, so the metadata
+beside it (training config, metrics, clean-first parameters) can be edited without renaming the file.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from shared.clean_first import for_export
 from shared.errors import CheckpointError, CheckpointHashMismatch, CheckpointNotFound
 from shared.network import NetworkConfig, VariableRateHyperprior
 
@@ -49,13 +53,15 @@ def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
                  metrics: dict | None = None, half_synthesis: bool = False) -> Path:
     """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated.
 
-    ``source`` may also be the folder a lent GPU's run returns (tests/gpu/train_on_device.py):
+    ``source`` may also be the folder a lent GPU's run returns (shared/tools/device/train_on_device.py):
     ``meta.pt`` plus the weights split across ``weights_part*.pt``, joined here.
 
     ``half_synthesis`` stores g_s's weights in float16 (loading widens them again): half the
     size of the decoder for a file that must stay small. Only the receiver's pixels can move, and
     by little (g_s runs in bfloat16 on most CPUs anyway); every bitstream is the same, since
     nothing the sender computes or the entropy coder uses is touched.
+
+    A denoising run's clean-first parameters are written beside the weights (``for_export``).
     """
     ckpt = join_parts(source) if Path(source).is_dir() else safe_load(source)
     model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
@@ -74,6 +80,7 @@ def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
         "train_config": ckpt.get("train_config", {}),
         "step": int(ckpt.get("step", 0)),
         "metrics": metrics or {},
+        "clean_first": for_export(ckpt),
         "state_dict": state,
     }
     models_dir.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,9 @@
     └── BrokerUnavailable                503 cluster mode: the NATS server cannot be reached (Retry-After: 2)
 
 Each service adds its own leaves (``sender/errors.py``, ``receiver/errors.py``); one exception
-handler per service maps ``status``, and ``retry_after_s``, where an error has one, to a
-``Retry-After`` header (a sender keeps the frame and waits that long before sending again).
+handler, the same on both services (``shared/service/handlers.py``), answers ``status`` with
+``body()`` and turns ``retry_after_s``, where an error has one, into a ``Retry-After`` header (a
+sender keeps the frame and waits that long before sending again).
 Messages say what to do next. Foreign exceptions (Pillow, msgpack, torch.load, sqlite, httpx) are
 translated where they cross into our code, with ``raise ... from exc``.
 """
@@ -41,10 +42,19 @@ class LatentwireError(Exception):
     """Base class. ``status`` is the HTTP status a service answers with; ``code`` a stable name."""
 
     status = 500
+    file: str | None = None  # the file of a multi-file upload the error is about (set by the sender)
 
     @property
     def code(self) -> str:
         return type(self).__name__
+
+    def body(self) -> dict:
+        """The JSON answer of either service: ``error`` and ``message``, plus ``file`` when set and
+        whatever a subclass adds (``BudgetTooSmall``: ``min_bytes``)."""
+        body = {"error": self.code, "message": str(self)}
+        if self.file is not None:
+            body["file"] = self.file
+        return body
 
 
 class ImageError(LatentwireError):
@@ -81,6 +91,9 @@ class BudgetTooSmall(RateError):
     def __init__(self, message: str, min_bytes: int) -> None:
         super().__init__(message)
         self.min_bytes = min_bytes
+
+    def body(self) -> dict:
+        return {**super().body(), "min_bytes": self.min_bytes}
 
 
 class BitstreamError(LatentwireError):

@@ -139,9 +139,8 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """Lossless PNG at zlib level 1: on 384x256 reconstructions 2-4x faster than Pillow's default
-    level 6 (8-10 ms instead of 19-31 ms) for files within +-7 % of its size, and both services
-    write one per image."""
+    """Lossless PNG at zlib level 1: on reconstructions several times faster than Pillow's default
+    level 6 for files of about its size, and both services write one per image."""
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

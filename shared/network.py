@@ -296,7 +296,7 @@ class VariableRateHyperprior(CompressionModel):
     def quantize_latents(self, y: Tensor, z: Tensor, quality: float) -> Tensor:
         """The y_hat that coding (y, z) at ``quality`` and decoding the strings gives (float64, CPU),
         bit for bit, without the entropy coder: for a sender that wants the reconstruction only
-        (CLEAN FIRST in codec.py)."""
+        (shared/clean_first.py)."""
         _, _, g, _, y_hat_s = self._hat_latents(y, z, quality)
         return y_hat_s / g
 

@@ -1,5 +1,5 @@
-"""JSON shapes both services answer with alike (issue 23): ``/readyz`` and the model entries of
-``/v1/models``. Each service's ``schemas.py`` builds its own answers on these, adding only its own
+"""JSON shapes both services answer with alike (issue 23): ``/readyz``, the model entries of
+``/v1/models`` and every error (``ErrorBody``, answered by shared/service/handlers.py). Each service's ``schemas.py`` builds its own answers on these, adding only its own
 keys (the receiver's ``model`` and ``insecure_demo`` on /readyz; each service's top-level keys on
 /v1/models). Plain pydantic, no FastAPI: this package stays a library.
 
@@ -7,6 +7,7 @@ keys (the receiver's ``model`` and ``insecure_demo`` on /readyz; each service's 
                     503 {"status": "unavailable", "reasons": ["what is wrong: what to do", ...],
                          "checks": {"model": true, "store": false, ...}}
     GET /v1/models  {"models": [ModelInfo, ...], ...}: one entry per model, the same keys on both sides
+    any error       {"error": "NotAnImage", "message": "what went wrong and what to do"}
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ class Readiness(BaseModel):
                    **extra)
 
 
+class ErrorBody(BaseModel):
+    error: str = Field(description="stable error name, e.g. NotAnImage, BadSignature, InvalidRequest "
+                                   "(shared/errors.py lists them with their HTTP status)")
+    message: str = Field(description="what went wrong and what to do next")
+
+
 class ModelInfo(BaseModel):
     """One model a service serves; ``shared.codec.Codec.info()`` plus the mode it serves."""
 
@@ -40,4 +47,4 @@ class ModelInfo(BaseModel):
     network: dict = Field(description="the architecture arguments the checkpoint carries")
     max_side: int = Field(description="the largest image side this service codes")
     clean_first: dict | None = Field(None, description="denoising models: the rule by which the sender codes its "
-                                     "own clean reconstruction instead of the upload (shared/codec.py, CLEAN FIRST)")
+                                     "own clean reconstruction instead of the upload (shared/clean_first.py)")

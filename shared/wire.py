@@ -39,14 +39,23 @@ from dataclasses import dataclass
 import msgpack
 
 from shared import bitstream as bs
-from shared.errors import BadSignature, FrameTooLarge, NotABitstream, UnsupportedVersion, WireError
+from shared.errors import BadSignature, FrameTooLarge, InvalidImageId, NotABitstream, UnsupportedVersion, WireError
 
 WIRE_VERSION = 2  # what this build sends
 READ_WIRE_VERSIONS = (1, 2)
 CONTENT_TYPE = "application/msgpack"
 DEFAULT_MAX_FRAME_BYTES = 16 << 20
 DEFAULT_MAX_BATCH = 64
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")  # a frame's id, which is its image's id on both services
+
+
+def check_image_id(image_id: str) -> str:
+    """``image_id`` when it is an id (32 lowercase hex digits), else ``InvalidImageId``; both services
+    check an id with this before it becomes a path or a query."""
+    if not isinstance(image_id, str) or not _ID.fullmatch(image_id):
+        raise InvalidImageId("image ids are 32 lowercase hex digits: the id the sender's POST /v1/images "
+                             "answered with (a frame's id)")
+    return image_id
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ def unpack_frames(data: bytes, secret: bytes, max_frame_bytes: int = DEFAULT_MAX
     for f in frames:
         if not isinstance(f, dict) or set(f) != {"id", "sent_at", "stream"}:
             raise WireError("each frame is a map with exactly the keys id, sent_at, stream")
-        if not isinstance(f["id"], str) or not _ID.match(f["id"]):
+        if not isinstance(f["id"], str) or not _ID.fullmatch(f["id"]):
             raise WireError("frame id must be 32 lowercase hex digits")
         sent_at = f["sent_at"]
         if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not math.isfinite(sent_at):

@@ -60,8 +60,9 @@ def make_tiny_model_file(models_dir: Path, name: str = TINY_MODEL, seed: int = 0
 def tiny_models_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models")
     make_tiny_model_file(d)
-    # Says it was trained on noisy inputs, so it codes the way denoising models do (CLEAN FIRST in
-    # shared/codec.py): random weights reconstruct far from the upload, so always its reconstruction.
+    # Says it was trained on noisy inputs, so export gives it the clean-first rule and it codes the
+    # way denoising models do (shared/clean_first.py): random weights reconstruct far from the
+    # upload, so always its reconstruction.
     make_tiny_model_file(d, TINY_DENOISE_MODEL, seed=1,
                          train_config={"note": "random init, for tests", "noise_sigma_max": 50.0})
     make_tiny_model_file(d, TINY_CONTEXT_MODEL, model=tiny_context_model())

@@ -1,5 +1,5 @@
 """Cluster-tier fixtures: NATS (JetStream), PostgreSQL and SeaweedFS's S3 gateway as real processes
-on loopback (shared/engines.py), started once per session, plus a fresh database and bucket per
+on loopback (shared/tools/engines.py), started once per session, plus a fresh database and bucket per
 test so tests never see each other's rows or objects.
 
 A test that stops or kills a session server brings it back with ``down(server)``, so the tests
@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from receiver.cluster_store import ClusterStore
-from shared.engines import NatsServer, PostgresServer, S3Server
+from shared.tools.engines import NatsServer, PostgresServer, S3Server
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,9 @@ from PIL import Image
 
 from shared import bitstream as bs
 from shared.codec import Codec
-from shared.engines import NatsServer
 from shared.jetstream import DEAD_STREAM, FRAMES_STREAM, frames_subject
-from shared.launcher import Cluster, ServiceProcess
+from shared.tools.engines import NatsServer
+from shared.tools.launcher import Cluster, ServiceProcess
 from shared.wire import Frame, pack_frames
 from tests.cluster.conftest import down, object_keys
 from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL

@@ -1,4 +1,4 @@
-"""The local servers of shared/engines.py: each answers its real client, keeps its data through a
+"""The local servers of shared/tools/engines.py: each answers its real client, keeps its data through a
 restart (clean or after SIGKILL), fails clearly when killed, and dies with the process that
 started it."""
 
@@ -18,7 +18,7 @@ import nats
 import psycopg
 import pytest
 
-from shared.engines import EngineError, NatsServer
+from shared.tools.engines import EngineError, NatsServer
 from tests.cluster.conftest import down
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_servers_die_with_the_process_that_started_them(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from shared.engines import NatsServer
+        from shared.tools.engines import NatsServer
         server = NatsServer(Path({str(tmp_path / 'nats')!r})).start()
         print(server.port, flush=True)
         time.sleep(60)

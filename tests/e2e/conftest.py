@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from shared.launcher import ServicePair
+from shared.tools.launcher import ServicePair
 from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from shared.cli import main
+from shared.tools.cli import main
 from tests.conftest import TINY_MODEL
 
 ROW = re.compile(r"^\s*(?P<kbps>\d+(?:\.\d+)?)\s+(?P<mode>auto|q=\d\.\d\d)\s+(?P<delivered>\d+)/(?P<offered>\d+)\s+"

@@ -151,11 +151,12 @@ def _overlapping(boxes: list[dict]) -> list[tuple[str, str]]:
 def _photo_png(width: int, height: int) -> bytes:
     """A sample photo resized to an ordinary camera-ish size (made here: no big file in the repo)."""
     import io
-    from pathlib import Path
 
     from PIL import Image
 
-    sample = Path(__file__).resolve().parents[1] / "data" / "samples" / "kodim23_half.png"
+    from shared.tools import SAMPLES
+
+    sample = SAMPLES / "kodim23_half.png"
     buf = io.BytesIO()
     Image.open(sample).convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(buf, format="PNG")
     return buf.getvalue()

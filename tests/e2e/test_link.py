@@ -1,5 +1,5 @@
 """quality=auto through a thin link: sender and receiver as real processes, the sender's POSTs to the
-receiver through shared/link_emulator.py. A rate step down is followed by smaller budgets, the
+receiver through shared/tools/link_emulator.py. A rate step down is followed by smaller budgets, the
 step back up by larger ones, and every frame is stored; a 20 s outage loses nothing.
 
 Tiny model, 192x160 pictures: 169 bytes at quality 0, 562 at quality 1. After each step a few
@@ -12,8 +12,8 @@ import time
 
 import httpx
 
-from shared.launcher import ServicePair
-from shared.link_emulator import LinkEmulator
+from shared.tools.launcher import ServicePair
+from shared.tools.link_emulator import LinkEmulator
 from tests.conftest import TINY_MODEL
 from tests.e2e.conftest import png_bytes, receiver_ids, started, wait_until
 

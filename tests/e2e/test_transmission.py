@@ -82,7 +82,7 @@ def test_denoise_mode_frames_decode_with_the_denoising_model(tmp_path, tiny_mode
     configured with it, stores exactly that model's decode."""
     import secrets
 
-    from shared.launcher import ServicePair
+    from shared.tools.launcher import ServicePair
     from tests.conftest import TINY_DENOISE_MODEL
 
     pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,

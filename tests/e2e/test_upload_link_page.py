@@ -9,7 +9,7 @@ import secrets
 import httpx
 import pytest
 
-from shared.launcher import ServicePair
+from shared.tools.launcher import ServicePair
 from tests.conftest import TINY_MODEL
 from tests.e2e.conftest import png_bytes, started
 

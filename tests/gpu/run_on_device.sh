@@ -2,7 +2,8 @@
 # The whole device check for a lent GPU machine, one call (README "Training on a lent GPU"):
 #   bash tests/gpu/run_on_device.sh BUDGET_S      with OUT set, on the device machine.
 # Carried: .whl (compressai and pytorch-msssim from ../shared/wheels/device) and the training
-# images in DATA (default .data/sub, from tests/gpu/make_subset.py). Settings, by environment:
+# images in DATA (default .data/sub, made by python -m shared.tools.device.make_subset). Settings,
+# by environment:
 #   RUNS      which models to train, side by side on the one GPU for BUDGET_S each:
 #             "main denoise" (default) or "main" alone (the whole GPU for the codec the
 #             denoiser is fine-tuned from; then move the denoising checkpoint out of the working
@@ -12,7 +13,7 @@
 #   MAIN_LR, DENOISE_LR   peak learning rates (2e-4, 1e-4).
 #   MAIN_FROM, DENOISE_FROM   the checkpoints the runs resume from (default the shipped ones in
 #             models/). The full folder leaves room for one full-size checkpoint only; for both,
-#             carry half-size packs instead (`python tests/gpu/pack_for_device.py
+#             carry half-size packs instead (`python -m shared.tools.device.pack_for_device
 #             models/lw-vr-*.pt --out .carry`, both checkpoints moved out of the checkout,
 #             MAIN_FROM=.carry/lw-vr-hyperprior.pt DENOISE_FROM=.carry/lw-vr-denoise.pt). Or start
 #             the denoiser afresh from the main codec: DENOISE_FROM=models/lw-vr-hyperprior-*.pt.
@@ -41,6 +42,7 @@ WHEELS=(.whl/*.whl)
 [ "$SERVICES" = 1 ] && WHEELS+=(.whl/svc/*.whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     "${WHEELS[@]}" || exit 1
+# The wheels, then the checkout itself (not installed): `python3 -m shared.tools.device.*` runs from it.
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, numpy, compressai; print('torch', torch.__version__, 'numpy', numpy.__version__, 'compressai', compressai.__version__)"
@@ -49,7 +51,7 @@ echo "training images in $DATA: $(ls "$DATA" | wc -l), holdout every $HOLDOUT; r
 R=/tmp/results
 if [ "$SERVICES" = 1 ]; then
     mkdir -p $R
-    timeout 100 python3 tests/gpu/services_on_device.py --out $R/services --sender-device cuda -n 64 -c 16 \
+    timeout 100 python3 -m shared.tools.device.services_on_device --out $R/services --sender-device cuda -n 64 -c 16 \
         >$R/services.log 2>&1
     echo "services check exit $?"
     tail -40 $R/services.log
@@ -65,7 +67,7 @@ for run in $RUNS; do
                         --lr "${DENOISE_LR:-1e-4}") ;;
         *) echo "unknown run $run (main or denoise)"; exit 1 ;;
     esac
-    timeout $((BUDGET + 60)) python3 tests/gpu/train_on_device.py --data "$DATA" --holdout-every "$HOLDOUT" \
+    timeout $((BUDGET + 60)) python3 -m shared.tools.device.train_on_device --data "$DATA" --holdout-every "$HOLDOUT" \
         --val-every 1500 --out $R/$run --time-budget-s "$BUDGET" --batch-size "${BATCH:-16}" --crop 256 "${extra[@]}" \
         $([ "$COMPILE" = 1 ] && echo --compile) \
         >$R/$run/train.log 2>&1 &

@@ -93,10 +93,11 @@ def services(tmp_path, tiny_models_dir, receiver_settings_factory):
         client.__exit__(None, None, None)
 
 
+@pytest.mark.slow
 def test_full_decode_queue_is_503_and_the_sender_delivers_once_it_frees_up(services, receiver_frames,
                                                                            monkeypatch):
     rc, sc = services(receiver={"decode_queue_size": 0})
-    gate = Gate(monkeypatch, rc.app.state.codec, "decode")
+    gate = Gate(monkeypatch, rc.app.state.services.codec, "decode")
     other, (other_id,) = receiver_frames.body()  # another sender's frame holds the one decode slot
     holder = threading.Thread(target=receiver_post, args=(rc, other))
     holder.start()

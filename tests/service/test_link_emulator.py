@@ -1,4 +1,4 @@
-"""shared/link_emulator.py with real sockets on loopback: the rate it lets through (and a change of
+"""shared/tools/link_emulator.py with real sockets on loopback: the rate it lets through (and a change of
 rate mid-transfer), the delay it adds, and both kinds of outage. Each test runs a few seconds at most.
 
 (The emulator is a shared-library tool, but it needs no model and runs real sockets, so its tests sit
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from shared.link_emulator import LinkEmulator
+from shared.tools.link_emulator import LinkEmulator
 
 
 class Sink:
@@ -60,6 +60,7 @@ def run(coro, timeout_s: float = 10.0):
     return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
+@pytest.mark.slow
 def test_throughput_follows_the_rate_and_a_change_of_rate_mid_run():
     async def main():
         sink = Sink()
@@ -182,7 +183,7 @@ def test_running_on_a_thread_serves_sync_code():
                 t0 = time.monotonic()
                 sock.sendall(b"abc")
                 assert sock.recv(3) == b"abc"
-                assert 0.1 <= time.monotonic() - t0 < 0.2
+                assert 0.1 <= time.monotonic() - t0 < 1.0  # 50 ms each way; the upper bound only rules out a stall
     finally:
         loop.call_soon_threadsafe(server.close)
         loop.call_soon_threadsafe(loop.stop)

@@ -124,6 +124,7 @@ def _messages(exc: BaseException) -> list[str]:
     return [str(exc)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
 @pytest.mark.parametrize("service", ["sender", "receiver"])
 def test_every_operation_answers_as_documented(schemas, service, mode):

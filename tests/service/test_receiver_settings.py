@@ -62,7 +62,7 @@ def test_insecure_demo_warns_and_accepts_the_public_demo_key(receiver_settings_f
 
 
 def test_cli_registers_receiver_and_refuses_a_placeholder(receiver_env, capsys):
-    from shared.cli import build_parser, main
+    from shared.tools.cli import build_parser, main
 
     args = build_parser().parse_args(["receiver", "--port", "9001", "--store-dir", "x", "--device", "cpu",
                                       "--insecure-demo"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 
 import httpx
@@ -235,6 +236,47 @@ def test_auto_budgets_shrink_with_the_bytes_queued_ahead(tmp_path, tiny_models_d
     assert "latentwire_sender_auto_late_total 1.0" in metrics
 
 
+@pytest.mark.slow
+def test_an_upload_still_encoding_counts_as_queued_ahead(tmp_path, tiny_models_dir, monkeypatch):
+    """Two quality=auto uploads at once: the second is planned while the first is still on the
+    encoder, before its frame is in the outbox. Its budget (500 bytes at 1000 B/s and 0.5 s) counts
+    as queued ahead all the same, so the second gets nothing useful (the codec's minimum, late),
+    not a second 500 bytes; once both are queued, nothing is left reserved."""
+    with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.5) as client:
+        svc = client.app.state.services
+        entered, release = threading.Event(), threading.Event()
+        real = svc.codec.encode
+
+        def held(*args, **kwargs):
+            entered.set()
+            release.wait(30)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(svc.codec, "encode", held)
+        answers: dict[str, list[dict]] = {}
+        threads = {name: threading.Thread(target=lambda name=name, seed=seed: answers.setdefault(
+            name, upload(client, smooth_png(seed=seed), quality="auto"))) for name, seed in (("first", 3), ("second", 4))}
+        threads["first"].start()
+        try:
+            assert entered.wait(10)
+            assert svc.deliverer.link.encoding_bytes == 500  # the first's budget, reserved
+            threads["second"].start()
+            deadline = time.monotonic() + 10
+            while svc.deliverer.link.encoding_bytes <= 500:  # until the second is planned too
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        finally:
+            release.set()
+            for thread in threads.values():
+                thread.join(30)
+        ((first_image,), (second,)) = answers["first"], answers["second"]
+        assert svc.deliverer.link.encoding_bytes == 0
+    assert first_image["budget"]["queued_bytes"] == 0 and first_image["budget"]["bytes"] == 500
+    assert second["budget"]["queued_bytes"] == 500
+    assert (second["budget"]["reason"], second["budget"]["late"]) == ("codec_minimum", True)
+    assert second["bytes"] == 81
+
+
 def test_auto_floor_and_ceiling(tmp_path, tiny_models_dir):
     # Floor 0.1 bpp = 96 bytes at 96x80, above the codec's minimum: with 4 bytes left it is used.
     with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.2, auto_min_bpp=0.1) as c:
@@ -272,6 +314,7 @@ def test_auto_budgets_follow_a_rate_step(tmp_path, tiny_models_dir):
     assert after["bytes"] < fast["bytes"]
 
 
+@pytest.mark.slow
 def test_a_thin_links_backlog_goes_in_batches_that_fit_the_timeout(tmp_path, tiny_models_dir):
     """At 200 B/s with a 2 s request timeout a POST may carry about 200 bytes of streams: a backlog
     of six frames goes a frame or two at a time and every POST succeeds (one batch of all of them

@@ -57,7 +57,7 @@ def test_denoise_uploads_travel_with_the_denoising_model(tmp_path, tiny_models_d
         assert models["modes"] == ["standard", "denoise"] and models["default_mode"] == "standard"
         assert [(m["mode"], m["name"]) for m in models["models"]] == [("standard", TINY_MODEL),
                                                                        ("denoise", TINY_DENOISE_MODEL)]
-        # The denoising model codes clean first (shared/codec.py); the standard one never does.
+        # The denoising model codes clean first (shared/clean_first.py); the standard one never does.
         assert [m["clean_first"] for m in models["models"]] == [
             None, {"noise_ref": 24.0, "quality_at_ref": 0.65, "per_grey_level": 0.07, "gap_ratio": 1.1}]
         page = client.get("/")

@@ -16,9 +16,9 @@ from sender.app import create_app
 from sender.encoder import Encoder
 from sender.errors import EncoderBusy
 from sender.settings import Settings
-from shared.wire import INSECURE_DEMO_SECRET
-from shared.cli import main
 from shared.codec import DEFAULT_MODEL
+from shared.tools.cli import main
+from shared.wire import INSECURE_DEMO_SECRET
 from tests.conftest import TINY_MODEL
 
 GOOD = "sender-tests-secret-5f2a9c41d07e"

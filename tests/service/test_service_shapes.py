@@ -42,6 +42,7 @@ def test_readyz_is_one_body_on_both_services(sender_client, receiver_client, tin
         assert READY_KEYS <= set(schema["required"])
 
 
+@pytest.mark.slow
 def test_sender_not_ready_says_which_check_failed_and_what_to_do(sender_client, tmp_path):
     svc = sender_client.app.state.services
     # Another process holds the outbox's write lock (as a second writer or a stuck backup would):
@@ -100,3 +101,33 @@ def test_a_bad_query_parameter_is_invalid_request_on_both_services(sender_client
         r = client.get(f"/v1/images?{query}")
         assert r.status_code == 422, r.text
         assert r.json()["error"] == "InvalidRequest" and "limit" in r.json()["message"]
+
+
+def test_unknown_paths_and_methods_say_what_to_do_on_both_services(sender_client, receiver_client):
+    for service, client in (("sender", sender_client), ("receiver", receiver_client)):
+        r = client.get("/v1/nothing")
+        assert r.status_code == 404 and r.json() == {
+            "error": "NotFound", "message": f"no such endpoint /v1/nothing: see /docs for the {service}'s API"}
+        r = client.delete("/v1/images")
+        allowed = {"sender": "GET, POST", "receiver": "GET"}[service]
+        assert r.status_code == 405 and r.headers["allow"] == allowed
+        assert r.json() == {"error": "MethodNotAllowed", "message": f"DELETE is not allowed on /v1/images, which "
+                            f"takes {allowed}: see /docs for the {service}'s API"}
+    # A request meant for the other service is told where to go.
+    r = sender_client.post("/v1/frames", content=b"\x80", headers={"Content-Type": "application/msgpack"})
+    assert r.status_code == 404 and "the receiver's POST /v1/frames" in r.json()["message"]
+    r = receiver_client.post("/v1/images", content=b"\x89PNG", headers={"Content-Type": "image/png"})
+    assert r.status_code == 405 and "the sender's /v1/images" in r.json()["message"]
+
+
+def test_an_error_body_is_one_shape_on_both_services(sender_client, receiver_client):
+    """The same error, the same JSON: ``shared.errors.LatentwireError.body()`` through one handler."""
+    for client in (sender_client, receiver_client):
+        r = client.get("/v1/images/" + "A" * 32)
+        assert r.status_code == 400 and r.json() == {
+            "error": "InvalidImageId", "message": "image ids are 32 lowercase hex digits: the id the sender's "
+                                                  "POST /v1/images answered with (a frame's id)"}
+    schemas = [c.get("/openapi.json").json()["components"]["schemas"]["ErrorBody"] for c in (sender_client,
+                                                                                           receiver_client)]
+    assert {"error", "message"} <= set(schemas[0]["properties"]) and set(schemas[1]["properties"]) == {"error",
+                                                                                                      "message"}

@@ -4,21 +4,21 @@ few checks that need trained weights, and a guard that restores torch's thread c
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from shared.codec import CleanFirst, Codec
+from shared.clean_first import FITTED_RULE, CleanFirst
+from shared.codec import Codec
+from shared.tools import SAMPLES
 from tests.conftest import make_tiny_model_file
 
-TESTS = Path(__file__).resolve().parents[1]
-DATA = TESTS / "data"
 # Half-size Kodak image (384x256): the smallest natural image the shipped model is checked on.
-KODIM = DATA / "samples" / "kodim23_half.png"
+KODIM = SAMPLES / "kodim23_half.png"
 OTHER_TINY_MODEL = "lw-tiny-other"
-ALWAYS = CleanFirst(quality_at_ref=2.0, per_grey_level=0.0)  # clean first: every quality codes the reconstruction
+ALWAYS = replace(FITTED_RULE, quality_at_ref=2.0, per_grey_level=0.0)  # clean first: every quality codes the reconstruction
 
 
 def with_rule(codec: Codec, rule: CleanFirst | None) -> Codec:

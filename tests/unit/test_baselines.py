@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from shared.baselines import (AE_LATENT_CHANNELS, PCA_FILE, AEConfig, PCABasis, PCACodec,
-                              PlainAutoencoder, ae_file)
 from shared.checkpoint import DEFAULT_MODELS_DIR
 from shared.errors import NotABitstream
 from shared.images import load_image, psnr
+from shared.tools import SAMPLES
+from shared.tools.baselines import (AE_LATENT_CHANNELS, PCA_FILE, AEConfig, PCABasis, PCACodec,
+                                    PlainAutoencoder, ae_file)
 
 
 @pytest.fixture(scope="module")
 def basis():
-    from tests.conftest import DATA
-
-    images = [load_image(p).rgb for p in sorted((DATA / "samples").glob("*.png"))]
+    images = [load_image(p).rgb for p in sorted(SAMPLES.glob("*.png"))]
     return PCABasis.fit(images, patches_per_image=300)
 
 
@@ -105,9 +104,9 @@ def test_shipped_baselines_reconstruct_in_a_psnr_band(sample_rgb):
 def test_train_autoencoder_writes_a_loadable_file(tmp_path):
     import random
 
-    from shared.baselines import train_autoencoder
+    from shared.tools.baselines import train_autoencoder
 
-    class Crops:  # the part of shared.train.CropSampler that training uses
+    class Crops:  # the part of shared.tools.train.CropSampler that training uses
         crop = 16
         images = [torch.zeros(3, 16, 16, dtype=torch.uint8)]
         rng = random.Random(0)

@@ -145,7 +145,7 @@ def test_two_files_for_one_name_are_ambiguous(tiny_file):
 def test_a_gpu_runs_split_weights_export_to_the_same_model(tiny_file, tmp_path):
     """A lent GPU returns files under 16 MiB: ``export`` joins meta.pt + weights_part*.pt."""
     from shared.checkpoint import export_model
-    from tests.gpu.train_on_device import split_state_dict
+    from shared.tools.device.train_on_device import split_state_dict
 
     ckpt = torch.load(tiny_file, weights_only=True)
     run = tmp_path / "gpu-run"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from shared.cli import main
 from shared.codec import Codec
 from shared.images import load_image
+from shared.tools.cli import main
 from tests.conftest import DATA, TINY_DENOISE_MODEL, TINY_MODEL
 
 
@@ -23,6 +24,7 @@ def test_encode_then_decode_restores_the_size(tmp_path, tiny_models_dir, capsys)
         assert im.size == (97, 71)
 
 
+@pytest.mark.slow
 def test_encode_with_a_denoising_model_reports_the_noise_estimate(tmp_path, tiny_models_dir, capsys):
     src = DATA / "crop_97x71.png"
     lw = tmp_path / "n.lw"
@@ -36,6 +38,7 @@ def test_encode_with_a_denoising_model_reports_the_noise_estimate(tmp_path, tiny
     assert len(capsys.readouterr().out.splitlines()) == 1  # a model trained on clean photos: no estimate
 
 
+@pytest.mark.slow
 def test_a_budget_below_the_full_sizes_lowest_rate_is_coded_smaller_and_decodes_full_size(tmp_path, tiny_models_dir,
                                                                                          capsys):
     src = DATA / "crop_97x71.png"

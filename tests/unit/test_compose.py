@@ -91,7 +91,7 @@ def test_cluster_profile_has_the_engines_three_workers_and_a_broker_sender():
 def test_every_command_parses_and_every_env_var_is_a_setting(name):
     from receiver.settings import Settings as ReceiverSettings
     from sender.settings import Settings as SenderSettings
-    from shared.cli import build_parser
+    from shared.tools.cli import build_parser
 
     prefixes = {"receiver": ("LATENTWIRE_RECEIVER_", ReceiverSettings),
                 "sender": ("LATENTWIRE_SENDER_", SenderSettings)}

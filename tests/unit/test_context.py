@@ -38,6 +38,7 @@ def test_groups_must_cover_the_latent():
         ContextModel(24, (8, 8))
 
 
+@pytest.mark.slow
 def test_stream_round_trip_is_version_4_and_matches_the_direct_reconstruction(tiny_context_codec, sample_rgb):
     model = tiny_context_codec.model
     x = torch.from_numpy(sample_rgb).permute(2, 0, 1)[None].float() / 255
@@ -100,6 +101,7 @@ def _under_threads(n: int, call, *args):
     return call(*args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder_precision", ["fp32", "bf16"])
 def test_latents_decode_the_same_under_any_thread_count_and_precision(tiny_context_codec, kodim_crop,
                                                                        encoder_precision, restore_threads):
@@ -142,6 +144,7 @@ def test_an_older_format_stream_for_a_context_model_is_refused(tiny_context_code
     assert info.value.status == 400
 
 
+@pytest.mark.slow
 def test_the_budget_search_works_on_context_streams(tiny_context_codec, sample_rgb):
     top = tiny_context_codec.encode(sample_rgb, quality=1.0).nbytes
     low = tiny_context_codec.encode(sample_rgb, quality=0.0).nbytes

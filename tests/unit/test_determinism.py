@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-CODECS = ["tiny_codec", "shipped_codec"]
+CODECS = ["tiny_codec", pytest.param("shipped_codec", marks=pytest.mark.slow)]
 
 
 def _under_threads(n: int, call, *args):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.e2e_bench import print_report
+from shared.tools.e2e_bench import print_report
 
 
 def _result(preview: bool) -> dict:

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from shared import bitstream as bs
-from shared.entropy_training import EntropyTrainConfig, train_entropy
-
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+from shared.tools import SAMPLES
+from shared.tools.entropy_training import EntropyTrainConfig, train_entropy
 
 
 @pytest.fixture(scope="module")

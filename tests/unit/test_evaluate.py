@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.rd import Curve, bd_psnr, bd_rate, load_curves, psnr_at_rate
+from shared.tools.rd import Curve, bd_psnr, bd_rate, load_curves, psnr_at_rate
 
 ANCHOR = Curve("anchor", bpp=[0.2, 0.4, 0.8, 1.6, 3.2], psnr=[27.0, 30.5, 33.5, 36.0, 39.5])
 
@@ -60,7 +60,7 @@ def test_load_curves_reads_compressai_layout(tmp_path):
 
 
 def test_noise_is_seeded_by_image_name():
-    from shared.evaluate import add_noise
+    from shared.tools.evaluate import add_noise
 
     clean = np.full((32, 32, 3), 128, np.uint8)
     a, b, c = add_noise(clean, 10.0, "a.png"), add_noise(clean, 10.0, "a.png"), add_noise(clean, 10.0, "b.png")
@@ -69,7 +69,7 @@ def test_noise_is_seeded_by_image_name():
 
 
 def test_ms_ssim_is_undefined_on_small_images():
-    from shared.evaluate import ms_ssim_rgb
+    from shared.tools.evaluate import ms_ssim_rgb
 
     rgb = np.zeros((64, 64, 3), np.uint8)
     assert np.isnan(ms_ssim_rgb(rgb, rgb))
@@ -77,14 +77,16 @@ def test_ms_ssim_is_undefined_on_small_images():
     assert ms_ssim_rgb(big, big) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_eval_command_writes_results_csv_and_plot(tmp_path, tiny_models_dir, capsys):
-    from shared.cli import main
-    from tests.conftest import DATA, TINY_MODEL
+    from shared.tools import SAMPLES
+    from shared.tools.cli import main
+    from tests.conftest import TINY_MODEL
 
     images = tmp_path / "images"
     images.mkdir()
     for i, name in enumerate(["kodim01_half.png", "kodim15_half.png"]):
-        with Image.open(DATA / "samples" / name) as im:
+        with Image.open(SAMPLES / name) as im:
             im.convert("RGB").crop((40 * i, 30, 40 * i + 64, 94)).save(images / f"crop{i}.png")
     refs = tmp_path / "refs"
     refs.mkdir()
@@ -129,19 +131,20 @@ def test_eval_command_writes_results_csv_and_plot(tmp_path, tiny_models_dir, cap
 
 def _one_crop(tmp_path, sample: str, box: tuple[int, int, int, int], name: str):
     """A folder ``tmp_path/images`` holding one crop of a sample image, saved as ``name``."""
-    from tests.conftest import DATA
+    from shared.tools import SAMPLES
 
     images = tmp_path / "images"
     images.mkdir()
-    with Image.open(DATA / "samples" / sample) as im:
+    with Image.open(SAMPLES / sample) as im:
         im.convert("RGB").crop(box).save(images / name)
     return images
 
 
+@pytest.mark.slow
 def test_eval_budgets_measure_the_byte_budget_mode(tmp_path, tiny_models_dir, capsys):
-    from shared.cli import main
     from shared.codec import Codec
     from shared.images import load_image
+    from shared.tools.cli import main
     from tests.conftest import TINY_MODEL
 
     images = _one_crop(tmp_path, "kodim15_half.png", (0, 0, 192, 128), "crop.png")
@@ -161,8 +164,9 @@ def test_eval_budgets_measure_the_byte_budget_mode(tmp_path, tiny_models_dir, ca
     assert "--budgets takes positive bpp values" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_with_noise_compares_denoisers_at_equal_rate(tmp_path, tiny_models_dir, capsys):
-    from shared.cli import main
+    from shared.tools.cli import main
     from tests.conftest import TINY_DENOISE_MODEL, TINY_MODEL
 
     images = _one_crop(tmp_path, "kodim01_half.png", (0, 0, 96, 80), "a.png")
@@ -195,7 +199,7 @@ def test_eval_with_noise_compares_denoisers_at_equal_rate(tmp_path, tiny_models_
 
 
 def test_eval_grid_needs_the_denoising_setup(tmp_path, tiny_models_dir, capsys):
-    from shared.cli import main
+    from shared.tools.cli import main
     from tests.conftest import TINY_MODEL
 
     rc = main(["eval", str(tmp_path), "--grid", "a.png", "--model", TINY_MODEL, "--models-dir", str(tiny_models_dir)])
@@ -204,7 +208,7 @@ def test_eval_grid_needs_the_denoising_setup(tmp_path, tiny_models_dir, capsys):
 
 
 def test_eval_and_bench_are_registered_subcommands():
-    from shared.cli import build_parser
+    from shared.tools.cli import build_parser
 
     parser = build_parser()
     assert callable(parser.parse_args(["eval", "some/dir", "--limit", "2"]).func)

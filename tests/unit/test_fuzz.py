@@ -146,6 +146,7 @@ def test_loads_on_mutated_streams(containers, data):
         pass
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_loads_on_streams_with_one_field_replaced(tiny_stream, data):
@@ -219,6 +220,7 @@ def test_unpack_frames_on_mutated_bodies(containers, data):
         pass
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_unpack_frames_on_correctly_signed_garbage(tiny_stream, containers, data):

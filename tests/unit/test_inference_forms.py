@@ -59,6 +59,7 @@ def test_precision_is_resolved_and_reported(tiny_codec):
         resolve_precision("fp16", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_bf16_costs_the_shipped_model_under_a_tenth_of_a_db(shipped_codec, kodim_rgb):
     # Measured on kodim23_half with lw-vr-hyperprior-38e7d9f7 and -56539fc6: bf16 decoding loses
     # 0.004-0.007 dB at quality 0.5 and 0.015-0.016 dB at 1.0; bytes move by 0.1-0.15 %; pixels by

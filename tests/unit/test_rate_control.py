@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from shared.codec import RATE_SEARCH_SLACK, RATE_SEARCH_STEPS, _highest_fitting, check_quality
+from shared.codec import check_quality
 from shared.errors import BudgetTooSmall, QualityOutOfRange
+from shared.rate_control import QUICK_TOLERANCE, RATE_SEARCH_SLACK, RATE_SEARCH_STEPS, highest_fitting
 
 QUALITY_STEP = 2.0**-RATE_SEARCH_STEPS  # the resolution of the search
 
@@ -63,21 +64,22 @@ def _bisection(code, max_bytes: int):
     return best
 
 
+@pytest.mark.slow
 def test_the_codec_finds_the_bisection_stream(tiny_codec, kodim_crop, fitted):
     for budget, enc in fitted[:-1]:
         reference = _bisection(lambda q: tiny_codec.encode(kodim_crop, quality=q), budget)
         assert (enc.quality, enc.data) == (reference.quality, reference.data)
 
 
-def _search(size, max_bytes: int) -> tuple[float, int]:
-    """(the quality _highest_fitting finds for a ``size(quality)`` curve, how many it coded)."""
+def _search(size, max_bytes: int, tolerance: float = 0.0) -> tuple[float, int]:
+    """(the quality highest_fitting finds for a ``size(quality)`` curve, how many it coded)."""
     calls = []
 
     def code(q: float):
         calls.append(q)
         return SimpleNamespace(nbytes=size(q), quality=q)
 
-    found = _highest_fitting(code, (0.0, code(0.0)), (1.0, code(1.0)), max_bytes)
+    found = highest_fitting(code, (0.0, code(0.0)), (1.0, code(1.0)), max_bytes, tolerance)
     return found.quality, len(calls) - 2
 
 
@@ -106,6 +108,29 @@ def test_the_search_codes_about_half_as_often_as_bisection_on_a_codec_curve():
 
     assert np.mean(calls) <= RATE_SEARCH_STEPS / 2
     assert max(calls) <= 7
+
+
+@pytest.mark.parametrize("curve", SIZE_CURVES, ids=list(SIZE_CURVES))
+def test_a_quick_search_stops_within_its_tolerance_in_fewer_codings(curve):
+    size = SIZE_CURVES[curve]
+    budgets = np.linspace(size(0.0), size(1.0) - 1, 60).astype(int)
+    exact = [_search(size, int(n)) for n in budgets]
+    quick = [_search(size, int(n), QUICK_TOLERANCE) for n in budgets]
+
+    for n, (q_exact, _), (q_quick, _) in zip(budgets, exact, quick):
+        assert size(q_quick) <= n  # it fits
+        assert size(q_quick) >= (1 - QUICK_TOLERANCE) * n or q_quick == q_exact  # near the budget, or the answer
+    assert sum(c for _, c in quick) < sum(c for _, c in exact)
+    assert all(cq <= ce for (_, cq), (_, ce) in zip(quick, exact))
+
+
+def test_a_quick_encode_fits_within_the_tolerance(tiny_codec, kodim_crop, fitted):
+    for budget, exact in fitted[1:-1]:
+        quick = tiny_codec.encode(kodim_crop, max_bytes=budget, search="quick")
+        assert quick.nbytes <= budget and quick.quality <= exact.quality
+        assert quick.nbytes >= (1 - QUICK_TOLERANCE) * budget or quick.data == exact.data
+    with pytest.raises(ValueError, match="search must be one of exact, quick"):
+        tiny_codec.encode(kodim_crop, max_bytes=fitted[1][0], search="fast")
 
 
 def test_sizes_that_dip_still_give_a_stream_that_fits():

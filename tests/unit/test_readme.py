@@ -25,7 +25,7 @@ def test_the_readme_shows_commands_and_stays_short():
 
 @pytest.mark.parametrize("line", _command_lines())
 def test_every_command_line_parses(line):
-    from shared.cli import build_parser
+    from shared.tools.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(line)[1:])
 

@@ -1,4 +1,4 @@
-"""RESOLUTION (shared/codec.py): coding a picture at a reduced size (format version 3 streams,
+"""Reduced sizes (shared/resolution.py): coding a picture at a reduced size (format version 3 streams,
 decoded at the full size) and byte budgets the full size cannot meet or meets only at a low quality."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from shared.codec import RESIZE_BELOW_QUALITY, RESIZE_SCALES, coded_size, resize_rgb
 from shared.errors import BudgetTooSmall, QualityOutOfRange
+from shared.resolution import RESIZE_BELOW_QUALITY, RESIZE_SCALES, coded_size, resize_rgb
 from tests.unit.conftest import ALWAYS, with_rule
 
 SIZES = (1.0,) + RESIZE_SCALES  # every size a byte budget may be coded at
@@ -69,15 +69,28 @@ def test_a_budget_below_the_full_sizes_lowest_rate_is_met_at_a_reduced_size(tiny
     assert tiny_codec.decode(enc.data).shape == kodim_crop.shape
 
 
+def test_a_quick_search_tries_reduced_sizes_only_when_the_full_size_cannot_meet_the_budget(tiny_codec, kodim_crop,
+                                                                                            monkeypatch):
+    import shared.resolution
+
+    monkeypatch.setattr(shared.resolution, "RESIZE_BELOW_QUALITY", 1.01)  # exact: every size competes
+    lowest = tiny_codec.encode(kodim_crop, quality=0.0).nbytes
+    quick = tiny_codec.encode(kodim_crop, max_bytes=lowest + 30, search="quick")
+    assert quick.stream.coded_size is None and quick.nbytes <= lowest + 30  # the full size meets it: no other
+    below = tiny_codec.encode(kodim_crop, max_bytes=lowest - 1, search="quick")
+    assert below.stream.version == 3 and below.nbytes <= lowest - 1  # it cannot: a reduced size does
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("above_lowest", [0, 5, 30])
 def test_a_tight_budget_goes_to_the_size_that_decodes_closest(tiny_codec, kodim_crop, above_lowest, monkeypatch):
     """When the full size fits only below RESIZE_BELOW_QUALITY, every size is tried at the highest
     quality that fits, and the one whose decoded picture is closest to the upload is sent. (The
     tiny model's rate hardly moves at low qualities, so its full size would always fit above the
     threshold: the threshold is lifted here to make every size compete.)"""
-    import shared.codec
+    import shared.resolution
 
-    monkeypatch.setattr(shared.codec, "RESIZE_BELOW_QUALITY", 1.01)
+    monkeypatch.setattr(shared.resolution, "RESIZE_BELOW_QUALITY", 1.01)
     budget = tiny_codec.encode(kodim_crop, quality=0.0).nbytes + above_lowest
     fits = []
     for s in SIZES:
@@ -93,6 +106,7 @@ def test_a_tight_budget_goes_to_the_size_that_decodes_closest(tiny_codec, kodim_
     assert squared_error(tiny_codec.decode(enc.data), kodim_crop) == min(errors)
 
 
+@pytest.mark.slow
 def test_a_budget_below_every_size_says_what_would_fit(tiny_codec, kodim_crop):
     smallest = min(tiny_codec.encode(kodim_crop, quality=0.0, scale=s).nbytes for s in SIZES)
 
@@ -111,6 +125,7 @@ def test_a_picture_too_small_to_reduce_keeps_the_full_sizes_refusal(tiny_codec):
     assert info.value.min_bytes == lowest
 
 
+@pytest.mark.slow
 def test_a_denoising_codec_codes_its_resized_reconstruction(tiny_codec, kodim_crop):
     """Clean first at a reduced size: the reconstruction is made at the full size, then resized."""
     always = with_rule(tiny_codec, ALWAYS)

@@ -1,4 +1,4 @@
-"""The pure parts of ``latentwire bench soak`` (shared/soak.py): percentiles, the memory verdict,
+"""The pure parts of ``latentwire bench soak`` (shared/tools/soak.py): percentiles, the memory verdict,
 reading RSS, tiling, the report. The soak itself runs for minutes and is a bench target, not a test."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.soak import (GROWTH_LIMIT, MemoryVerdict, RssSample, SoakReport, format_report, memory_verdict,
-                         percentile, read_rss_kb, tiles)
+from shared.tools.soak import (GROWTH_LIMIT, MemoryVerdict, RssSample, SoakReport, format_report, memory_verdict,
+                               percentile, read_rss_kb, tiles)
 
 
 def test_percentile_is_nearest_rank():

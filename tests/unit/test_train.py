@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import shared.train
-from shared.train import TrainConfig, corrupt, noise_weight, split_holdout, train
+import shared.tools.train
+from shared.tools.train import TrainConfig, corrupt, noise_weight, split_holdout, train
 from tests.conftest import TINY_NETWORK
 
 
@@ -76,6 +76,7 @@ def test_holdout_is_every_25th_file(image_dir):
     assert [f.name for f in every_7th] == ["img00.png", "img07.png", "img14.png", "img21.png"]
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_and_resumes_a_new_segment(image_dir, tmp_path):
     out = tmp_path / "run"
     best = train(_config(image_dir, out, noise_sigma_max=50.0), log=lambda *a: None)
@@ -95,6 +96,7 @@ def test_train_writes_checkpoints_and_resumes_a_new_segment(image_dir, tmp_path)
     assert any(not torch.equal(again["state_dict"][k], ckpt["state_dict"][k]) for k in ckpt["state_dict"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slow_from, slow_dt", [(26, 0.3), (30, 2.0)])
 def test_a_time_budget_holds_when_the_steps_slow_down_after_sizing(image_dir, tmp_path, monkeypatch,
                                                                     slow_from, slow_dt):
@@ -102,17 +104,17 @@ def test_a_time_budget_holds_when_the_steps_slow_down_after_sizing(image_dir, tm
     # second run sharing the GPU finishes compiling). Sizing at step 25 plans 38 steps for 4 s; kept,
     # that plan would take 2.6 + 12 x 0.3 = 6.2 s, or 3 + 8 x 2 = 19 s.
     clock = {"t": 0.0, "steps": 0}
-    real_sample = shared.train.CropSampler.sample
+    real_sample = shared.tools.train.CropSampler.sample
 
     def timed_sample(self, batch_size):
         clock["steps"] += 1
         clock["t"] += 0.1 if clock["steps"] <= slow_from else slow_dt
         return real_sample(self, batch_size)
 
-    monkeypatch.setattr(shared.train.CropSampler, "sample", timed_sample)
-    monkeypatch.setattr(shared.train, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
-    monkeypatch.setattr(shared.train, "SIZE_FROM", 5)
-    monkeypatch.setattr(shared.train, "SIZE_AT", 25)
+    monkeypatch.setattr(shared.tools.train.CropSampler, "sample", timed_sample)
+    monkeypatch.setattr(shared.tools.train, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
+    monkeypatch.setattr(shared.tools.train, "SIZE_FROM", 5)
+    monkeypatch.setattr(shared.tools.train, "SIZE_AT", 25)
     lines = []
     out = tmp_path / "run"
     train(_config(image_dir, out, steps=10**9, time_budget_s=4.0, val_every=5), log=lines.append)
@@ -127,12 +129,41 @@ def test_a_time_budget_holds_when_the_steps_slow_down_after_sizing(image_dir, tm
     assert vals[-1]["step"] == ckpt["step"]  # the shortened segment still ends validated
 
 
+@pytest.mark.slow
+def test_a_time_budget_is_used_when_the_steps_speed_up_after_sizing(image_dir, tmp_path, monkeypatch):
+    # 0.3 s per step while sizing (beside a job that then ends), 0.1 s after: sizing at step 25 plans
+    # 32 steps for 10 s; at the check of step 30 the rest of the budget fits 19 more, so the segment
+    # grows to 49 steps and ends within its 10 s instead of giving up the last 2.
+    clock = {"t": 0.0, "steps": 0}
+    real_sample = shared.tools.train.CropSampler.sample
+
+    def timed_sample(self, batch_size):
+        clock["steps"] += 1
+        clock["t"] += 0.3 if clock["steps"] <= 25 else 0.1
+        return real_sample(self, batch_size)
+
+    monkeypatch.setattr(shared.tools.train.CropSampler, "sample", timed_sample)
+    monkeypatch.setattr(shared.tools.train, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
+    monkeypatch.setattr(shared.tools.train, "SIZE_FROM", 5)
+    monkeypatch.setattr(shared.tools.train, "SIZE_AT", 25)
+    lines = []
+    out = tmp_path / "run"
+    train(_config(image_dir, out, steps=10**9, time_budget_s=10.0, val_every=5), log=lines.append)
+
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert any("-> 32 steps in 10 s" in line for line in lines), lines
+    assert any("faster than planned" in line and "-> 49 steps" in line for line in lines), lines
+    assert ckpt["step"] == 49 and ckpt["train_config"]["steps"] == 49
+    assert clock["t"] <= 10.0 + 1e-9
+
+
+@pytest.mark.slow
 def test_training_resumes_from_a_half_size_pack_for_the_device(image_dir, tiny_models_dir, sample_rgb, tmp_path):
-    """tests/gpu/pack_for_device.py: large float tensors as float16, coder tables left out; training
+    """shared/tools/device/pack_for_device.py: large float tensors as float16, coder tables left out; training
     resumes from it in float32, and its export codes again."""
     from shared.checkpoint import export_model, find_model
     from shared.codec import Codec
-    from tests.gpu.pack_for_device import LARGE, pack
+    from shared.tools.device.pack_for_device import LARGE, pack
 
     original = find_model("lw-tiny", tiny_models_dir)
     packed = pack(original, tmp_path / "carry")
@@ -159,6 +190,7 @@ def test_training_resumes_from_a_half_size_pack_for_the_device(image_dir, tiny_m
     assert enc.nbytes > 0 and codec.decode(enc.data).shape == sample_rgb.shape
 
 
+@pytest.mark.slow
 def test_a_new_objective_does_not_inherit_the_old_best_loss(image_dir, tmp_path):
     clean = tmp_path / "clean"
     train(_config(image_dir, clean, steps=2), log=lambda *a: None)
@@ -177,6 +209,7 @@ def test_a_new_objective_does_not_inherit_the_old_best_loss(image_dir, tmp_path)
     assert not (again / "best.pt").exists() and (again / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_decoder_only_training_moves_g_s_alone_and_leaves_the_streams_bit_identical(
         image_dir, tiny_models_dir, sample_rgb, tmp_path):
     """--decoder-only: g_s changes, nothing else does, so the exported codec writes the same bytes and
@@ -220,7 +253,7 @@ def test_a_crop_that_is_not_a_multiple_of_64_is_refused_before_training(image_di
 
 
 def test_cli_train_refuses_a_crop_that_is_not_a_multiple_of_64(image_dir, tmp_path, capsys):
-    from shared.cli import main
+    from shared.tools.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["train", "--data", str(image_dir), "--out", str(tmp_path / "run"), "--crop", "160"])
@@ -229,6 +262,7 @@ def test_cli_train_refuses_a_crop_that_is_not_a_multiple_of_64(image_dir, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_the_eager_run(image_dir, tmp_path):
     # --compile swaps only the training forward for torch.compile's: the same model, the same
     # steps and seeds, so its validation losses must match the eager run's up to float reordering.
@@ -248,6 +282,7 @@ def test_compiled_training_follows_the_eager_run(image_dir, tmp_path):
         assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_a_compiler_failure_falls_back_to_eager_training(image_dir, tmp_path, monkeypatch):
     def broken_compile(model):
         def fail(*args, **kwargs):
@@ -265,7 +300,7 @@ def test_a_compiler_failure_falls_back_to_eager_training(image_dir, tmp_path, mo
 
 
 def test_bench_train_prints_the_step_time_of_the_real_training_step(capsys):
-    from shared.cli import main
+    from shared.tools.cli import main
 
     assert main(["bench", "train", "--crop", "64", "--batch-size", "2", "--steps", "5", "--no-compile",
                  "--threads", "1"]) == 0
@@ -279,12 +314,13 @@ def test_bench_train_prints_the_step_time_of_the_real_training_step(capsys):
 
 @pytest.mark.parametrize("args", [["--crop", "100"], ["--steps", "3"]])
 def test_bench_train_refuses_bad_arguments(args, capsys):
-    from shared.cli import main
+    from shared.tools.cli import main
 
     assert main(["bench", "train", *args]) == 2
     assert "--steps must be at least 5 and --crop a multiple of 64" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_synthesis_blocks_grow_the_decoder_of_a_resumed_model_and_the_streams_stay_the_same(
         image_dir, tiny_models_dir, sample_rgb, tmp_path):
     """--decoder-only --synthesis-blocks 1 from a plain model: g_s gains a residual block per stage,

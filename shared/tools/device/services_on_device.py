@@ -1,6 +1,6 @@
 """Both services as real processes on a lent GPU machine: a CUDA sender feeding a CPU receiver.
 
-    python3 tests/gpu/services_on_device.py --out "$OUT" [--sender-device cuda] [-n 64] [-c 16]
+    python3 -m shared.tools.device.services_on_device --out "$OUT" [--sender-device cuda] [-n 64] [-c 16]
 
 Checks what CPU-only CI cannot: that the sender batches concurrent uploads on CUDA (its
 ``latentwire_sender_encode_batch_size`` histogram), and that frames encoded on the GPU decode on
@@ -11,7 +11,6 @@ Writes ``services.json`` under --out and exits non-zero when a check fails.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import secrets
@@ -21,16 +20,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import httpx
+import numpy as np
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from shared.images import load_image, psnr
+from shared.tools import SAMPLES
+from shared.tools.launcher import ServicePair
 
-from shared.images import psnr  # noqa: E402
-from shared.launcher import ServicePair  # noqa: E402
-
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
 def histogram(metrics: str, name: str) -> dict[str, float]:
@@ -59,7 +55,7 @@ def main() -> int:
 
     files = sorted(SAMPLES.glob("*.png"))
     uploads = [files[i % len(files)] for i in range(args.count)]
-    originals = {f: np.asarray(Image.open(f).convert("RGB")) for f in files}
+    originals = {f: load_image(f).rgb for f in files}
     report: dict = {"sender_device": args.sender_device, "receiver_device": "cpu", "images": args.count,
                     "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +102,7 @@ def main() -> int:
     for a in accepted:
         if a["id"] not in stored:
             continue
-        rgb_hat = np.asarray(Image.open(io.BytesIO(stored[a["id"]])).convert("RGB"))
+        rgb_hat = load_image(stored[a["id"]]).rgb
         rgb = originals[a["file"]]
         sizes_ok += rgb_hat.shape == rgb.shape
         deltas.append(abs(psnr(rgb, rgb_hat) - a["psnr"]))

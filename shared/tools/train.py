@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shared.codec import resolve_device
 from shared.network import DOWNSAMPLE, NetworkConfig, VariableRateHyperprior, grow_synthesis
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
@@ -80,7 +81,7 @@ class TrainConfig:
     synthesis_blocks: int | None = None  # None: the checkpoint's; more than it has grows g_s (module docstring)
     lmbda_min: float | None = None  # None: the network's (checkpoint's) own
     lmbda_max: float | None = None
-    holdout_every: int = HOLDOUT_EVERY  # a subset of the folder (tests/gpu/make_subset.py) keeps its held-out images
+    holdout_every: int = HOLDOUT_EVERY  # a subset of the folder (device/make_subset.py) keeps its held-out images
     network: dict = field(default_factory=lambda: NetworkConfig().to_dict())
 
 
@@ -243,12 +244,6 @@ def compile_forward(model: VariableRateHyperprior, batch_size: int, crop: int, d
     return compiled
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def parameter_groups(model: torch.nn.Module) -> tuple[list, list]:
     """(trainable parameters, the entropy bottleneck's quantiles)."""
     main, aux = [], []
@@ -322,13 +317,171 @@ def save_training_checkpoint(path: Path, model, optimizer, aux_optimizer, state:
     os.replace(tmp, path)
 
 
+def build_model(cfg: TrainConfig, ckpt: dict | None, log) -> VariableRateHyperprior:
+    """The network ``cfg`` (or the checkpoint it resumes) describes, with the checkpoint's weights,
+    g_s grown when ``--synthesis-blocks`` asks for more blocks than it has. Updates
+    ``cfg.network`` to what was built."""
+    if ckpt is not None:
+        cfg.network = dict(ckpt["network"])  # shapes come from the checkpoint
+    # The rate range may be re-chosen, e.g. widened when fine-tuning (gains adapt to it).
+    for key in ("lmbda_min", "lmbda_max"):
+        if getattr(cfg, key) is not None:
+            cfg.network[key] = getattr(cfg, key)
+    blocks = cfg.synthesis_blocks
+    if ckpt is None and blocks is not None:
+        cfg.network["synthesis_blocks"] = blocks
+    model = VariableRateHyperprior(NetworkConfig(**cfg.network))
+    if ckpt is not None:
+        model.load_state_dict(ckpt["state_dict"])
+        if blocks is not None and blocks != model.config.synthesis_blocks:
+            model = grow_synthesis(model, blocks)  # raises when asked to shrink
+            cfg.network = model.config.to_dict()
+            log(f"g_s grown to {blocks} refinement block(s) per stage (identity at first)")
+    return model
+
+
+@dataclass
+class Segment:
+    """Where training stands in its segment (a run of ``cfg.steps`` with one lr schedule)."""
+
+    step: int = 0  # global step
+    run_start: int = 0  # global step the segment began at
+    best_val: float = float("inf")  # the best held-out score so far (what ``_objective`` measures)
+    continuing: bool = False  # resumed in the middle of an interrupted segment
+
+
+@dataclass
+class Streams:
+    """The run's random streams: crops, noise, qualities (all in the checkpoint)."""
+
+    sampler: CropSampler
+    noise: torch.Generator
+    quality: torch.Generator
+
+    def state(self) -> dict:
+        return {"sampler_rng": self.sampler.state(), "torch_rng": torch.get_rng_state(),
+                "noise_rng": self.noise.get_state(), "quality_rng": self.quality.get_state()}
+
+    def restore(self, ckpt: dict, log) -> None:
+        self.sampler.set_state(ckpt["sampler_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        try:
+            self.noise.set_state(ckpt["noise_rng"])
+        except RuntimeError:  # interrupted on another kind of device: its generator state does not fit
+            log("noise generator state is from another device; reseeded")
+        self.quality.set_state(ckpt["quality_rng"])
+
+
+def restore(ckpt: dict, cfg: TrainConfig, model: VariableRateHyperprior, optimizer, aux_optimizer,
+            streams: Streams, new_segment: bool) -> Segment:
+    """Continue an interrupted segment exactly (its schedule, optimiser state and random streams),
+    or start a new segment from the checkpoint's weights, keeping Adam's moments where they fit."""
+    seg = Segment(step=int(ckpt["step"]), run_start=int(ckpt.get("run_start", 0)),
+                  best_val=float(ckpt.get("best_val", float("inf"))))
+    prev_run = ckpt["train_config"]
+    # Adam's state fits only the same set of trained parameters.
+    same_params = (bool(prev_run.get("decoder_only", False)) == cfg.decoder_only
+                   and int(ckpt["network"].get("synthesis_blocks", 0)) == model.config.synthesis_blocks)
+    if not new_segment and same_params and "optimizer" in ckpt and seg.step - seg.run_start < int(prev_run["steps"]):
+        seg.continuing = True  # an interrupted segment: same schedule, same optimiser state
+        cfg.steps, cfg.lr, cfg.warmup_steps = int(prev_run["steps"]), float(prev_run["lr"]), int(prev_run["warmup_steps"])
+        cfg.lr_final_fraction = float(prev_run["lr_final_fraction"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        return seg
+    seg.run_start = seg.step  # the previous segment finished (or --new-segment): new schedule
+    if _objective(prev_run) != _objective(asdict(cfg)):
+        # A different task (e.g. denoising fine-tuned from the clean codec): the old validation
+        # loss measured something else, so it cannot gate best.pt.
+        seg.best_val = float("inf")
+    if "optimizer" in ckpt and same_params:
+        optimizer.load_state_dict(ckpt["optimizer"])  # keep Adam's moments, not its lr
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+    if "aux_optimizer" in ckpt:
+        aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+    return seg
+
+
+class Pacer:
+    """Fits a time-budgeted segment to its budget. The pace of steps SIZE_FROM..SIZE_AT (after
+    warm-up and autotuning) sizes it; then, at each validation, the pace of the window since the
+    last re-fit sizes what is left: shorter when the steps slowed down (a second run sharing the
+    GPU finishing its compile, say), longer when they sped up (sized beside a job that has since
+    ended). The segment ends at once, to be validated and saved, if the deadline passes anyway."""
+
+    GROW = 1.1  # lengthen only when at least this many more steps fit: the cosine then moves little
+
+    def __init__(self, cfg: TrainConfig, seg: Segment, t_start: float, log) -> None:
+        self.cfg, self.seg, self.log = cfg, seg, log
+        self.t_start = t_start
+        self.sized = cfg.time_budget_s <= 0 or seg.continuing  # a continued segment keeps its plan
+        self.deadline = None if self.sized else t_start + cfg.time_budget_s
+        self.t_window, self.step_window, self.t_measure = t_start, seg.step, t_start
+
+    @property
+    def end(self) -> int:
+        return self.seg.run_start + self.cfg.steps
+
+    def after_step(self) -> bool:
+        """Called after each step; True when the segment's length changed."""
+        cfg, step, done = self.cfg, self.seg.step, self.seg.step - self.seg.run_start
+        now, changed = time.monotonic(), False
+        if not self.sized and done == SIZE_FROM:
+            self.t_measure = now
+        if not self.sized and done == SIZE_AT:
+            per_step = (now - self.t_measure) / (SIZE_AT - SIZE_FROM)
+            cfg.time_budget_s -= now - self.t_start - SIZE_AT * per_step
+            cfg.steps = max(SIZE_AT + 1, int(cfg.time_budget_s / per_step * 0.97))
+            self.sized, changed = True, True
+            self.t_window, self.step_window = now, step
+            self.log(f"\n{per_step * 1000:.1f} ms/step -> {cfg.steps} steps in {cfg.time_budget_s:.0f} s")
+        elif (self.deadline is not None and self.sized and step % cfg.val_every == 0
+                and step - self.step_window >= SIZE_FROM):
+            # The last window holds one validation, as the rest of the segment will: its pace is the pace.
+            per_step = (now - self.t_window) / (step - self.step_window)
+            self.t_window, self.step_window = now, step
+            fits = done + int((self.deadline - now) / per_step * 0.97)
+            if fits < cfg.steps or fits > self.GROW * cfg.steps:
+                self.log(f"\n{'slower' if fits < cfg.steps else 'faster'} than planned: "
+                         f"{per_step * 1000:.1f} ms/step -> {max(done + 1, fits)} steps")
+                cfg.steps, changed = max(done + 1, fits), True
+        if self.deadline is not None and step < self.end and now > self.deadline:
+            self.log(f"\ntime budget spent at step {step}: ending the segment here")
+            cfg.steps, changed = done, True
+        return changed
+
+
+def train_step(model, forward, batch: tuple, cfg: TrainConfig, optimizer, aux_optimizer,
+               main_params: list, autocast_dtype) -> dict | None:
+    """One optimisation step on ``batch`` = (input, target, quality, weight); the losses, or None
+    when the loss was not finite and the batch was dropped."""
+    x_in, x, quality, weight = batch
+    out = forward(x_in, quality, autocast_dtype=autocast_dtype)
+    losses = rd_loss(model, out, x, quality, weight, cfg.decoder_only)
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(losses["loss"]):
+        return None
+    losses["loss"].backward()
+    if cfg.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_grad_norm)
+    optimizer.step()
+    if not cfg.decoder_only:  # the quantiles set z's medians: frozen with the rest of the coder
+        aux_loss = model.aux_loss()
+        aux_optimizer.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        aux_optimizer.step()
+    return losses
+
+
 def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: bool = False) -> Path:
+    """One training segment (module docstring); returns the path of best.pt."""
     if cfg.crop <= 0 or cfg.crop % DOWNSAMPLE:
         raise ValueError(f"crop {cfg.crop} is not a positive multiple of {DOWNSAMPLE}: the hyper-latent of a crop "
                          f"is 1/{DOWNSAMPLE} of its side, so use e.g. 128, 192 or 256")
     if cfg.synthesis_blocks is not None and cfg.synthesis_blocks < 0:
         raise ValueError(f"synthesis_blocks must be 0 or more, got {cfg.synthesis_blocks}")
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     else:
@@ -339,23 +492,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     out_dir.mkdir(parents=True, exist_ok=True)
 
     ckpt = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
-    if ckpt is not None:
-        cfg.network = dict(ckpt["network"])  # shapes come from the checkpoint
-    # The rate range may be re-chosen, e.g. widened when fine-tuning (gains adapt to it).
-    for key in ("lmbda_min", "lmbda_max"):
-        if getattr(cfg, key) is not None:
-            cfg.network[key] = getattr(cfg, key)
-    blocks = cfg.synthesis_blocks
-    if ckpt is None and blocks is not None:
-        cfg.network["synthesis_blocks"] = blocks
     torch.manual_seed(cfg.seed)
-    model = VariableRateHyperprior(NetworkConfig(**cfg.network))
-    if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
-        if blocks is not None and blocks != model.config.synthesis_blocks:
-            model = grow_synthesis(model, blocks)  # raises when asked to shrink
-            cfg.network = model.config.to_dict()
-            log(f"g_s grown to {blocks} refinement block(s) per stage (identity at first)")
+    model = build_model(cfg, ckpt, log)
     model.to(device).to(memory_format=torch.channels_last)
     model.train()
     if cfg.decoder_only:
@@ -364,158 +502,93 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     optimizer = torch.optim.Adam(main_params, lr=cfg.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
 
-    files = list_images(Path(cfg.data))
-    train_files, val_files = split_holdout(files, cfg.holdout_every)
-    sampler = CropSampler(train_files, cfg.crop, device, cfg.seed)
+    train_files, val_files = split_holdout(list_images(Path(cfg.data)), cfg.holdout_every)
+    streams = Streams(CropSampler(train_files, cfg.crop, device, cfg.seed),
+                      torch.Generator(device=device).manual_seed(cfg.seed + 1),
+                      torch.Generator().manual_seed(cfg.seed + 2))
     val_images = [load_rgb(f) for f in val_files]
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    qgen = torch.Generator().manual_seed(cfg.seed + 2)
     log(f"device={device} train_images={len(train_files)} val_images={len(val_files)} "
         f"params={sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
 
-    step, run_start, best_val = 0, 0, float("inf")
-    continuing = False
+    seg = Segment()
     if ckpt is not None:
-        step = int(ckpt["step"])
-        best_val = float(ckpt.get("best_val", float("inf")))
-        prev_run = ckpt["train_config"]
-        run_start = int(ckpt.get("run_start", 0))
-        # Adam's state fits only the same set of trained parameters.
-        same_params = (bool(prev_run.get("decoder_only", False)) == cfg.decoder_only
-                       and int(ckpt["network"].get("synthesis_blocks", 0)) == model.config.synthesis_blocks)
-        if not new_segment and same_params and "optimizer" in ckpt and step - run_start < int(prev_run["steps"]):
-            continuing = True  # an interrupted segment: same schedule, same optimiser state
-            cfg.steps, cfg.lr, cfg.warmup_steps = int(prev_run["steps"]), float(prev_run["lr"]), int(prev_run["warmup_steps"])
-            cfg.lr_final_fraction = float(prev_run["lr_final_fraction"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-            sampler.set_state(ckpt["sampler_rng"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            try:
-                noise_gen.set_state(ckpt["noise_rng"])
-            except RuntimeError:  # interrupted on another kind of device: its generator state does not fit
-                log("noise generator state is from another device; reseeded")
-            qgen.set_state(ckpt["quality_rng"])
-        else:
-            run_start = step  # the previous segment finished (or --new-segment): new schedule
-            if _objective(prev_run) != _objective(asdict(cfg)):
-                # A different task (e.g. denoising fine-tuned from the clean codec): the old
-                # validation loss measured something else, so it cannot gate best.pt.
-                best_val = float("inf")
-            if "optimizer" in ckpt and same_params:
-                optimizer.load_state_dict(ckpt["optimizer"])  # keep Adam's moments, not its lr
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr
-            if "aux_optimizer" in ckpt:
-                aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-        log(f"resumed from {resume} at step {step} ({'continuing its segment' if continuing else 'new segment'})")
+        seg = restore(ckpt, cfg, model, optimizer, aux_optimizer, streams, new_segment)
+        if seg.continuing:
+            streams.restore(ckpt, log)
+        log(f"resumed from {resume} at step {seg.step} ({'continuing its segment' if seg.continuing else 'new segment'})")
 
-    def state() -> dict:
-        return {"step": step, "run_start": run_start, "best_val": best_val,
-                "sampler_rng": sampler.state(), "torch_rng": torch.get_rng_state(),
-                "noise_rng": noise_gen.get_state(), "quality_rng": qgen.get_state()}
+    def save(name: str) -> None:
+        save_training_checkpoint(out_dir / name, model, optimizer, aux_optimizer,
+                                 {"step": seg.step, "run_start": seg.run_start, "best_val": seg.best_val,
+                                  **streams.state()}, cfg)
 
     autocast_dtype = torch.bfloat16 if cfg.bf16 else None
     t_start = time.monotonic()  # the time budget includes compiling
     forward = compile_forward(model, cfg.batch_size, cfg.crop, device, autocast_dtype, log) if cfg.compile else model
+    pacer = Pacer(cfg, seg, t_start, log)
     last_save = time.monotonic()
-    budget_sized = cfg.time_budget_s <= 0 or continuing
-    # Sized runs end by this time even when the steps slow down after sizing (a second run sharing
-    # the GPU finishing its compile, say): the plan is re-fitted at each validation, and the segment
-    # ends at once, validated and saved, if the deadline passes anyway.
-    deadline = None if budget_sized else t_start + cfg.time_budget_s
-    t_window, step_window = t_start, step
-
-    def replan(steps: int) -> None:
-        nonlocal end
-        cfg.steps = steps
-        end = run_start + steps
-        bar.total = steps
-
-    ema = None
-    skipped = 0
-    end = run_start + cfg.steps
+    ema, skipped = None, 0
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step - run_start, desc="train", file=sys.stdout,
+    bar = tqdm(total=cfg.steps, initial=seg.step - seg.run_start, desc="train", file=sys.stdout,
                mininterval=5.0, dynamic_ncols=False, ncols=110)
-    while step < end:
+    while seg.step < pacer.end:
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(step - run_start, cfg)
-        x = sampler.sample(cfg.batch_size).contiguous(memory_format=torch.channels_last)
-        quality = torch.rand(cfg.batch_size, generator=qgen).to(device)
-        weight = None
-        x_in = x
-        if cfg.noise_sigma_max > 0:
-            x_in, sigma = corrupt(x, cfg.noise_sigma_max, cfg.noise_jpeg_prob, noise_gen)
-            weight = noise_weight(sigma) if cfg.noise_balance else None
-        out = forward(x_in, quality, autocast_dtype=autocast_dtype)
-        losses = rd_loss(model, out, x, quality, weight, cfg.decoder_only)
-        optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(losses["loss"]):
+            g["lr"] = lr_at(seg.step - seg.run_start, cfg)
+        batch = draw_batch(streams, cfg)
+        losses = train_step(model, forward, batch, cfg, optimizer, aux_optimizer, main_params, autocast_dtype)
+        if losses is None:
             # A rare bf16 overflow must not poison Adam's moments: drop the batch, keep going.
             skipped += 1
-            log(f"\nstep {step}: non-finite loss, batch skipped ({skipped} so far)")
+            log(f"\nstep {seg.step}: non-finite loss, batch skipped ({skipped} so far)")
             if skipped > 50:
                 raise FloatingPointError("more than 50 non-finite losses: lower --lr or disable --bf16")
             continue
-        losses["loss"].backward()
-        if cfg.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_grad_norm)
-        optimizer.step()
-        if not cfg.decoder_only:  # the quantiles set z's medians: frozen with the rest of the coder
-            aux_loss = model.aux_loss()
-            aux_optimizer.zero_grad(set_to_none=True)
-            aux_loss.backward()
-            aux_optimizer.step()
-        step += 1
+        seg.step += 1
         bar.update(1)
-
-        vals = {k: v.item() for k, v in losses.items() if k != "mse"} if step % 20 == 0 else None
-        if vals:
+        if seg.step % 20 == 0:
+            vals = {k: v.item() for k, v in losses.items() if k != "mse"}
             ema = vals if ema is None else {k: 0.9 * ema[k] + 0.1 * vals[k] for k in vals}
             bar.set_postfix(loss=f"{ema['loss']:.3f}", bpp=f"{ema['bpp']:.3f}", psnr=f"{ema['psnr']:.2f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-        if not budget_sized and step - run_start == SIZE_FROM:
-            t_measure = time.monotonic()
-        if not budget_sized and step - run_start == SIZE_AT:
-            # Measure steady-state speed after warm-up (cudnn autotuning makes the first steps
-            # slow), then fit the segment to what is left of the time budget.
-            per_step = (time.monotonic() - t_measure) / (SIZE_AT - SIZE_FROM)
-            cfg.time_budget_s -= time.monotonic() - t_start - SIZE_AT * per_step
-            replan(max(SIZE_AT + 1, int(cfg.time_budget_s / per_step * 0.97)))
-            budget_sized = True
-            t_window, step_window = time.monotonic(), step
-            log(f"\n{per_step * 1000:.1f} ms/step -> {cfg.steps} steps in {cfg.time_budget_s:.0f} s")
-        elif deadline is not None and budget_sized and step % cfg.val_every == 0 and step - step_window >= SIZE_FROM:
-            # The last window holds one validation, as the rest of the segment will: its pace is the pace.
-            now = time.monotonic()
-            per_step = (now - t_window) / (step - step_window)
-            t_window, step_window = now, step
-            fits = step - run_start + int((deadline - now) / per_step * 0.97)
-            if fits < cfg.steps:
-                replan(max(step - run_start + 1, fits))
-                log(f"\nslower than planned: {per_step * 1000:.1f} ms/step -> {cfg.steps} steps")
-        if deadline is not None and step < end and time.monotonic() > deadline:
-            log(f"\ntime budget spent at step {step}: ending the segment here")
-            replan(step - run_start)
+        if pacer.after_step():
+            bar.total = cfg.steps
 
-        is_last = step == end
-        if step % cfg.val_every == 0 or is_last:
-            v = validate(model, val_images, device,
-                         (cfg.noise_sigma_max / 2, 0.0) if cfg.noise_sigma_max > 0 else None)
-            pq = " ".join(f"q{q:.2f}:{r['bpp']:.3f}bpp/{r['psnr']:.2f}dB" for q, r in v["per_quality"].items())
-            log(f"\nstep {step} val_loss {v['loss']:.4f} mean_psnr {v['psnr']:.3f} {pq}")
-            with open(out_dir / "val.jsonl", "a") as fh:
-                fh.write(json.dumps({"step": step, "time_s": time.monotonic() - t_start, **v}) + "\n")
-            score = -v["psnr"] if cfg.decoder_only else v["loss"]  # what this run's objective selects by
-            if score < best_val:
-                best_val = score
-                save_training_checkpoint(out_dir / "best.pt", model, optimizer, aux_optimizer, state(), cfg)
+        is_last = seg.step == pacer.end
+        if seg.step % cfg.val_every == 0 or is_last:
+            if validate_and_log(model, val_images, device, cfg, seg, out_dir, t_start, log):
+                save("best.pt")
         if is_last or time.monotonic() - last_save > cfg.checkpoint_every_s:
-            save_training_checkpoint(out_dir / "last.pt", model, optimizer, aux_optimizer, state(), cfg)
+            save("last.pt")
             last_save = time.monotonic()
     bar.close()
     what = "minus mean PSNR" if cfg.decoder_only else "loss"
-    log(f"done at step {step}; best held-out val {what} {best_val:.4f}; checkpoints in {out_dir}")
+    log(f"done at step {seg.step}; best held-out val {what} {seg.best_val:.4f}; checkpoints in {out_dir}")
     return out_dir / "best.pt"
+
+
+def draw_batch(streams: Streams, cfg: TrainConfig) -> tuple:
+    """(input, target, quality, distortion weight or None): clean crops, their qualities, and for
+    denoising the corrupted input and ``noise_weight``."""
+    x = streams.sampler.sample(cfg.batch_size).contiguous(memory_format=torch.channels_last)
+    quality = torch.rand(cfg.batch_size, generator=streams.quality).to(x.device)
+    if cfg.noise_sigma_max <= 0:
+        return x, x, quality, None
+    x_in, sigma = corrupt(x, cfg.noise_sigma_max, cfg.noise_jpeg_prob, streams.noise)
+    return x_in, x, quality, noise_weight(sigma) if cfg.noise_balance else None
+
+
+def validate_and_log(model, val_images: list, device: torch.device, cfg: TrainConfig, seg: Segment,
+                     out_dir: Path, t_start: float, log) -> bool:
+    """Validate, log a line and append it to val.jsonl; True (and ``seg.best_val`` updated) when
+    it is the best so far by what this run's objective selects."""
+    v = validate(model, val_images, device, (cfg.noise_sigma_max / 2, 0.0) if cfg.noise_sigma_max > 0 else None)
+    pq = " ".join(f"q{q:.2f}:{r['bpp']:.3f}bpp/{r['psnr']:.2f}dB" for q, r in v["per_quality"].items())
+    log(f"\nstep {seg.step} val_loss {v['loss']:.4f} mean_psnr {v['psnr']:.3f} {pq}")
+    with open(out_dir / "val.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": seg.step, "time_s": time.monotonic() - t_start, **v}) + "\n")
+    score = -v["psnr"] if cfg.decoder_only else v["loss"]
+    if score < seg.best_val:
+        seg.best_val = score
+        return True
+    return False

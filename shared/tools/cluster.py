@@ -1,7 +1,7 @@
 """``latentwire cluster`` (``make cluster``): cluster mode on one machine, every part a real process.
 
 Starts NATS with JetStream, PostgreSQL and SeaweedFS's S3 gateway from the installed packages
-(shared/engines.py; data under ``--work-dir``), then one sender publishing to JetStream and
+(shared/tools/engines.py; data under ``--work-dir``), then one sender publishing to JetStream and
 ``--workers`` receivers that share its consumer, keep their index in PostgreSQL and their PNGs and
 codes in S3. It sends the sample images, waits until every one is stored, prints the URLs, and
 keeps everything up until Ctrl-C (or exits with ``--once``). It is
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from shared.demo import SAMPLES
+from shared.tools import SAMPLES
 
 
 def add_parser(sub) -> None:
@@ -34,8 +34,8 @@ def add_parser(sub) -> None:
 def run_cluster(args) -> int:
     import httpx
 
-    from shared.engines import NatsServer, PostgresServer, S3Server
-    from shared.launcher import Cluster
+    from shared.tools.engines import NatsServer, PostgresServer, S3Server
+    from shared.tools.launcher import Cluster
 
     if args.workers < 1:
         print("latentwire cluster: --workers must be at least 1", file=sys.stderr)

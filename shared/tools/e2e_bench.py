@@ -25,8 +25,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-SAMPLES = Path(__file__).resolve().parent.parent / "tests" / "data" / "samples"
-
 
 def run_e2e(images_dir: Path, n: int, concurrency: int, quality: float, threads: int, preview: bool = True) -> dict:
     import httpx
@@ -34,7 +32,7 @@ def run_e2e(images_dir: Path, n: int, concurrency: int, quality: float, threads:
 
     from shared.codec import Codec
     from shared.images import load_image, psnr
-    from shared.launcher import ServicePair
+    from shared.tools.launcher import ServicePair
 
     files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     uploads = [files[i % len(files)].read_bytes() for i in range(n)]

@@ -10,14 +10,14 @@
 Every number is measured on real bytes in this run, on the same images:
   * ours: ``len(Codec.encode(...).data)`` (the whole .lw container) at each ``--qualities`` point;
     with ``--budgets``, also ``<ours>@budget``: ``Codec.encode(max_bytes=bpp * H * W / 8)`` at each
-    of those bpp, which may code a picture at a reduced size (RESOLUTION in shared/codec.py);
+    of those bpp, which may code a picture at a reduced size (shared/resolution.py);
   * Pillow JPEG (optimize=True), WebP (method=6) and AVIF (speed 6), each over a quality sweep;
-  * the two seed-idea baselines of ``shared.baselines`` (PCA + rANS, plain autoencoder + zlib).
+  * the two seed-idea baselines of ``shared.tools.baselines`` (PCA + rANS, plain autoencoder + zlib).
 Per image and setting: bpp = 8 * bytes / (H * W); PSNR-RGB on the 8-bit decoded image; MS-SSIM
 (pytorch_msssim, data_range=1; undefined, so null, for images with a side of 160 px or less);
 encode and decode ms (wall clock, or with ``--timing cpu`` this process's CPU time). Curves
 average per-image values per setting, as CompressAI's ``eval_model`` does. BD-rate
-(``shared.rd``) compares every codec with JPEG and with AVIF.
+(``shared.tools.rd``) compares every codec with JPEG and with AVIF.
 
 ``--noise SIGMA`` adds Gaussian noise (0-255 scale, seeded by the image's file name) to every
 codec's input while PSNR and MS-SSIM are still measured against the clean image. The table then
@@ -27,7 +27,7 @@ denoiser (scikit-image non-local means, its strength tuned per sigma on BSDS500 
 from training, never on the evaluation set) followed by AVIF; (e) with ``--denoise-model``, the
 denoising checkpoint. Denoising curves flatten, so besides BD-rate the report compares each
 codec with (d) point by point: at every rate (d) spends, the best PSNR the codec reaches with no
-more bits (``shared.rd.psnr_at_rate``). ``--grid IMAGE`` draws noisy / (d) / ours / clean crops
+more bits (``shared.tools.rd.psnr_at_rate``). ``--grid IMAGE`` draws noisy / (d) / ours / clean crops
 of one image into grid.png.
 
 Outputs in --out: results.json ({"codecs": {key: CompressAI-layout entry}, "bd_rate": ...}),
@@ -60,7 +60,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".p
 
 
 def add_parser(sub) -> None:
-    from shared.cli import _add_model_args
+    from shared.tools.cli import _add_model_args
 
     p = sub.add_parser("eval", help="rate-distortion of the codec and baselines on a folder of images",
                        description=__doc__.split("\n")[0])
@@ -177,7 +177,8 @@ def _pillow(key: str, fmt: str, qualities, options: dict, description: str) -> C
 
 
 def baseline_contenders(models_dir: Path) -> list[Contender]:
-    from shared.baselines import AE_LATENT_CHANNELS, PCA_FILE, PCA_SETTINGS, PCABasis, PCACodec, PlainAutoencoder
+    from shared.tools.baselines import (AE_LATENT_CHANNELS, PCA_FILE, PCA_SETTINGS, PCABasis, PCACodec,
+                                        PlainAutoencoder)
 
     basis = PCABasis.load(models_dir / PCA_FILE)
     pca = [PCACodec(basis, k, step) for k, step in PCA_SETTINGS]
@@ -237,13 +238,10 @@ def nlm_denoise(rgb, sigma: float, h: float):
 
 
 def _pillow_decode(data):
-    import io
+    from shared.images import load_image
 
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return np.array(im.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy warns otherwise
+    # A contender's own output, the size of an image --max-side already admitted: no limit of its own.
+    return load_image(data, max_side=sys.maxsize).rgb  # writable: torch.from_numpy warns otherwise
 
 
 # ---- measuring ----------------------------------------------------------------------------
@@ -334,7 +332,7 @@ def summarise(contenders: list[Contender], rows: list[Row]) -> dict:
 
 def bd_rates(codecs: dict, references: list, ours: str, method: str = "pchip") -> dict:
     """BD-rate (%) of every codec against each measured anchor, and of ours against references."""
-    from shared.rd import bd_rate, curve_from_results
+    from shared.tools.rd import bd_rate, curve_from_results
 
     curves = {k: curve_from_results(v) for k, v in codecs.items()}
     anchors = {a: {k: bd_rate(curves[a], curves[k], method) for k in curves} for a in BD_ANCHORS if a in curves}
@@ -346,7 +344,7 @@ def bd_rates(codecs: dict, references: list, ours: str, method: str = "pchip") -
 def equal_rate_comparison(codecs: dict, anchor: str) -> dict:
     """Per codec: at each rate the anchor spends, the best PSNR the codec reaches with at most that
     many bits, and the difference (None where the codec has no point that cheap)."""
-    from shared.rd import curve_from_results, psnr_at_rate
+    from shared.tools.rd import curve_from_results, psnr_at_rate
 
     a = codecs[anchor]["results"]
     out = {}
@@ -544,13 +542,13 @@ def _cmd_eval(args) -> int:
 
     from shared.checkpoint import DEFAULT_MODELS_DIR
     from shared.images import load_image, psnr
-    from shared.rd import load_curves
+    from shared.tools.rd import load_curves
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     models_dir = args.models_dir or DEFAULT_MODELS_DIR
     if args.train_baselines:
-        from shared.baselines import train_baselines
+        from shared.tools.baselines import train_baselines
 
         train_baselines(args.train_baselines, models_dir, steps=args.train_steps)
         if args.dir is None:
@@ -563,7 +561,7 @@ def _cmd_eval(args) -> int:
         return 2
     qualities = parse_qualities(args.qualities)
 
-    from shared.cli import _load_codec
+    from shared.tools.cli import _load_codec
 
     codec = _load_codec(args)
     contenders = [learned_contender(codec, qualities)]

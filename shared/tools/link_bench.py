@@ -5,8 +5,8 @@ fixed quality.
                           [--quality 0.5] [--images DIR] [--size 768x512] [--delay-s 0.05]
                           [--drain-s 2xtarget] [--model NAME --models-dir DIR] [--threads 2] [--no-avif]
 
-For each link rate: a receiver and a sender as real processes on loopback (shared/launcher.py), the
-sender's POSTs going through shared/link_emulator.py at that rate (and ``--delay-s`` each way);
+For each link rate: a receiver and a sender as real processes on loopback (shared/tools/launcher.py), the
+sender's POSTs going through shared/tools/link_emulator.py at that rate (and ``--delay-s`` each way);
 the sender has ``LATENTWIRE_SENDER_LATENCY_TARGET_S`` = ``--target-s``. Two runs, one after the
 other on the same pair: ``auto`` (uploads with quality=auto), then ``q=<quality>`` (uploads at the
 fixed quality). Each offers ``--rate`` images per second for ``--duration-s`` (the images of
@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SAMPLES = Path(__file__).resolve().parent.parent / "tests" / "data" / "samples"
+from shared.tools import SAMPLES
+
 UPLOAD_WORKERS = 8  # uploads in flight at once: the offer keeps its rate while the sender encodes
 
 
@@ -94,8 +95,8 @@ def run_link_bench(kbps_list: list[float], rate_per_s: float, target_s: float, d
                    quality: float, images: list, drain_s: float, delay_s: float = 0.05,
                    model: str | None = None, models_dir: Path | None = None, threads: int = 2,
                    avif: bool = True) -> list[Row]:
-    from shared.launcher import ServicePair, free_port
-    from shared.link_emulator import LinkEmulator
+    from shared.tools.launcher import ServicePair, free_port
+    from shared.tools.link_emulator import LinkEmulator
 
     pngs = [_png(rgb) for rgb in images]
     rows = []

@@ -2,9 +2,9 @@
 
     latentwire bench codec      encode/decode ms vs CompressAI (below)
     latentwire bench overhead   rANS bytes and container vs the entropy model's own estimate
-    latentwire bench e2e        images through real sender + receiver processes (shared/e2e_bench.py)
-    latentwire bench soak       both services under bounded steady load: rate, latency, RSS (shared/soak.py)
-    latentwire bench link       quality=auto vs a fixed quality through emulated thin links (shared/link_bench.py)
+    latentwire bench e2e        images through real sender + receiver processes (e2e_bench.py)
+    latentwire bench soak       both services under bounded steady load: rate, latency, RSS (soak.py)
+    latentwire bench link       quality=auto vs a fixed quality through emulated thin links (link_bench.py)
     latentwire bench train      training step time, eager vs torch.compile (below)
 
 ``latentwire bench codec``: encode/decode latency of the shipped codec against CompressAI's
@@ -34,12 +34,14 @@ import sys
 import time
 from pathlib import Path
 
+from shared.tools import SAMPLES
+
 BENCH_SIZE = (768, 512)  # (width, height): Kodak's landscape size
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "samples" / "kodim01_half.png"
+DEFAULT_IMAGE = SAMPLES / "kodim01_half.png"
 
 
 def add_parser(sub) -> None:
-    from shared.cli import _add_model_args
+    from shared.tools.cli import _add_model_args
 
     p = sub.add_parser("bench", help="benchmarks: codec latency, coder overhead, end-to-end services, training steps")
     bench = p.add_subparsers(dest="bench", required=True)
@@ -64,13 +66,13 @@ def add_parser(sub) -> None:
                    help="upload with preview=false: the sender skips its own decode, JPEG comparison and previews")
     e.set_defaults(func=_cmd_e2e)
 
-    from shared.soak import add_arguments as add_soak_arguments
+    from shared.tools.soak import add_arguments as add_soak_arguments
 
     s = bench.add_parser("soak", help="both services under bounded steady load: rate, latency, errors, RSS")
     add_soak_arguments(s)
     s.set_defaults(func=_cmd_soak)
 
-    from shared.link_bench import add_arguments as add_link_arguments
+    from shared.tools.link_bench import add_arguments as add_link_arguments
 
     k = bench.add_parser("link", help="quality=auto vs a fixed quality through emulated thin links: delivered, "
                                       "latency, PSNR, bytes")
@@ -95,7 +97,7 @@ def add_parser(sub) -> None:
 
 
 def _cmd_e2e(args) -> int:
-    from shared.e2e_bench import SAMPLES, print_report, run_e2e
+    from shared.tools.e2e_bench import print_report, run_e2e
 
     report = run_e2e(args.images or SAMPLES, args.count, args.concurrency, args.quality, args.threads,
                      preview=not args.no_preview)
@@ -104,13 +106,13 @@ def _cmd_e2e(args) -> int:
 
 
 def _cmd_soak(args) -> int:
-    from shared.soak import command
+    from shared.tools.soak import command
 
     return command(args)
 
 
 def _cmd_link(args) -> int:
-    from shared.link_bench import command
+    from shared.tools.link_bench import command
 
     return command(args)
 
@@ -119,8 +121,8 @@ def _cmd_overhead(args) -> int:
     """Acceptance check: container bytes <= 1.02 x the model's likelihood estimate + 100."""
     import torch
 
-    from shared.cli import _load_codec
     from shared.images import load_image
+    from shared.tools.cli import _load_codec
 
     codec = _load_codec(args)
     qualities = [float(q) for q in args.qualities.split(",")]
@@ -186,8 +188,8 @@ def _cmd_codec(args) -> int:
     import torch
     from compressai.zoo import bmshj2018_hyperprior
 
-    from shared.cli import _load_codec
     from shared.network import pad_to_multiple
+    from shared.tools.cli import _load_codec
 
     if args.runs < 5:
         print("latentwire bench codec: --runs must be at least 5", file=sys.stderr)
@@ -235,14 +237,15 @@ def _cmd_train(args) -> int:
 
     import torch
 
+    from shared.codec import resolve_device
     from shared.network import DOWNSAMPLE, NetworkConfig, VariableRateHyperprior
-    from shared.train import compile_forward, parameter_groups, pick_device, rd_loss
+    from shared.tools.train import compile_forward, parameter_groups, rd_loss
 
     if args.steps < 5 or args.crop <= 0 or args.crop % DOWNSAMPLE:
         print(f"latentwire bench train: --steps must be at least 5 and --crop a multiple of {DOWNSAMPLE}",
               file=sys.stderr)
         return 2
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
     autocast_dtype = None if args.no_bf16 else torch.bfloat16

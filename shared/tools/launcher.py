@@ -1,7 +1,7 @@
 """Start the receiver and sender as real processes on loopback ports, and stop them.
 
 Used by ``latentwire demo``, ``latentwire bench e2e`` / ``bench link`` and the end-to-end tests: each service is
-its own ``python -m shared.cli ...`` process, talking real HTTP, with its own store on disk.
+its own ``python -m shared.tools.cli ...`` process, talking real HTTP, with its own store on disk.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from shared.tools import ROOT
 
 
 def free_port() -> int:
@@ -59,7 +61,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *self.args], env=self.env, stdout=log,
+            [sys.executable, "-m", "shared.tools.cli", *self.args], env=self.env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -91,8 +93,7 @@ def service_env(secret: str, extra: dict[str, str] | None = None) -> dict[str, s
     """The environment of a service process: ours minus any LATENTWIRE_* setting, plus the secret."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTWIRE_")}
     env.update({"LATENTWIRE_SECRET": secret, "PYTHONUNBUFFERED": "1"}, **(extra or {}))
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 

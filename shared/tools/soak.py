@@ -4,7 +4,7 @@ and in requests, watching latency, errors, delivery and memory.
     latentwire bench soak [--duration-s 600] [--max-requests 100000] [-c 2] [--images DIR]
                           [--crop 128] [--quality 0.5] [--threads 1] [--sample-s 5] [--drain-s 300]
 
-Starts a receiver and a sender on loopback ports (``shared.launcher.ServicePair``, CPU), then C
+Starts a receiver and a sender on loopback ports (``shared.tools.launcher.ServicePair``, CPU), then C
 client threads each post one image at a time (round-robin over the images, or over their
 ``--crop`` x ``--crop`` tiles) until the duration or the request budget is spent; a client told
 503 + Retry-After waits that long, as a well-behaved one would. A sampler reads both processes'
@@ -28,9 +28,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.tools import SAMPLES
+
 WARMUP_FRACTION = 0.2  # memory before this point of the load is allocator and cache warm-up
 GROWTH_LIMIT = 0.10  # end RSS more than 10 % above the warm-up RSS counts as growth
-SAMPLES = Path(__file__).resolve().parent.parent / "tests" / "data" / "samples"
 
 
 # ---- pure parts: statistics and the memory verdict ------------------------------------------
@@ -231,7 +232,7 @@ def run_soak(images_dir: Path, duration_s: float, max_requests: int, concurrency
              models_dir: Path | None = None) -> SoakReport:
     import httpx
 
-    from shared.launcher import ServicePair
+    from shared.tools.launcher import ServicePair
 
     files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     if not files:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-SAMPLES = Path(__file__).resolve().parent.parent / "tests" / "data" / "samples"
+from shared.tools import SAMPLES
 
 
 def add_parser(sub) -> None:
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 def run_demo(args) -> int:
     import httpx
 
-    from shared.launcher import ServicePair
+    from shared.tools.launcher import ServicePair
 
     files = sorted(p for p in args.samples.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
     if not files:
@@ -107,8 +107,8 @@ def _send_noisy(client, path: Path) -> list[tuple[Path, dict, object]]:
 
     from PIL import Image
 
-    from shared.evaluate import add_noise
     from shared.images import load_image
+    from shared.tools.evaluate import add_noise
 
     clean = load_image(path).rgb
     buf = io.BytesIO()
@@ -123,19 +123,14 @@ def _send_noisy(client, path: Path) -> list[tuple[Path, dict, object]]:
 
 
 def _print_noisy(noisy: list, receiver_url: str) -> None:
-    import io
-
     import httpx
-    import numpy as np
-    from PIL import Image
 
-    from shared.images import psnr
+    from shared.images import load_image, psnr
 
     print(f"\nnoisy photo (sigma {NOISE_SIGMA:g}), quality 0.5, PSNR of the receiver's image against the clean one:")
     for path, img, clean in noisy:
         png = httpx.get(f"{receiver_url}/v1/images/{img['id']}.png", timeout=30).content
-        with Image.open(io.BytesIO(png)) as im:
-            stored = np.asarray(im.convert("RGB"))
+        stored = load_image(png).rgb
         print(f"  mode {img['mode']:<9} {img['bytes']:>7} bytes on the wire, {psnr(clean, stored):6.2f} dB vs clean")
 
 

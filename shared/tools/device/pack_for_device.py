@@ -1,11 +1,11 @@
 """Half-size copies of exported checkpoints, for a lent GPU's 64 MiB carry (README "Training on a
 lent GPU").
 
-    python tests/gpu/pack_for_device.py models/lw-vr-hyperprior-*.pt models/lw-vr-denoise-*.pt --out .carry
+    python -m shared.tools.device.pack_for_device models/lw-vr-hyperprior-*.pt models/lw-vr-denoise-*.pt --out .carry
 
-The two shipped checkpoints (23.8 and 28.5 MB) and the whole training folder (37.2 MB) do not fit in
-one call together. Packed, they do: every floating-point tensor of more than LARGE elements (the
-convolution weights, 99.8 % of the float bytes) is stored as float16, the entropy coder's CDF
+The two shipped checkpoints and the whole training folder do not fit in one call together (sizes
+in models/README.md and models/TRAINING.md). Packed, they do: every floating-point tensor of more
+than LARGE elements (the convolution weights, nearly all the float bytes) is stored as float16, the entropy coder's CDF
 tables are left out (export rebuilds them), everything else (gains, entropy-model parameters) is
 kept as it is. ``train --resume PACKED`` loads them into the float32 network, so training
 continues in float32 from weights rounded to 11 significant bits; the run exports float32
@@ -20,11 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
 
-import torch  # noqa: E402
-
-from shared.checkpoint import safe_load  # noqa: E402
+from shared.checkpoint import safe_load
+from shared.tools import ROOT
 
 LARGE = 4096
 CARRY_LIMIT = 64 << 20
@@ -73,7 +72,7 @@ def main() -> None:
     for source in args.checkpoints:
         target = pack(source, args.out)
         print(f"{source} ({source.stat().st_size / 1e6:.1f} MB) -> {target} ({target.stat().st_size / 1e6:.1f} MB)")
-    repo = Path(__file__).resolve().parents[2]
+    repo = ROOT
     wheels = sorted((repo / ".whl").glob("*.whl"))
     total = travel_bytes(repo, [args.out.resolve(), repo / ".data" / "full", *wheels])
     moved = [c for c in args.checkpoints if c.exists() and c.resolve().is_relative_to(repo)]

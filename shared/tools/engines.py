@@ -289,9 +289,8 @@ class PostgresServer(_Server):
 class S3Server(_Server):
     """SeaweedFS (``weed mini``: master, volume, filer and S3 gateway in one process), data in root/data.
 
-    ``weed mini`` starts in about a second and stops in two or three; ``weed server`` took 3.5 s to
-    start and 17 s to stop here. Volumes are capped at 16 MB and not preallocated; each bucket
-    takes one. One identity (``access_key`` / ``secret_key``, kept in root/s3.json) may do anything."""
+    ``weed mini`` starts and stops in a fraction of the time ``weed server`` takes. Volumes are
+    capped at 16 MB and not preallocated; each bucket takes one. One identity (``access_key`` / ``secret_key``, kept in root/s3.json) may do anything."""
 
     name = "s3"
     # every other listener weed mini opens, so none lands on a default port another server holds

@@ -1,7 +1,8 @@
-"""Decode, on this CPU, streams that tests/gpu/train_on_device.py encoded with g_a/h_a on a GPU.
+"""Decode, on this CPU, streams that train_on_device.py (beside this) encoded with g_a/h_a on a GPU.
 
-    python tests/gpu/check_device_streams.py runs/gpu1   (folder with weights_part*.pt, meta.pt,
-                                                          device_streams.msgpack; DATA = train dir)
+    python -m shared.tools.device.check_device_streams runs/gpu1 [DATA]
+        (runs/gpu1: the folder with weights_part*.pt, meta.pt, device_streams.msgpack;
+         DATA: the training folder, default ../shared/datasets/train)
 
 For each stream: decode with the CPU decoder (float64 entropy parameters, see shared/codec.py's
 device policy), re-encode the same image on the CPU, and compare PSNR of both reconstructions.
@@ -13,15 +14,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import msgpack
+import torch
 
-import msgpack  # noqa: E402
-import torch  # noqa: E402
-
-from shared.checkpoint import join_parts  # noqa: E402
-from shared.images import psnr  # noqa: E402
-from shared.network import NetworkConfig, VariableRateHyperprior, pad_to_multiple  # noqa: E402
-from shared.train import load_rgb  # noqa: E402
+from shared.checkpoint import join_parts
+from shared.images import psnr
+from shared.network import NetworkConfig, VariableRateHyperprior, pad_to_multiple
+from shared.tools.train import load_rgb
 
 
 def main(run_dir: Path, data_dir: Path) -> int:

@@ -36,7 +36,7 @@ import torch
 
 from shared.checkpoint import load_model, safe_load
 from shared.network import InferenceTransform, NetworkConfig, VariableRateHyperprior
-from shared.train import VAL_QUALITIES, list_images, load_rgb, split_holdout
+from shared.tools.train import VAL_QUALITIES, list_images, load_rgb, split_holdout
 
 LATENT_ALIGN = 4  # h_a halves twice: latent crops are multiples of 4
 

@@ -39,8 +39,8 @@ def _add_train(sub) -> None:
     p.add_argument("--lmbda-max", type=float, help="override the rate range's highest lambda")
     p.add_argument("--no-bf16", action="store_true", help="train the transforms in float32")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training forward: up to a minute to compile, then faster steps "
-                        "(0.577 -> 0.531 s per 8x192² step on a 2-core CPU: latentwire bench train)")
+                   help="torch.compile the training forward: slow to compile, then faster steps "
+                        "(`latentwire bench train` measures by how much on this machine)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA_MAX",
@@ -68,7 +68,7 @@ def _crop_size(text: str) -> int:
 
 
 def _cmd_train(args) -> int:
-    from shared.train import TrainConfig, train
+    from shared.tools.train import TrainConfig, train
 
     cfg = TrainConfig(
         data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
@@ -139,11 +139,11 @@ def _cmd_encode(args) -> int:
     original = args.image.stat().st_size
     print(f"{out}: {enc.nbytes} bytes, {enc.bpp:.3f} bpp, quality {enc.quality:.4f}, "
           f"{img.width}x{img.height}, {original / enc.nbytes:.1f}x smaller than {args.image.name}")
-    if enc.stream.coded_size is not None:  # RESOLUTION in shared/codec.py
+    if enc.stream.coded_size is not None:  # shared/resolution.py
         h, w = enc.stream.coded_size
         print(f"coded at {w}x{h} to fit the budget (format version {enc.stream.version}); "
               f"decodes to {img.width}x{img.height}")
-    if enc.noise is not None:  # a denoising model (CLEAN FIRST in shared/codec.py)
+    if enc.noise is not None:  # a denoising model (shared/clean_first.py)
         print(f"noise estimate {enc.noise:.1f} grey levels (rms); coded "
               + ("the model's clean reconstruction" if enc.cleaned else "the image as uploaded"))
     return 0
@@ -183,13 +183,13 @@ def _cmd_export(args) -> int:
 
 # Subcommands defined beside the code they run: (module, function adding the parser).
 _PLUGINS = (
-    ("shared.evaluate", "add_parser"),     # latentwire eval
-    ("shared.entropy_training", "add_parser"),  # latentwire train-entropy
-    ("shared.benchmark", "add_parser"),    # latentwire bench
+    ("shared.tools.evaluate", "add_parser"),     # latentwire eval
+    ("shared.tools.entropy_training", "add_parser"),  # latentwire train-entropy
+    ("shared.tools.benchmark", "add_parser"),    # latentwire bench
     ("receiver.cli", "add_parser"),        # latentwire receiver
     ("sender.cli", "add_parser"),          # latentwire sender
-    ("shared.demo", "add_parser"),         # latentwire demo
-    ("shared.cluster", "add_parser"),      # latentwire cluster
+    ("shared.tools.demo", "add_parser"),         # latentwire demo
+    ("shared.tools.cluster", "add_parser"),      # latentwire cluster
 )
 
 

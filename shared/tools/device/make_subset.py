@@ -1,29 +1,26 @@
 """Copy the part of a training folder that fits in a lent GPU's 64 MiB carry, keeping validation.
 
-    python tests/gpu/make_subset.py ../shared/datasets/train .data/sub --keep 7 [--offset 6]
+    python -m shared.tools.device.make_subset ../shared/datasets/train .data/sub --keep 7 [--offset 6]
 
 `latentwire train` holds out every 25th image by name. This keeps each held-out image and KEEP-1
 of the 24 training images that follow it (from the OFFSET-th on), so with ``--holdout-every KEEP``
 the run on the GPU holds out the very same images and its validation figures compare with the CPU
-runs'. With KEEP = 7 that is 140 of BSDS500's 500 images (about 10.4 MB), 120 of them for
-training: what fits beside the two shipped checkpoints (48 MB) and the wheels. Step OFFSET by
-KEEP-1 from one lent GPU to the next (0, 6, 12, 18) and four runs see every training image.
+runs'. With KEEP = 7 that is 140 of BSDS500's 500 images, 120 of them for training: what fits
+beside the two shipped checkpoints and the wheels. Step OFFSET by KEEP-1 from one lent GPU to the
+next (0, 6, 12, 18) and four runs see every training image.
 
-``--keep 25`` copies the whole folder (37.2 MB): it fits only when the main codec trains alone
+``--keep 25`` copies the whole folder: it fits only when the main codec trains alone
 (``RUNS=main HOLDOUT=25 bash tests/gpu/run_on_device.sh``) with the denoising checkpoint moved out
-of the working tree for that call, leaving about 1.4 MB of the 64 MiB.
+of the working tree for that call, and then only just (sizes in models/TRAINING.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from shared.train import HOLDOUT_EVERY, list_images, split_holdout  # noqa: E402
+from shared.tools.train import HOLDOUT_EVERY, list_images, split_holdout
 
 
 def main() -> None:

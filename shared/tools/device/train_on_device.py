@@ -1,34 +1,31 @@
 """One prepared GPU training run for a lent accelerator (see README "Training on a lent GPU";
 tests/gpu/run_on_device.sh runs two of these side by side).
 
-    python3 tests/gpu/train_on_device.py --data .data/sub --holdout-every 7 --out "$OUT/main" \
+    python3 -m shared.tools.device.train_on_device --data .data/sub --holdout-every 7 --out "$OUT/main" \
         --time-budget-s 360 --resume models/lw-vr-hyperprior-*.pt --lr 2e-4
     # the denoising model, fine-tuned from the shipped one (σ ~ U[0, 50], 10 % JPEG first):
-    python3 tests/gpu/train_on_device.py --data .data/sub --holdout-every 7 --out "$OUT/denoise" \
+    python3 -m shared.tools.device.train_on_device --data .data/sub --holdout-every 7 --out "$OUT/denoise" \
         --time-budget-s 360 --resume models/lw-vr-denoise-*.pt --noise 50 --noise-jpeg-prob 0.1 --lr 1e-4
 
 Trains the shipped architecture from scratch (or ``--resume``) for a fixed wall-time budget,
 then writes what must come back in files under 16 MiB each: the best weights split in two
 ``weights_partK.pt`` files (``latentwire export FOLDER`` joins them), the validation log, and
 ``device_streams.msgpack``: held-out images encoded with g_a/h_a on CUDA, to be decoded on a CPU
-by ``tests/gpu/check_device_streams.py`` (the device policy's cross-device check).
+by ``check_device_streams.py`` beside this (the device policy's cross-device check).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import msgpack
+import torch
 
-import msgpack  # noqa: E402
-import torch  # noqa: E402
-
-from shared.network import NetworkConfig, VariableRateHyperprior, pad_to_multiple  # noqa: E402
-from shared.train import HOLDOUT_EVERY, TrainConfig, list_images, load_rgb, split_holdout, train  # noqa: E402
+from shared.network import NetworkConfig, VariableRateHyperprior, pad_to_multiple
+from shared.tools.train import HOLDOUT_EVERY, TrainConfig, list_images, load_rgb, split_holdout, train
 
 
 def split_state_dict(state: dict, out: Path, max_bytes: int = 14 << 20) -> None:

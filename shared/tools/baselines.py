@@ -346,7 +346,7 @@ def train_baselines(data: Path, models_dir: Path = DEFAULT_MODELS_DIR, steps: in
     """Fit the PCA basis and train one PlainAutoencoder per latent size on ``data``'s training
     split (the same held-out split as ``latentwire train``), ``steps`` steps each; a run that
     uses ``cpu_budget_s`` seconds of CPU time stops early (the steps reached are stored)."""
-    from shared.train import CropSampler, list_images, split_holdout
+    from shared.tools.train import CropSampler, list_images, split_holdout
 
     data = Path(data)
     models_dir = Path(models_dir)
@@ -367,7 +367,7 @@ def train_baselines(data: Path, models_dir: Path = DEFAULT_MODELS_DIR, steps: in
 def train_autoencoder(sampler, channels: int, out: Path, steps: int = AE_STEPS,
                       cpu_budget_s: float = AE_CPU_BUDGET_S, seed: int = 0, data_name: str = "",
                       log=print) -> Path:
-    """MSE training on ``sampler``'s random crops (a ``shared.train.CropSampler``). Small crops
+    """MSE training on ``sampler``'s random crops (a ``shared.tools.train.CropSampler``). Small crops
     and a narrow network because the budget is minutes of one CPU thread: more steps beat
     bigger ones there. The budget is CPU time, not wall time, so a busy machine changes how long
     the run takes but not what it computes."""
