@@ -373,7 +373,7 @@ class Streams:
 
 
 def restore(ckpt: dict, cfg: TrainConfig, model: VariableRateHyperprior, optimizer, aux_optimizer,
-            streams: Streams, new_segment: bool) -> Segment:
+            streams: Streams, new_segment: bool, log) -> Segment:
     """Continue an interrupted segment exactly (its schedule, optimiser state and random streams),
     or start a new segment from the checkpoint's weights, keeping Adam's moments where they fit."""
     seg = Segment(step=int(ckpt["step"]), run_start=int(ckpt.get("run_start", 0)),
@@ -388,6 +388,7 @@ def restore(ckpt: dict, cfg: TrainConfig, model: VariableRateHyperprior, optimiz
         cfg.lr_final_fraction = float(prev_run["lr_final_fraction"])
         optimizer.load_state_dict(ckpt["optimizer"])
         aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        streams.restore(ckpt, log)
         return seg
     seg.run_start = seg.step  # the previous segment finished (or --new-segment): new schedule
     if _objective(prev_run) != _objective(asdict(cfg)):
@@ -512,9 +513,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
 
     seg = Segment()
     if ckpt is not None:
-        seg = restore(ckpt, cfg, model, optimizer, aux_optimizer, streams, new_segment)
-        if seg.continuing:
-            streams.restore(ckpt, log)
+        seg = restore(ckpt, cfg, model, optimizer, aux_optimizer, streams, new_segment, log)
         log(f"resumed from {resume} at step {seg.step} ({'continuing its segment' if seg.continuing else 'new segment'})")
 
     def save(name: str) -> None:

@@ -96,6 +96,24 @@ def test_train_writes_checkpoints_and_resumes_a_new_segment(image_dir, tmp_path)
     assert any(not torch.equal(again["state_dict"][k], ckpt["state_dict"][k]) for k in ckpt["state_dict"])
 
 
+def _fake_clock(monkeypatch, seconds_of_step) -> dict:
+    """A clock that moves only as batches are drawn, by ``seconds_of_step(step)`` for step 1, 2, ...
+    (``clock["t"]``), with the segment sized on steps 5..25 instead of 50..250."""
+    clock = {"t": 0.0, "steps": 0}
+    real_sample = shared.tools.train.CropSampler.sample
+
+    def timed_sample(self, batch_size):
+        clock["steps"] += 1
+        clock["t"] += seconds_of_step(clock["steps"])
+        return real_sample(self, batch_size)
+
+    monkeypatch.setattr(shared.tools.train.CropSampler, "sample", timed_sample)
+    monkeypatch.setattr(shared.tools.train, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
+    monkeypatch.setattr(shared.tools.train, "SIZE_FROM", 5)
+    monkeypatch.setattr(shared.tools.train, "SIZE_AT", 25)
+    return clock
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("slow_from, slow_dt", [(26, 0.3), (30, 2.0)])
 def test_a_time_budget_holds_when_the_steps_slow_down_after_sizing(image_dir, tmp_path, monkeypatch,
@@ -103,18 +121,7 @@ def test_a_time_budget_holds_when_the_steps_slow_down_after_sizing(image_dir, tm
     # A fake clock that moves only as batches are drawn: 0.1 s per step, then slower (as when a
     # second run sharing the GPU finishes compiling). Sizing at step 25 plans 38 steps for 4 s; kept,
     # that plan would take 2.6 + 12 x 0.3 = 6.2 s, or 3 + 8 x 2 = 19 s.
-    clock = {"t": 0.0, "steps": 0}
-    real_sample = shared.tools.train.CropSampler.sample
-
-    def timed_sample(self, batch_size):
-        clock["steps"] += 1
-        clock["t"] += 0.1 if clock["steps"] <= slow_from else slow_dt
-        return real_sample(self, batch_size)
-
-    monkeypatch.setattr(shared.tools.train.CropSampler, "sample", timed_sample)
-    monkeypatch.setattr(shared.tools.train, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
-    monkeypatch.setattr(shared.tools.train, "SIZE_FROM", 5)
-    monkeypatch.setattr(shared.tools.train, "SIZE_AT", 25)
+    clock = _fake_clock(monkeypatch, lambda step: 0.1 if step <= slow_from else slow_dt)
     lines = []
     out = tmp_path / "run"
     train(_config(image_dir, out, steps=10**9, time_budget_s=4.0, val_every=5), log=lines.append)
@@ -134,18 +141,7 @@ def test_a_time_budget_is_used_when_the_steps_speed_up_after_sizing(image_dir, t
     # 0.3 s per step while sizing (beside a job that then ends), 0.1 s after: sizing at step 25 plans
     # 32 steps for 10 s; at the check of step 30 the rest of the budget fits 19 more, so the segment
     # grows to 49 steps and ends within its 10 s instead of giving up the last 2.
-    clock = {"t": 0.0, "steps": 0}
-    real_sample = shared.tools.train.CropSampler.sample
-
-    def timed_sample(self, batch_size):
-        clock["steps"] += 1
-        clock["t"] += 0.3 if clock["steps"] <= 25 else 0.1
-        return real_sample(self, batch_size)
-
-    monkeypatch.setattr(shared.tools.train.CropSampler, "sample", timed_sample)
-    monkeypatch.setattr(shared.tools.train, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
-    monkeypatch.setattr(shared.tools.train, "SIZE_FROM", 5)
-    monkeypatch.setattr(shared.tools.train, "SIZE_AT", 25)
+    clock = _fake_clock(monkeypatch, lambda step: 0.3 if step <= 25 else 0.1)
     lines = []
     out = tmp_path / "run"
     train(_config(image_dir, out, steps=10**9, time_budget_s=10.0, val_every=5), log=lines.append)
