@@ -296,6 +296,6 @@ def _cmd_train(args) -> int:
     print(f"{'mode':<10} {'compile s':>9} {'s/step med':>10} {'s/step p90':>10} {'steps/hour':>10} {'speed-up':>8}")
     base = rows[0][2]
     for mode, setup_s, med, p90 in rows:
-        print(f"{mode:<10} {setup_s if mode == 'compiled' else 0:>9.1f} {med:>10.3f} {p90:>10.3f} "
+        print(f"{mode:<10} {setup_s if mode == 'compiled' else 0:>9.1f} {med:>10.4f} {p90:>10.4f} "
               f"{3600 / med:>10.0f} {base / med:>7.2f}x")
     return 0
