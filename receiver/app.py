@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -44,14 +44,31 @@ HERE = Path(__file__).resolve().parent
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The receiver app (settings from the environment when none are given)."""
     settings = settings or get_settings()
-    metrics = Metrics()
+    metrics = Metrics()  # before the lifespan: the error handlers count into it from the first request
+    app = FastAPI(title="latentwire receiver", version="1", lifespan=lifespan,
+                  description="Receives signed latent-code frames, decodes, stores and shows them live.",
+                  docs_url=None,  # FastAPI's load their files from a CDN: install_docs serves /docs offline
+                  redoc_url=None)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.templates = Jinja2Templates(directory=HERE / "templates")
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    install_docs(app, favicon=HERE / "static" / "favicon.ico")
+    install_error_handlers(app, "receiver", on_error=lambda request, code: metrics.errors.labels(code=code).inc(),
+                           hints=_HINTS)
+    return app
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.insecure_demo:
-            log.warning("!!! INSECURE DEMO MODE: %s; anyone who knows it can store images here. "
-                        "Never expose this receiver beyond a trusted machine. !!!",
-                        settings.weak_secret() or "the secret is strong but demo mode is on")
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    if settings.insecure_demo:
+        log.warning("!!! INSECURE DEMO MODE: %s; anyone who knows it can store images here. "
+                    "Never expose this receiver beyond a trusted machine. !!!",
+                    settings.weak_secret() or "the secret is strong but demo mode is on")
+    async with AsyncExitStack() as stack:
         codec = await asyncio.to_thread(Codec.load, settings.model, settings.models_dir,
                                         settings.device, settings.max_side, settings.precision)
         codecs = [codec]
@@ -69,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             store = Store(settings.store_dir)
         store = await asyncio.to_thread(store.open)
+        stack.callback(store.close)
         hub = EventHub(settings.sse_client_queue, on_count=metrics.sse_clients.set)
         decoder = Decoder(codecs, store, hub, metrics, settings.secret_bytes(),
                           max_frame_bytes=settings.max_frame_bytes, max_batch=settings.max_batch,
@@ -76,38 +94,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         broker = worker = None
         if settings.broker_url:  # cluster mode: one worker of the JetStream consumer (receiver/worker.py)
             broker = Broker(settings.broker_url, "latentwire-receiver", on_connect=lambda nc: subscribe_events(nc, hub))
-            worker = FrameWorker(broker, decoder, hub, settings, metrics)
             broker.start()
+            stack.push_async_callback(broker.close)  # closes after the decoder: its last frame is acknowledged
+        stack.push_async_callback(asyncio.to_thread, decoder.shutdown)
+        if broker is not None:
+            worker = FrameWorker(broker, decoder, hub, settings, metrics)
             worker.start()
+            stack.push_async_callback(worker.stop)  # no new frame is fetched; the one decoding finishes
+        stack.callback(hub.close)  # first: live pages are told the receiver is going
         app.state.services = Services(settings=settings, codecs=codecs, store=store, hub=hub, decoder=decoder,
                                       metrics=metrics, broker=broker, worker=worker)
         log.info("receiver ready: models %s on %s, store %s%s", ", ".join(f"{c.name}@{c.weights}" for c in codecs),
                  codec.device, f"{redact(settings.database_url)} + {settings.blob_url}" if settings.cluster_store
                  else settings.store_dir,
                  f", worker of NATS JetStream at {broker.where}" if broker else "")
-        try:
-            yield
-        finally:
-            hub.close()
-            if worker is not None:
-                await worker.stop()  # no new frame is fetched; the one decoding finishes below
-            await asyncio.to_thread(decoder.shutdown)
-            if broker is not None:
-                await broker.close()
-            store.close()
-
-    app = FastAPI(title="latentwire receiver", version="1", lifespan=lifespan,
-                  description="Receives signed latent-code frames, decodes, stores and shows them live.",
-                  docs_url=None,  # FastAPI's load their files from a CDN: install_docs serves /docs offline
-                  redoc_url=None)
-    app.state.settings = settings
-    app.state.templates = Jinja2Templates(directory=HERE / "templates")
-    app.include_router(router)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    install_docs(app, favicon=HERE / "static" / "favicon.ico")
-    install_error_handlers(app, "receiver", on_error=lambda request, code: metrics.errors.labels(code=code).inc(),
-                           hints=_HINTS)
-    return app
+        yield
 
 
 # Requests that cannot work on a receiver, answered with where to go instead of a bare 404/405.

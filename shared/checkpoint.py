@@ -11,6 +11,8 @@ An exported model is ``models/<name>-<hash8>.pt``, a ``torch.save`` of a plain d
     metrics        optional RD summary measured at export
     clean_first    a denoising model's clean-first parameters (``CleanFirst``, shared/clean_first.py),
                    None for other models; absent from files exported before it travelled here
+    rate_curve     the model's typical size per quality (``RateCurve``, shared/rate_control.py), which
+                   places a quick budget search's codings; absent: the search starts from both ends
     state_dict     tensors, entropy-coder tables (CDFs) included
 
 It is read with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
@@ -89,6 +91,18 @@ def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+def write_metadata(path: Path, **fields) -> None:
+    """Set metadata ``fields`` of the exported model at ``path``, beside the same weights (so its
+    hash and name stay): e.g. the ``rate_curve`` measured once the file exists."""
+    ckpt = safe_load(path)
+    if ckpt.get("format") != FORMAT or "state_dict" in fields:
+        raise CheckpointError(f"{path} is not an exported latentwire model, or the change touches its weights")
+    ckpt.update(fields)
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
 
 
 def find_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:

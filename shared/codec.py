@@ -57,7 +57,7 @@ from shared.clean_first import CleanFirst, noise_estimate, rule_of
 from shared.errors import CorruptBitstream, QualityOutOfRange
 from shared.images import DEFAULT_MAX_SIDE, psnr
 from shared.network import DOWNSAMPLE, InferenceTransform, VariableRateHyperprior, pad_to_multiple
-from shared.rate_control import QUICK_TOLERANCE, fit_budget
+from shared.rate_control import QUICK_TOLERANCE, RateCurve, fit_budget
 from shared.resolution import coded_size, fit_any_size, resize_rgb
 
 DEFAULT_MODEL = "lw-vr-hyperprior"
@@ -92,9 +92,11 @@ class Codec:
 
     def __init__(self, model: VariableRateHyperprior, name: str, weights: str | None = None,
                  device: str | torch.device = "cpu", max_side: int = DEFAULT_MAX_SIDE,
-                 precision: str = "auto", clean_first: CleanFirst | None = None) -> None:
+                 precision: str = "auto", clean_first: CleanFirst | None = None,
+                 rate_curve: RateCurve | None = None) -> None:
         self.model = model.eval()
         self.clean_first = clean_first
+        self.rate_curve = rate_curve  # places a quick budget search's codings (shared/rate_control.py)
         self.name = name
         self.weights = weights or weights_hash(model.state_dict())
         self.device = torch.device(device)
@@ -119,7 +121,7 @@ class Codec:
         if clean_first == "auto":
             clean_first = rule_of(meta)
         return cls(model, meta["name"], meta["weights"], device=resolve_device(device), max_side=max_side,
-                   precision=precision, clean_first=clean_first)
+                   precision=precision, clean_first=clean_first, rate_curve=RateCurve.from_meta(meta.get("rate_curve")))
 
     # ---- encoding ------------------------------------------------------------------------
     def encode(self, rgb: np.ndarray, quality: float | None = None, max_bytes: int | None = None,
@@ -130,9 +132,10 @@ class Codec:
         which decodes at the full size). None: the full size for a quality; for a byte budget, the
         full size or a reduced one, whichever looks best within it (shared/resolution.py).
         ``search`` (byte budgets): "exact" finds the highest quality that fits; "quick" takes the
-        first stream within ``QUICK_TOLERANCE`` of the budget and tries reduced sizes only when the
-        full size cannot meet it at all: a fraction of the codings, for callers that must keep up
-        with a feed (the sender's quality=auto)."""
+        first stream within ``QUICK_TOLERANCE`` of the budget, its codings placed by the model's rate
+        curve when the file carries one, and tries reduced sizes only when the full size cannot meet
+        it at all: a fraction of the codings, for callers that must keep up with a feed (the
+        sender's quality=auto)."""
         if (quality is None) == (max_bytes is None):
             raise QualityOutOfRange("give exactly one of quality (0..1) or max_bytes")
         if search not in SEARCHES:
@@ -153,12 +156,14 @@ class Codec:
             code, segments, reference = self._coder(rgb, y, z, estimate, coded)
             if quality is not None:
                 return code(quality)
-            tolerance = QUICK_TOLERANCE if quick else 0.0
+            tolerance, curve = (QUICK_TOLERANCE, self.rate_curve) if quick else (0.0, None)
             if scale is not None:
-                return fit_budget(rgb.shape, segments, int(max_bytes), tolerance)
+                H, W = coded or rgb.shape[:2]
+                return fit_budget(rgb.shape, segments, int(max_bytes), tolerance, curve, H * W)
             return fit_any_size(rgb.shape, segments, lambda size: self._coder(rgb, y, z, estimate, size)[1],
                                 lambda enc: psnr(reference, self._decode_stream(enc.stream)), int(max_bytes),
-                                below_quality=0.0 if quick else None, tolerance=tolerance)
+                                below_quality=0.0 if quick else None, tolerance=tolerance, curve=curve,
+                                first_fit=quick)
 
     def encode_batch(self, images: list[np.ndarray], quality: float) -> list[Encoded]:
         """Several images in one call; same-size images share one g_a pass (the GPU batching path)."""

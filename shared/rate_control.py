@@ -12,7 +12,10 @@ as many qualities as bisection, and never more than 12 + ``RATE_SEARCH_SLACK``.
 ``tolerance`` > 0 trades the last bytes for time: the search stops at the first stream that fits
 within that fraction of the budget (``QUICK_TOLERANCE`` for ``Codec.encode(search="quick")``, which
 the sender's quality=auto uses: its budget is an estimate of the link anyway, and every probe is a
-full entropy coding).
+full entropy coding). A quick search of a codec whose model carries a ``RateCurve`` (its typical size
+per quality) starts where that curve puts the budget, moved by how far each coded size fell from it
+(``guided_fit``): usually two or three codings, where the search from both ends of [0, 1] takes
+five to seven.
 
 A budget may be searched over several *segments*, (code, q_min, q_max) in order of preference:
 clean first (shared/clean_first.py) prefers the upload's streams above its quality limit and falls
@@ -23,7 +26,10 @@ shared/resolution.py's.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from shared.errors import BudgetTooSmall, QualityOutOfRange
 
@@ -36,16 +42,64 @@ RATE_SEARCH_STEPS = 12
 RATE_SEARCH_SLACK = 1
 RATE_SEARCH_TRUNCATION = 0.2  # ITP's kappa_1, with kappa_2 = 2
 QUICK_TOLERANCE = 0.05  # search="quick": any stream from 95 % of the budget up to it will do
+GUIDED_PROBES = 4  # codings placed by the rate curve before the search goes on from a bracket
+CURVE_QUALITIES = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
+
+
+@dataclass(frozen=True)
+class RateCurve:
+    """A model's typical coded size per quality: ``bpp[i]`` bits per pixel at ``qualities[i]``, the
+    geometric mean over a few photos (``measure``). Exported models carry it as their ``rate_curve``
+    metadata. A picture's sizes differ from the curve by a factor that changes slowly with
+    quality, so one coded size places the picture on it. Between the measured qualities log bpp is
+    interpolated linearly."""
+
+    qualities: tuple[float, ...]
+    bpp: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        q, b = np.asarray(self.qualities, float), np.asarray(self.bpp, float)
+        if len(q) < 2 or len(q) != len(b) or np.any(np.diff(q) <= 0) or np.any(b <= 0) or np.any(np.diff(b) <= 0):
+            raise ValueError("a rate curve needs two or more ascending qualities with ascending positive sizes")
+
+    @classmethod
+    def from_meta(cls, value: dict | None) -> RateCurve | None:
+        """The curve of a model file's ``rate_curve`` metadata; None for a file without one."""
+        if not value:
+            return None
+        return cls(tuple(value["qualities"]), tuple(value["bpp"]))
+
+    def to_meta(self) -> dict:
+        return {"qualities": list(self.qualities), "bpp": list(self.bpp)}
+
+    @classmethod
+    def measure(cls, sizes: Callable[[float], list[float]],
+                qualities: tuple[float, ...] = CURVE_QUALITIES) -> RateCurve | None:
+        """``sizes(q)``: the bits per pixel of each sample picture coded at ``q``. None when the mean
+        sizes do not grow with quality (an untrained model's): no curve to place codings by."""
+        bpp = tuple(float(np.exp(np.mean(np.log(sizes(q))))) for q in qualities)
+        return cls(tuple(qualities), bpp) if all(b > a for a, b in zip(bpp, bpp[1:])) else None
+
+    def log_bpp(self, quality: float) -> float:
+        return float(np.interp(quality, self.qualities, np.log(self.bpp)))
+
+    def quality_for(self, log_bpp: float) -> float:
+        """The quality at which the curve reaches ``log_bpp`` (its end qualities beyond them)."""
+        return float(np.interp(log_bpp, np.log(self.bpp), self.qualities))
 
 
 def fit_budget(shape: tuple, segments: list[tuple[Coder, float, float]], max_bytes: int,
-               tolerance: float = 0.0) -> Encoded:
+               tolerance: float = 0.0, curve: RateCurve | None = None, pixels: int = 0) -> Encoded:
     """The best stream whose *real* container size is <= max_bytes. ``segments``: (code, q_min,
     q_max) in order of preference; the first segment whose q_min fits is searched for its highest
     quality that fits (``highest_fitting``; ``tolerance``: the module docstring). ``shape`` (of the
-    picture) names the image in errors."""
+    picture) names the image in errors. With ``tolerance`` > 0, a ``curve`` and a single segment,
+    ``guided_fit`` searches it (``pixels``: how many the segment codes)."""
     if max_bytes <= 0:
         raise QualityOutOfRange(f"max_bytes must be positive, got {max_bytes}")
+    if curve is not None and tolerance > 0 and len(segments) == 1:
+        code, lo, hi = segments[0]
+        return guided_fit(shape, code, lo, hi, max_bytes, tolerance, curve, pixels)
     smallest = None
     for code, lo, hi in segments:
         lowest = code(lo)
@@ -53,15 +107,86 @@ def fit_budget(shape: tuple, segments: list[tuple[Coder, float, float]], max_byt
             break
         smallest = lowest if smallest is None or lowest.nbytes < smallest.nbytes else smallest
     else:
-        raise BudgetTooSmall(
-            f"even the lowest rate needs {smallest.nbytes} bytes for this {shape[1]}x{shape[0]} "
-            f"image; raise max_bytes to at least {smallest.nbytes} or downscale the image",
-            min_bytes=smallest.nbytes,
-        )
+        raise _too_small(shape, smallest.nbytes)
     highest = code(hi)
     if highest.nbytes <= max_bytes:
         return highest
     return highest_fitting(code, (lo, lowest), (hi, highest), max_bytes, tolerance)
+
+
+def _too_small(shape: tuple, min_bytes: int) -> BudgetTooSmall:
+    return BudgetTooSmall(
+        f"even the lowest rate needs {min_bytes} bytes for this {shape[1]}x{shape[0]} "
+        f"image; raise max_bytes to at least {min_bytes} or downscale the image",
+        min_bytes=min_bytes,
+    )
+
+
+def guided_fit(shape: tuple, code: Coder, lo: float, hi: float, max_bytes: int, tolerance: float,
+               curve: RateCurve, pixels: int) -> Encoded:
+    """A stream within ``tolerance`` of ``max_bytes`` (as ``highest_fitting`` with it), the qualities
+    to code placed by ``curve``. Each coding aims at the middle of the tolerated sizes: where the
+    curve, shifted to the picture's coded sizes so far, reaches it (one size shifts it by a constant;
+    two or more tilt the shift linearly between the two nearest the budget, so the picture's own
+    slope corrects the curve's). Up to GUIDED_PROBES codings, stopping at one that fits within the
+    tolerance (or at ``hi``; at ``lo`` over the budget: ``BudgetTooSmall``); otherwise the search
+    goes on from the bracket they leave (its missing end coded), as the unguided one does."""
+    aim = math.log(max_bytes * (1.0 - tolerance / 2))
+    good_enough = max_bytes * (1.0 - tolerance)
+    fits: tuple[float, Encoded] | None = None
+    over: tuple[float, Encoded] | None = None
+    shifts: dict[float, float] = {}  # coded quality -> log bytes minus the curve's log bpp there
+    for _ in range(GUIDED_PROBES):
+        q = _aimed_quality(curve, shifts, aim, math.log(max(pixels, 1) / 8), fits, over, lo, hi)
+        if q is None:
+            break
+        enc = code(q)
+        if enc.nbytes <= max_bytes:
+            if enc.nbytes >= good_enough or q >= hi:
+                return enc
+            fits = (q, enc)
+        else:
+            if q <= lo:
+                raise _too_small(shape, enc.nbytes)
+            over = (q, enc)
+        shifts[q] = math.log(enc.nbytes) - curve.log_bpp(q)
+    if over is None:
+        over = (hi, code(hi))
+        if over[1].nbytes <= max_bytes:
+            return over[1]
+    if fits is None:
+        fits = (lo, code(lo))
+        if fits[1].nbytes > max_bytes:
+            raise _too_small(shape, fits[1].nbytes)
+    return highest_fitting(code, fits, over, max_bytes, tolerance)
+
+
+def _aimed_quality(curve: RateCurve, shifts: dict[float, float], aim: float, start_shift: float,
+                   fits: tuple | None, over: tuple | None, lo: float, hi: float) -> float | None:
+    """``guided_fit``'s next quality: the highest on a fine grid of [lo, hi] where the shifted curve
+    stays within ``aim`` (log bytes), kept strictly inside the bracket coded so far; None when the
+    grid has no quality left there."""
+    grid = np.linspace(lo, hi, 2**RATE_SEARCH_STEPS + 1)
+    if fits is not None:
+        grid = grid[grid > fits[0]]
+    if over is not None:
+        grid = grid[grid < over[0]]
+    if grid.size == 0:
+        return None
+    if not shifts:
+        shift = np.full(grid.shape, start_shift)
+    elif len(shifts) == 1:
+        shift = np.full(grid.shape, next(iter(shifts.values())))
+    else:
+        # The two coded qualities around the budget when there are both, else the two nearest it.
+        ends = [e[0] for e in (fits, over) if e is not None]
+        if len(ends) < 2:
+            ends = sorted(shifts, key=lambda q: abs(shifts[q] + curve.log_bpp(q) - aim))[:2]
+        (q0, s0), (q1, s1) = sorted((q, shifts[q]) for q in ends)
+        shift = s0 + (s1 - s0) * (grid - q0) / (q1 - q0)
+    predicted = np.interp(grid, curve.qualities, np.log(curve.bpp)) + shift
+    within = np.nonzero(predicted <= aim)[0]
+    return float(grid[within[-1]] if within.size else grid[0])
 
 
 def highest_fitting(code: Coder, fits: tuple[float, Encoded], over: tuple[float, Encoded], max_bytes: int,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from shared.errors import BudgetTooSmall
-from shared.rate_control import fit_budget
+from shared.rate_control import RateCurve, fit_budget
 
 if TYPE_CHECKING:
     from shared.codec import Encoded
@@ -38,17 +38,18 @@ RESIZE_BELOW_QUALITY = 0.25
 
 def fit_any_size(shape: tuple, segments: list, segments_at: Callable[[tuple[int, int]], list],
                  closeness: Callable[[Encoded], float], max_bytes: int, below_quality: float | None = None,
-                 tolerance: float = 0.0) -> Encoded:
+                 tolerance: float = 0.0, curve: RateCurve | None = None, first_fit: bool = False) -> Encoded:
     """The full size's best fit (``segments``, as ``fit_budget`` takes them, with its
-    ``tolerance``), or a reduced size's (``segments_at(coded size)``) when the budget is too small
-    for the full size or holds it only below ``below_quality`` (None: ``RESIZE_BELOW_QUALITY``;
-    0: only when it is too small):
-    whichever candidate scores highest on ``closeness`` (the codec: its decode's PSNR against the
-    reference), the full size first among equals."""
+    ``tolerance`` and ``curve``), or a reduced size's (``segments_at(coded size)``) when the budget
+    is too small for the full size or holds it only below ``below_quality`` (None:
+    ``RESIZE_BELOW_QUALITY``; 0: only when it is too small): whichever candidate scores highest on
+    ``closeness`` (the codec: its decode's PSNR against the reference), the full size first among
+    equals. ``first_fit``: the first candidate that fits, the largest size first, without
+    decoding any (a quick search's)."""
     candidates: list[Encoded] = []
     too_small: list[BudgetTooSmall] = []
     try:
-        candidates.append(fit_budget(shape, segments, max_bytes, tolerance))
+        candidates.append(fit_budget(shape, segments, max_bytes, tolerance, curve, shape[0] * shape[1]))
         if candidates[0].quality >= (RESIZE_BELOW_QUALITY if below_quality is None else below_quality):
             return candidates[0]
     except BudgetTooSmall as exc:
@@ -58,9 +59,12 @@ def fit_any_size(shape: tuple, segments: list, segments_at: Callable[[tuple[int,
         if coded is None:
             continue
         try:
-            candidates.append(fit_budget(shape, segments_at(coded), max_bytes, tolerance))
+            candidates.append(fit_budget(shape, segments_at(coded), max_bytes, tolerance, curve, coded[0] * coded[1]))
         except BudgetTooSmall as exc:
             too_small.append(exc)
+            continue
+        if first_fit:
+            return candidates[0]
     if not candidates:
         smallest = min(too_small, key=lambda exc: exc.min_bytes)
         if len(too_small) == 1:  # no reduced size differs from the full one (a few pixels wide)

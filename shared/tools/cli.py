@@ -107,6 +107,8 @@ def _add_codec_tools(sub) -> None:
     p.add_argument("--replace", action="store_true", help="delete older files of the same model name")
     p.add_argument("--half-synthesis", action="store_true",
                    help="store the decoder's (g_s) weights in float16: a smaller file, the same bitstreams")
+    p.add_argument("--curve-images", type=Path, default=None,
+                   help="photos to measure the model's rate curve on (default: the sample images)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -165,13 +167,31 @@ def _cmd_decode(args) -> int:
     return 0
 
 
+def _rate_curve(model: Path, images_dir: Path):
+    """The exported ``model``'s rate curve (shared/rate_control.py) over the photos of ``images_dir``;
+    None for a model whose sizes do not grow with quality."""
+    from shared.codec import Codec
+    from shared.images import load_image
+    from shared.rate_control import RateCurve
+
+    files = sorted(f for f in Path(images_dir).iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise SystemExit(f"latentwire export: no .png/.jpg photos in {images_dir} to measure the rate curve on")
+    codec = Codec.load(model)
+    pictures = [load_image(f.read_bytes()).rgb for f in files]
+    return RateCurve.measure(lambda q: [codec.encode(rgb, quality=q).bpp for rgb in pictures])
+
+
 def _cmd_export(args) -> int:
-    from shared.checkpoint import DEFAULT_MODELS_DIR, export_model
+    from shared.checkpoint import DEFAULT_MODELS_DIR, export_model, write_metadata
     from shared.codec import DEFAULT_MODEL
+    from shared.tools import SAMPLES
 
     name = args.name or DEFAULT_MODEL
     models_dir = args.models_dir or DEFAULT_MODELS_DIR
     path = export_model(args.checkpoint, name, models_dir, half_synthesis=args.half_synthesis)
+    curve = _rate_curve(path, args.curve_images or SAMPLES)
+    write_metadata(path, rate_curve=None if curve is None else curve.to_meta())
     if args.replace:
         for old in models_dir.glob(f"{name}-*.pt"):
             if old != path and len(old.stem) == len(name) + 9:

@@ -4,6 +4,7 @@ fixed quality.
     latentwire bench link [--kbps 32,64,256,1024] [--rate 1] [--target-s 10] [--duration-s 60]
                           [--quality 0.5] [--images DIR] [--size 768x512] [--delay-s 0.05]
                           [--drain-s 2xtarget] [--model NAME --models-dir DIR] [--threads 2] [--no-avif]
+                          [--step KBPS]
 
 For each link rate: a receiver and a sender as real processes on loopback (shared/tools/launcher.py), the
 sender's POSTs going through shared/tools/link_emulator.py at that rate (and ``--delay-s`` each way);
@@ -20,8 +21,14 @@ started the upload to the receiver's ``received_at``; same machine, same clock) 
 as the p50 of the first and last third of the uploads (a growing backlog shows as last >> first),
 the mean PSNR of what the receiver stored (its PNG against the offered image), the mean bytes per
 image on the wire, and AVIF's PSNR at the same bytes (Pillow's AVIF, the largest quality that fits
-each image's mean bytes; ``-`` when even its lowest quality does not fit). A frame still queued at
+each offered image's mean bytes) beside ours on the same images: an image whose bytes not even
+AVIF's lowest quality fits is left out of both (the column says on how many images they compare;
+``-`` when on none). A frame still queued at
 the end counts with its age then, a lower bound: such latencies are printed with ``>``.
+
+``--step KBPS``: in each auto run the link drops to KBPS a third of the way through the offering and
+comes back two thirds of the way; a timeline follows the table, per ``TIMELINE_S`` of upload time:
+the link's rate then, the uploads' mean budget and stream bytes, and their p50 latency.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 from shared.tools import SAMPLES
 
 UPLOAD_WORKERS = 8  # uploads in flight at once: the offer keeps its rate while the sender encodes
+TIMELINE_S = 5.0  # width of a --step timeline's windows
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Offer:
     source: int  # index of the offered image
     id: str | None = None  # the sender's frame id; None: the upload was refused
     nbytes: int = 0
+    budget: int | None = None  # quality=auto's byte budget for it
 
 
 @dataclass
@@ -58,7 +67,12 @@ class Row:
     latencies_s: list[tuple[float, bool]] = field(default_factory=list)  # (seconds, lower bound only)
     psnr_db: float | None = None
     bytes_per_image: float | None = None
-    avif_psnr_db: float | None = None
+    avif_psnr_db: float | None = None  # mean over the offered images AVIF fits at our mean bytes
+    ours_where_avif_db: float | None = None  # ours over the same images (each image's mean first)
+    avif_images: tuple[int, int] = (0, 0)  # (images AVIF fits, images offered and accepted)
+    link_kbps: list[tuple[float, float]] = field(default_factory=list)  # --step: (UNIX s, kbit/s from then on)
+    offers: list[Offer] = field(default_factory=list)
+    stored_latency: dict[str, float] = field(default_factory=dict)  # frame id -> upload -> stored, s
 
     def pct(self, p: float, part: slice = slice(None)) -> tuple[float, bool] | None:
         values = sorted(self.latencies_s[part])
@@ -94,7 +108,7 @@ def load_images(images_dir: Path, size: tuple[int, int]) -> list:
 def run_link_bench(kbps_list: list[float], rate_per_s: float, target_s: float, duration_s: float,
                    quality: float, images: list, drain_s: float, delay_s: float = 0.05,
                    model: str | None = None, models_dir: Path | None = None, threads: int = 2,
-                   avif: bool = True) -> list[Row]:
+                   avif: bool = True, step_kbps: float | None = None) -> list[Row]:
     from shared.tools.launcher import ServicePair, free_port
     from shared.tools.link_emulator import LinkEmulator
 
@@ -111,10 +125,27 @@ def run_link_bench(kbps_list: list[float], rate_per_s: float, target_s: float, d
                                               "OMP_NUM_THREADS": str(threads)})
                 with pair:
                     for mode, params in (("auto", {"quality": "auto"}), (f"q={quality:.2f}", {"quality": quality})):
+                        steps = [(time.time(), kbps)]
+                        timers = []
+                        if step_kbps is not None and mode == "auto":
+                            timers = [threading.Timer(duration_s * k / 3, _set_rate, (link, steps, rate))
+                                      for k, rate in ((1, step_kbps), (2, kbps))]
+                        for timer in timers:
+                            timer.start()
                         offers = _offer(pair.sender.url, pngs, params, rate_per_s, duration_s)
+                        for timer in timers:
+                            timer.join()
                         _drain(pair.sender.url, drain_s)
-                        rows.append(_row(kbps, mode, offers, pair.receiver.url, images, avif))
+                        row = _row(kbps, mode, offers, pair.receiver.url, images, avif)
+                        if timers:
+                            row.link_kbps, row.offers = steps, offers
+                        rows.append(row)
     return rows
+
+
+def _set_rate(link, steps: list[tuple[float, float]], kbps: float) -> None:
+    link.kbps = kbps
+    steps.append((time.time(), kbps))
 
 
 def _png(rgb) -> bytes:
@@ -143,6 +174,7 @@ def _offer(sender_url: str, pngs: list[bytes], params: dict, rate_per_s: float, 
         if r.status_code == 202:
             image = r.json()["images"][0]
             offer.id, offer.nbytes = image["id"], image["bytes"]
+            offer.budget = (image.get("budget") or {}).get("bytes")
 
     start = time.monotonic()
     with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
@@ -172,20 +204,28 @@ def _row(kbps: float, mode: str, offers: list[Offer], receiver_url: str, images:
     stored = _received_at(receiver_url, {o.id for o in accepted})
     row = Row(kbps=kbps, mode=mode, offered=len(offers), delivered=len(stored))
     row.latencies_s = [(stored[o.id] - o.at, False) if o.id in stored else (now - o.at, True) for o in accepted]
-    psnrs, bytes_by_source = [], {}
+    row.stored_latency = {o.id: stored[o.id] - o.at for o in accepted if o.id in stored}
+    bytes_by_source: dict[int, list[int]] = {}
+    psnr_by_source: dict[int, list[float]] = {}
     with httpx.Client(base_url=receiver_url, timeout=60) as client:
         for o in accepted:
             bytes_by_source.setdefault(o.source, []).append(o.nbytes)
             if o.id in stored:
                 shown = load_image(client.get(f"/v1/images/{o.id}.png").content).rgb
-                psnrs.append(psnr(images[o.source], shown))
-    finite = [p for p in psnrs if p != float("inf")]
+                value = psnr(images[o.source], shown)
+                if value != float("inf"):
+                    psnr_by_source.setdefault(o.source, []).append(value)
+    finite = [p for values in psnr_by_source.values() for p in values]
     row.psnr_db = statistics.mean(finite) if finite else None
     row.bytes_per_image = statistics.mean(o.nbytes for o in accepted) if accepted else None
     if avif and bytes_by_source:
-        at_same = [_avif_psnr_at(images[s], statistics.mean(b)) for s, b in bytes_by_source.items()]
-        at_same = [p for p in at_same if p is not None]
-        row.avif_psnr_db = statistics.mean(at_same) if at_same else None
+        pairs = [(statistics.mean(psnr_by_source[s]), _avif_psnr_at(images[s], statistics.mean(b)))
+                 for s, b in bytes_by_source.items() if s in psnr_by_source]
+        pairs = [(ours, theirs) for ours, theirs in pairs if theirs is not None]
+        row.avif_images = (len(pairs), len(bytes_by_source))
+        if pairs:
+            row.ours_where_avif_db = statistics.mean(ours for ours, _ in pairs)
+            row.avif_psnr_db = statistics.mean(theirs for _, theirs in pairs)
     return row
 
 
@@ -243,13 +283,38 @@ def print_report(rows: list[Row], rate_per_s: float, target_s: float, duration_s
           f"latency target {target_s:g} s, link delay {delay_s:g} s each way; latency = upload -> stored, "
           "'>' = still queued at the end (age then)")
     print(f"{'kbps':>6} {'mode':<7} {'delivered':>10} {'p50 s':>8} {'p95 s':>8} {'first p50':>10} {'last p50':>9} "
-          f"{'PSNR dB':>8} {'bytes/img':>10} {'AVIF dB':>8}")
+          f"{'PSNR dB':>8} {'bytes/img':>10}  {'same images: ours / AVIF dB':<28}")
     for r in rows:
         third = max(1, len(r.latencies_s) // 3)
         print(f"{r.kbps:>6g} {r.mode:<7} {f'{r.delivered}/{r.offered}':>10} {_latency(r.pct(50)):>8} "
               f"{_latency(r.pct(95)):>8} {_latency(r.pct(50, slice(None, third))):>10} "
               f"{_latency(r.pct(50, slice(-third, None))):>9} {_num(r.psnr_db, '.2f'):>8} "
-              f"{_num(r.bytes_per_image, '.0f'):>10} {_num(r.avif_psnr_db, '.2f'):>8}")
+              f"{_num(r.bytes_per_image, '.0f'):>10}  {_same_images(r):<28}")
+
+
+def print_timeline(row: Row) -> None:
+    """The auto run of a ``--step`` bench, per TIMELINE_S of upload time."""
+    t0 = row.link_kbps[0][0]
+    print(f"\n{row.kbps:g} kbit/s, auto, the link stepping to {row.link_kbps[1][1]:g} kbit/s at "
+          f"{row.link_kbps[1][0] - t0:.1f} s and back at {row.link_kbps[-1][0] - t0:.1f} s (upload times):")
+    print(f"{'from s':>7} {'link kbps':>10} {'uploads':>8} {'budget B':>9} {'stream B':>9} {'p50 s':>7}")
+    end = max(o.at for o in row.offers) - t0
+    start = 0.0
+    while start <= end:
+        window = [o for o in row.offers if o.id is not None and start <= o.at - t0 < start + TIMELINE_S]
+        rate = [k for at, k in row.link_kbps if at - t0 <= start + TIMELINE_S / 2][-1]
+        budgets = [o.budget for o in window if o.budget is not None]
+        waits = sorted(row.stored_latency[o.id] for o in window if o.id in row.stored_latency)
+        print(f"{start:>7.0f} {rate:>10g} {len(window):>8} {_num(statistics.mean(budgets) if budgets else None, '.0f'):>9} "
+              f"{_num(statistics.mean(o.nbytes for o in window) if window else None, '.0f'):>9} "
+              f"{_num(waits[len(waits) // 2] if waits else None, '.1f'):>7}")
+        start += TIMELINE_S
+
+
+def _same_images(r: Row) -> str:
+    if r.avif_psnr_db is None:
+        return "-"
+    return f"{r.ours_where_avif_db:.2f} / {r.avif_psnr_db:.2f} ({r.avif_images[0]} of {r.avif_images[1]})"
 
 
 def command(args) -> int:
@@ -262,16 +327,20 @@ def command(args) -> int:
         print("latentwire bench link: --kbps is a comma-separated list of numbers, --size WIDTHxHEIGHT",
               file=sys.stderr)
         return 2
-    if (min(kbps_list) <= 0 or args.rate <= 0 or args.target_s <= 0 or args.duration_s <= 0 or min(size) < 16
+    if (min(kbps_list) <= 0 or (args.step is not None and args.step <= 0) or args.rate <= 0 or args.target_s <= 0 or args.duration_s <= 0 or min(size) < 16
             or not 0 <= args.quality <= 1):
-        print("latentwire bench link: --kbps, --rate, --target-s and --duration-s must be > 0, --size at least "
+        print("latentwire bench link: --kbps, --step, --rate, --target-s and --duration-s must be > 0, --size at least "
               "16x16, --quality in 0..1", file=sys.stderr)
         return 2
     images = load_images(args.images or SAMPLES, size)
     drain_s = 2 * args.target_s if args.drain_s is None else args.drain_s
     rows = run_link_bench(kbps_list, args.rate, args.target_s, args.duration_s, args.quality, images, drain_s,
-                          args.delay_s, args.model, args.models_dir, args.threads, avif=not args.no_avif)
+                          args.delay_s, args.model, args.models_dir, args.threads, avif=not args.no_avif,
+                          step_kbps=args.step)
     print_report(rows, args.rate, args.target_s, args.duration_s, size, args.delay_s)
+    for row in rows:
+        if row.offers:
+            print_timeline(row)
     return 0 if any(r.delivered for r in rows) else 1
 
 
@@ -290,3 +359,5 @@ def add_arguments(p) -> None:
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--threads", type=int, default=2, help="torch threads in each process")
     p.add_argument("--no-avif", action="store_true", help="skip AVIF's PSNR at the same bytes")
+    p.add_argument("--step", type=float, default=None,
+                   help="kbit/s the link drops to for the middle third of each auto run (a rate step)")

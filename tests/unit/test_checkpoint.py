@@ -196,3 +196,19 @@ def test_half_synthesis_export_halves_the_decoder_and_keeps_every_stream(tiny_fi
         a, b = full.encode(rgb, quality=quality), small.encode(rgb, quality=quality)
         assert a.stream.strings == b.stream.strings and a.nbytes == b.nbytes
         assert psnr(full.decode(a.data), small.decode(b.data)) > 35  # float16 rounding of g_s only
+
+
+def test_metadata_written_beside_the_weights_keeps_the_hash_and_reaches_the_codec(tiny_file):
+    from shared.checkpoint import write_metadata
+    from shared.codec import Codec
+    from shared.rate_control import RateCurve
+
+    curve = RateCurve((0.0, 0.5, 1.0), (0.1, 0.4, 1.2))
+    write_metadata(tiny_file, rate_curve=curve.to_meta())
+
+    model, meta = load_model(tiny_file)
+    assert meta["weights"].startswith(tiny_file.stem[-8:]) and meta["rate_curve"] == curve.to_meta()
+    assert Codec.load(tiny_file).rate_curve == curve
+    with pytest.raises(CheckpointError, match="touches its weights"):
+        write_metadata(tiny_file, state_dict={})
+    assert load_model(tiny_file)[1]["rate_curve"] == curve.to_meta()

@@ -11,7 +11,8 @@ import pytest
 
 from shared.codec import check_quality
 from shared.errors import BudgetTooSmall, QualityOutOfRange
-from shared.rate_control import QUICK_TOLERANCE, RATE_SEARCH_SLACK, RATE_SEARCH_STEPS, highest_fitting
+from shared.rate_control import (GUIDED_PROBES, QUICK_TOLERANCE, RATE_SEARCH_SLACK, RATE_SEARCH_STEPS, RateCurve,
+                                  fit_budget, highest_fitting)
 
 QUALITY_STEP = 2.0**-RATE_SEARCH_STEPS  # the resolution of the search
 
@@ -208,3 +209,86 @@ def test_both_quality_and_budget_is_out_of_range(tiny_codec, sample_rgb):
 def test_neither_quality_nor_budget_is_out_of_range(tiny_codec, sample_rgb):
     with pytest.raises(QualityOutOfRange, match="exactly one"):
         tiny_codec.encode(sample_rgb)
+
+
+# ---- the guided quick search (a model's rate curve places the codings) --------------------------
+PIXELS = 100_000
+CURVE = RateCurve.measure(lambda q: [900 * math.exp(4.2 * q) * 8 / PIXELS])  # the exponential curve, in bpp
+
+
+def _guided(size, max_bytes: int) -> tuple[object, int]:
+    """(the stream a guided quick search returns for a ``size(quality)`` picture, how many it coded)."""
+    calls = []
+
+    def code(q: float):
+        calls.append(q)
+        return SimpleNamespace(nbytes=size(q), quality=q)
+
+    found = fit_budget((300, 333, 3), [(code, 0.0, 1.0)], max_bytes, QUICK_TOLERANCE, CURVE, PIXELS)
+    return found, len(calls)
+
+
+PICTURES = {  # pictures off the curve: larger by a factor, steeper, flatter, with a kink
+    "twice as large": lambda q: int(1800 * math.exp(4.2 * q)),
+    "a third as large": lambda q: int(300 * math.exp(4.2 * q)),
+    "steeper": lambda q: int(500 * math.exp(5.5 * q)),
+    "flatter": lambda q: int(2000 * math.exp(2.5 * q)),
+    "kinked": lambda q: int(900 * math.exp(4.2 * q + (1.5 * (q - 0.5) if q > 0.5 else 0.0))),
+}
+
+
+@pytest.mark.parametrize("picture", PICTURES, ids=list(PICTURES))
+def test_a_guided_search_fits_within_the_tolerance_in_a_few_codings(picture):
+    size = PICTURES[picture]
+    budgets = np.geomspace(size(0.0) + 1, size(1.0) - 1, 40).astype(int)
+    runs = [_guided(size, int(n)) for n in budgets]
+    unguided = [_search(size, int(n), QUICK_TOLERANCE)[1] + 2 for n in budgets]  # + its two ends
+
+    for n, (found, _) in zip(budgets, runs):
+        assert (1 - QUICK_TOLERANCE) * n <= found.nbytes <= n
+    calls = [c for _, c in runs]
+    assert np.mean(calls) <= 3.5 and max(calls) <= GUIDED_PROBES + RATE_SEARCH_STEPS + RATE_SEARCH_SLACK
+    assert np.mean(calls) < np.mean(unguided)
+
+
+def test_a_guided_search_ends_at_the_ends_of_the_range():
+    size = PICTURES["twice as large"]
+    top, calls = _guided(size, size(1.0) + 5000)
+    assert (top.quality, calls) == (1.0, 1)  # the curve puts the budget past the top at once
+    small = PICTURES["a third as large"]
+    top, calls = _guided(small, int(small(1.0) * 1.2))
+    assert (top.quality, calls) == (1.0, 2)  # first placed lower, then past the top
+    with pytest.raises(BudgetTooSmall, match=f"at least {size(0.0)}") as raised:
+        _guided(size, size(0.0) - 1)
+    assert raised.value.min_bytes == size(0.0)
+
+
+def test_a_rate_curve_must_grow_with_quality():
+    assert RateCurve.from_meta(None) is None
+    assert RateCurve.from_meta(CURVE.to_meta()) == CURVE
+    for qualities, bpp in [((0.0, 1.0), (0.5, 0.4)), ((0.0,), (0.1,)), ((1.0, 0.0), (0.1, 0.2)), ((0.0, 1.0), (0.0, 1.0))]:
+        with pytest.raises(ValueError, match="ascending"):
+            RateCurve(qualities, bpp)
+    assert CURVE.quality_for(CURVE.log_bpp(0.37)) == pytest.approx(0.37)
+    assert (CURVE.quality_for(-50.0), CURVE.quality_for(50.0)) == (0.0, 1.0)
+
+
+def test_a_quick_encode_with_a_rate_curve_codes_fewer_qualities(tiny_codec, kodim_crop, fitted, monkeypatch):
+    """The tiny codec given a curve measured on the crop itself, where its sizes grow (an untrained
+    model's are flat below quality 0.9): each budget is met as the unguided quick search meets it,
+    with fewer codings."""
+    assert RateCurve.measure(lambda q: [tiny_codec.encode(kodim_crop, quality=q).bpp]) is None  # flat
+    curve = RateCurve.measure(lambda q: [tiny_codec.encode(kodim_crop, quality=q).bpp], (0.9, 0.95, 1.0))
+    counts = {}
+    for name, rate_curve in (("guided", curve), ("unguided", None)):
+        monkeypatch.setattr(tiny_codec, "rate_curve", rate_curve)
+        coded = []
+        original = tiny_codec._code
+        monkeypatch.setattr(tiny_codec, "_code", lambda *a, **k: coded.append(a[3]) or original(*a, **k))
+        for budget, exact in fitted[1:-1]:
+            quick = tiny_codec.encode(kodim_crop, max_bytes=budget, search="quick")
+            assert quick.nbytes <= budget
+            assert quick.nbytes >= (1 - QUICK_TOLERANCE) * budget or quick.data == exact.data
+        counts[name] = len(coded)
+        monkeypatch.setattr(tiny_codec, "_code", original)
+    assert counts["guided"] < counts["unguided"]

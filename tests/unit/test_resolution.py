@@ -77,8 +77,11 @@ def test_a_quick_search_tries_reduced_sizes_only_when_the_full_size_cannot_meet_
     lowest = tiny_codec.encode(kodim_crop, quality=0.0).nbytes
     quick = tiny_codec.encode(kodim_crop, max_bytes=lowest + 30, search="quick")
     assert quick.stream.coded_size is None and quick.nbytes <= lowest + 30  # the full size meets it: no other
+    monkeypatch.setattr(tiny_codec, "_decode_stream", lambda stream: pytest.fail("a quick search decoded a candidate"))
     below = tiny_codec.encode(kodim_crop, max_bytes=lowest - 1, search="quick")
     assert below.stream.version == 3 and below.nbytes <= lowest - 1  # it cannot: a reduced size does
+    fitting = [s for s in RESIZE_SCALES if tiny_codec.encode(kodim_crop, quality=0.0, scale=s).nbytes <= lowest - 1]
+    assert below.stream.coded_size == coded_size(kodim_crop.shape, fitting[0])  # the largest size that fits
 
 
 @pytest.mark.slow
