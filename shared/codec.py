@@ -214,27 +214,13 @@ class Codec:
         upload. With one (``_clean_estimate``), the clean-first rule picks the upload or the
         reconstruction per quality (shared/clean_first.py). Each picture is resized and analysed
         once, when a quality first needs it."""
-        analysed: dict[str, tuple] = {} if coded else {"upload": (y, z)}
-
-        def picture_coder(kind: str, picture: np.ndarray, cleaned: bool, noise: float | None):
-            streams: dict[float, Encoded] = {}  # clean first asks for some qualities twice
-
-            def code(q: float) -> Encoded:
-                if q in streams:
-                    return streams[q]
-                if kind not in analysed:
-                    analysed[kind] = self._analysis(picture if coded is None else resize_rgb(picture, coded))
-                enc = self._code(rgb.shape, *analysed[kind], q, coded)
-                streams[q] = enc if noise is None else replace(enc, noise=noise, cleaned=cleaned)
-                return streams[q]
-            return code
-
+        noise = None if estimate is None else estimate[1]
+        upload = _PictureCoder(self, rgb.shape, rgb, coded, None if coded else (y, z), noise=noise)
         if estimate is None:
-            upload = picture_coder("upload", rgb, False, None)
             return upload, [(upload, 0.0, 1.0)], rgb
-        cleaned, noise = estimate
-        return self.clean_first.coder(picture_coder("upload", rgb, False, noise),
-                                      picture_coder("clean", cleaned, True, noise), rgb, cleaned, noise)
+        cleaned = estimate[0]
+        clean = _PictureCoder(self, rgb.shape, cleaned, coded, noise=noise, cleaned=True)
+        return self.clean_first.coder(upload, clean, rgb, cleaned, noise)
 
     def _reconstruct(self, y: torch.Tensor, z: torch.Tensor, quality: float, shape: tuple) -> np.ndarray:
         """What a receiver would show for (y, z) coded at ``quality``, without the entropy coder."""
@@ -307,6 +293,36 @@ class Codec:
         return {"name": self.name, "weights": self.weights, "device": str(self.device),
                 "precision": self.precision, "network": self.model.config.to_dict(), "max_side": self.max_side,
                 "clean_first": None if self.clean_first is None else asdict(self.clean_first)}
+
+
+class _PictureCoder:
+    """quality -> Encoded for one picture coded at ``coded`` (None: its own size), each quality
+    coded once (clean first asks for some twice); the picture is resized and analysed when first
+    needed. ``predict(q)``: the entropy model's quick estimate of the stream's size, which a quick
+    budget search places its codings by (shared/rate_control.py). ``noise``/``cleaned``: what
+    clean first records in each stream's Encoded (shared/clean_first.py)."""
+
+    def __init__(self, codec: Codec, shape: tuple, picture: np.ndarray, coded: tuple[int, int] | None,
+                 latents: tuple | None = None, noise: float | None = None, cleaned: bool = False) -> None:
+        self.codec, self.shape, self.picture, self.coded = codec, shape, picture, coded
+        self.noise, self.cleaned = noise, cleaned
+        self._latents = latents
+        self._streams: dict[float, Encoded] = {}
+
+    def latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._latents is None:
+            picture = self.picture if self.coded is None else resize_rgb(self.picture, self.coded)
+            self._latents = self.codec._analysis(picture)
+        return self._latents
+
+    def __call__(self, q: float) -> Encoded:
+        if q not in self._streams:
+            enc = self.codec._code(self.shape, *self.latents(), q, self.coded)
+            self._streams[q] = enc if self.noise is None else replace(enc, noise=self.noise, cleaned=self.cleaned)
+        return self._streams[q]
+
+    def predict(self, q: float) -> float:
+        return self.codec.model.predict_bytes(*self.latents(), bs.coded_quality(q))
 
 
 def load_optional(name_or_path: str, models_dir: Path = DEFAULT_MODELS_DIR, device: str = "cpu",

@@ -15,7 +15,9 @@ the sender's quality=auto uses: its budget is an estimate of the link anyway, an
 full entropy coding). A quick search of a codec whose model carries a ``RateCurve`` (its typical size
 per quality) starts where that curve puts the budget, moved by how far each coded size fell from it
 (``guided_fit``): usually two or three codings, where the search from both ends of [0, 1] takes
-five to seven.
+five to seven. Where the coder can also predict its sizes (``Codec``'s: the entropy model's float32
+likelihoods, several times cheaper than coding), that search runs on the predictions and only its
+answer is coded (``estimated_fit``): one coding, mostly.
 
 A budget may be searched over several *segments*, (code, q_min, q_max) in order of preference:
 clean first (shared/clean_first.py) prefers the upload's streams above its quality limit and falls
@@ -43,6 +45,8 @@ RATE_SEARCH_SLACK = 1
 RATE_SEARCH_TRUNCATION = 0.2  # ITP's kappa_1, with kappa_2 = 2
 QUICK_TOLERANCE = 0.05  # search="quick": any stream from 95 % of the budget up to it will do
 GUIDED_PROBES = 4  # codings placed by the rate curve before the search goes on from a bracket
+ESTIMATE_TRIES = 2  # real codings placed by the estimates before the guided search codes for real
+ESTIMATE_OVERHEAD = 1.02  # a real stream's size over the entropy model's estimate, typically
 CURVE_QUALITIES = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
 
 
@@ -94,11 +98,14 @@ def fit_budget(shape: tuple, segments: list[tuple[Coder, float, float]], max_byt
     q_max) in order of preference; the first segment whose q_min fits is searched for its highest
     quality that fits (``highest_fitting``; ``tolerance``: the module docstring). ``shape`` (of the
     picture) names the image in errors. With ``tolerance`` > 0, a ``curve`` and a single segment,
-    ``guided_fit`` searches it (``pixels``: how many the segment codes)."""
+    ``estimated_fit`` (a coder with ``predict``) or ``guided_fit`` searches it (``pixels``: how many
+    the segment codes)."""
     if max_bytes <= 0:
         raise QualityOutOfRange(f"max_bytes must be positive, got {max_bytes}")
     if curve is not None and tolerance > 0 and len(segments) == 1:
         code, lo, hi = segments[0]
+        if hasattr(code, "predict"):
+            return estimated_fit(shape, code, lo, hi, max_bytes, tolerance, curve, pixels)
         return guided_fit(shape, code, lo, hi, max_bytes, tolerance, curve, pixels)
     smallest = None
     for code, lo, hi in segments:
@@ -159,6 +166,55 @@ def guided_fit(shape: tuple, code: Coder, lo: float, hi: float, max_bytes: int, 
         if fits[1].nbytes > max_bytes:
             raise _too_small(shape, fits[1].nbytes)
     return highest_fitting(code, fits, over, max_bytes, tolerance)
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    quality: float
+    nbytes: int
+
+
+def estimated_fit(shape: tuple, code: Coder, lo: float, hi: float, max_bytes: int, tolerance: float,
+                  curve: RateCurve, pixels: int) -> Encoded:
+    """``guided_fit`` run on the entropy model's estimates of the sizes (``code.predict(q)``: bytes,
+    a fraction of a coding's time), coding for real only the quality each such search ends on.
+    The estimates run a percent or two under the real streams (the coder's and the container's
+    overhead): they are scaled by ESTIMATE_OVERHEAD, then by what the last real coding showed.
+    Up to ESTIMATE_TRIES real codings; if none fits within the tolerance, the search goes on
+    from the bracket they leave (``highest_fitting``), or, with none, codes for real
+    (``guided_fit``)."""
+    good_enough = max_bytes * (1.0 - tolerance)
+    predicted: dict[float, float] = {}
+    scale = ESTIMATE_OVERHEAD
+
+    def predict(q: float) -> float:
+        if q not in predicted:
+            predicted[q] = max(code.predict(q), 1.0)
+        return predicted[q]
+
+    def estimate(q: float) -> _Estimate:
+        return _Estimate(q, math.ceil(scale * predict(q)))
+
+    fits: tuple[float, Encoded] | None = None
+    over: tuple[float, Encoded] | None = None
+    for _ in range(ESTIMATE_TRIES):
+        try:
+            q = guided_fit(shape, estimate, lo, hi, max_bytes, tolerance, curve, pixels).quality
+        except BudgetTooSmall:
+            q = lo
+        enc = code(q)
+        if enc.nbytes <= max_bytes:
+            if enc.nbytes >= good_enough or q >= hi:
+                return enc
+            fits = max(fits or (q, enc), (q, enc), key=lambda f: f[0])
+        else:
+            if q <= lo:
+                raise _too_small(shape, enc.nbytes)
+            over = min(over or (q, enc), (q, enc), key=lambda o: o[0])
+        scale = enc.nbytes / predict(q)
+    if fits is not None and over is not None and fits[0] < over[0]:
+        return highest_fitting(code, fits, over, max_bytes, tolerance)
+    return guided_fit(shape, code, lo, hi, max_bytes, tolerance, curve, pixels)
 
 
 def _aimed_quality(curve: RateCurve, shifts: dict[float, float], aim: float, start_shift: float,

@@ -11,8 +11,8 @@ import pytest
 
 from shared.codec import check_quality
 from shared.errors import BudgetTooSmall, QualityOutOfRange
-from shared.rate_control import (GUIDED_PROBES, QUICK_TOLERANCE, RATE_SEARCH_SLACK, RATE_SEARCH_STEPS, RateCurve,
-                                  fit_budget, highest_fitting)
+from shared.rate_control import (ESTIMATE_TRIES, GUIDED_PROBES, QUICK_TOLERANCE, RATE_SEARCH_SLACK, RATE_SEARCH_STEPS,
+                                  RateCurve, fit_budget, highest_fitting)
 
 QUALITY_STEP = 2.0**-RATE_SEARCH_STEPS  # the resolution of the search
 
@@ -249,6 +249,47 @@ def test_a_guided_search_fits_within_the_tolerance_in_a_few_codings(picture):
     calls = [c for _, c in runs]
     assert np.mean(calls) <= 3.5 and max(calls) <= GUIDED_PROBES + RATE_SEARCH_STEPS + RATE_SEARCH_SLACK
     assert np.mean(calls) < np.mean(unguided)
+
+
+class _Estimated:
+    """A picture whose coder also predicts its sizes, ``bias`` times too small (and, with
+    ``wobble``, off by up to that fraction more, varying with quality)."""
+
+    def __init__(self, size, bias: float, wobble: float = 0.0) -> None:
+        self.size, self.bias, self.wobble, self.coded = size, bias, wobble, []
+
+    def __call__(self, q: float):
+        self.coded.append(q)
+        return SimpleNamespace(nbytes=self.size(q), quality=q)
+
+    def predict(self, q: float) -> float:
+        return self.size(q) / self.bias * (1 + self.wobble * math.sin(40 * q))
+
+
+@pytest.mark.parametrize("picture", PICTURES, ids=list(PICTURES))
+@pytest.mark.parametrize("bias,wobble", [(1.02, 0.0), (1.04, 0.01), (1.3, 0.0), (0.8, 0.03)])
+def test_a_search_on_estimates_codes_once_or_twice_and_fits(picture, bias, wobble):
+    """Estimates about as far off as the entropy model's (1-4 % under the real stream) cost one
+    real coding, mostly, and three at most; far worse ones cost a few more, and still fit."""
+    size = PICTURES[picture]
+    codings = []
+    for n in np.geomspace(size(0.0) + 1, size(1.0) - 1, 30).astype(int):
+        coder = _Estimated(size, bias, wobble)
+        found = fit_budget((300, 333, 3), [(coder, 0.0, 1.0)], int(n), QUICK_TOLERANCE, CURVE, PIXELS)
+        assert (1 - QUICK_TOLERANCE) * n <= found.nbytes <= n
+        codings.append(len(coder.coded))
+    if bias < 1.05 and wobble <= 0.01:
+        assert np.mean(codings) <= 1.4 and max(codings) <= ESTIMATE_TRIES + 1
+    else:
+        assert np.mean(codings) <= ESTIMATE_TRIES + 2
+
+
+def test_a_search_on_estimates_knows_when_even_the_lowest_rate_is_too_big():
+    size = PICTURES["twice as large"]
+    coder = _Estimated(size, 1.02)
+    with pytest.raises(BudgetTooSmall, match=f"at least {size(0.0)}"):
+        fit_budget((300, 333, 3), [(coder, 0.0, 1.0)], size(0.0) - 1, QUICK_TOLERANCE, CURVE, PIXELS)
+    assert coder.coded == [0.0]  # one real coding says so
 
 
 def test_a_guided_search_ends_at_the_ends_of_the_range():
