@@ -22,7 +22,8 @@ them in proportion to their pixels:
     rate     = measured goodput | LINK_KBPS (pinned) | LINK_START_KBPS before the first sample
     queued   = the outbox's stream bytes + the budgets of auto uploads still being encoded
     left     = rate * target_s - queued
-             = rate * interval, when that is less     reason "pace"
+             = the pace, when that is less             reason "pace"
+    pace     = PACE_SHARE * rate * interval - max(0, queued - rate * interval) * interval / target_s
     share    = left * pixels / pixels of the whole upload
     budget   = share                                  reason "target" (or "pace")
              = floor = AUTO_MIN_BPP * pixels / 8       reason "floor", when share is below it
@@ -36,8 +37,12 @@ The pace: ``interval`` is the smoothed time between quality=auto uploads (as goo
 ``SMOOTHING`` on the newest). The target alone lets each upload fill whatever the queue leaves,
 so uploads that come faster than the link drains them keep the queue near rate * target and every
 frame near the target's edge, past it as soon as encoding lags; rate * interval is what the link
-carries between two uploads, the share that keeps the queue from growing at all. A burst of
-uploads is paced like a fast feed: each gets what the link carries between them.
+carries between two uploads. Budgets of exactly that leave the link no spare time: a slow encode
+or a stream a little over its share starts a queue that nothing drains until it reaches the
+target. So the pace is a share of it (``PACE_SHARE``), less this interval's part of any queue
+beyond one interval's bytes spread over the target: a queue that forms drains within about one
+target, and frames arrive a few intervals after their upload rather than near the target. A
+burst of uploads is paced like a fast feed: each gets what the link carries between them.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 SMOOTHING = 0.5  # weight of the newest POST: a rate step shows within 1-2 POSTs, one odd POST is halved
+PACE_SHARE = 0.9  # of what the link carries between two uploads, the pace budget's share
 BudgetReason = Literal["target", "pace", "floor", "ceiling", "codec_minimum"]
 RateSource = Literal["measured", "pinned", "start"]
 
@@ -156,8 +162,11 @@ def plan(pixels: list[int], rate_bytes_per_s: float, source: RateSource, target_
     """Each image's budget (see the module docstring); ``max_bytes`` caps any one budget;
     ``interval_s``: the pace of uploads (``LinkModel.arrived``), None before there is one."""
     left, why = rate_bytes_per_s * target_s - queued_bytes, "target"
-    if interval_s is not None and rate_bytes_per_s * interval_s < left:
-        left, why = rate_bytes_per_s * interval_s, "pace"
+    if interval_s is not None:
+        between = rate_bytes_per_s * interval_s  # what the link carries between two uploads
+        pace = PACE_SHARE * between - max(0.0, queued_bytes - between) * interval_s / target_s
+        if pace < left:
+            left, why = pace, "pace"
     total = sum(pixels)
     budgets = []
     for px in pixels:

@@ -127,7 +127,8 @@ def test_plan_shares_the_bytes_left_by_pixels_and_keeps_the_floor():
 
 def test_uploads_faster_than_the_link_get_its_pace_not_the_whole_target():
     """1 kB/s and a 10 s target leave 10 kB to the first upload; at one upload a second the link
-    carries 1 kB between two, so from the second on that is the budget, and the queue stops growing."""
+    carries 1 kB between two, so from the second on the budget is 90 % of that (PACE_SHARE), less
+    a tenth (interval / target) of any queue beyond one interval's bytes, and the queue drains."""
     link = LinkModel(pinned_kbps=8)
     rate, source = link.budget_rate(64)
     assert link.arrived(100.0) is None
@@ -135,11 +136,15 @@ def test_uploads_faster_than_the_link_get_its_pace_not_the_whole_target():
     interval = link.arrived(101.0)
     second = plan([100], rate, source, 10, queued_bytes=900, min_bpp=8, max_bytes=10**6, interval_s=interval)
     assert link.arrived(103.0) == pytest.approx(1.5)  # smoothed: 1 s, then 2 s at weight 0.5
-    slow = plan([100, 300], rate, source, 10, queued_bytes=9500, min_bpp=1, max_bytes=10**6, interval_s=1.5)
+    slow = plan([100, 300], rate, source, 10, queued_bytes=9500, min_bpp=1, max_bytes=10**6, interval_s=5.0)
     assert first.budgets == ((10_000, "target"),)
-    assert second.budgets == ((1000, "pace"),)
+    assert second.budgets == ((900, "pace"),)  # 900 queued: within one interval's bytes
+    queue = plan([100], rate, source, 10, queued_bytes=1600, min_bpp=8, max_bytes=10**6, interval_s=interval)
+    assert queue.budgets == ((840, "pace"),)  # 900 less a tenth of the 600 bytes beyond one interval's
+    long_queue = plan([100], rate, source, 10, queued_bytes=3000, min_bpp=8, max_bytes=10**6, interval_s=interval)
+    assert long_queue.budgets == ((700, "pace"),)
     assert slow.budgets == ((125, "target"), (375, "target"))  # 500 left of the target: less than the pace
-    assert settle(second, 0, 1000, "pace", 1.0, 300).reason == "ceiling"
+    assert settle(second, 0, 900, "pace", 1.0, 300).reason == "ceiling"
 
 # ---- GET /v1/link and /metrics --------------------------------------------------------------------
 def test_link_is_measured_from_acknowledged_posts(tmp_path, tiny_models_dir):
