@@ -9,7 +9,10 @@ It includes each POST's round trip and the receiver's time, which is right: it i
 the outbox really drains. ``rtt_s`` is the same average of the POST times. A POST that timed out
 is a sample too, as a bound (the link moved less than its body in that time), so a link that
 slows below the batches it is sent pulls the estimate down; other failed POSTs are no sample (an
-outage leaves the last estimate in place). ``LATENTWIRE_SENDER_LINK_KBPS`` pins the rate (source
+outage leaves the last estimate in place). A POST still on its way bounds the rate too: its body
+has not got through in the time it has taken so far, so budgets planned meanwhile take at most
+body / elapsed (``budget_rate``); after a rate drop the next uploads shrink before the first slow
+POST ends. ``LATENTWIRE_SENDER_LINK_KBPS`` pins the rate (source
 "pinned"; the measurement goes on and is shown beside it). The same rate caps each POST's batch
 at what it moves in half the request timeout (``Deliverer._batch_bytes``).
 
@@ -48,6 +51,7 @@ burst of uploads is paced like a fast feed: each gets what the link carries betw
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -81,6 +85,7 @@ class LinkModel:
         # Budgets of quality=auto uploads planned but not yet in the outbox (still encoding): they
         # go ahead of the next upload as surely as queued frames do (``reserve``).
         self.encoding_bytes = 0
+        self._in_flight: tuple[int, float] | None = None  # (body bytes, monotonic start) of the POST on its way
 
     @contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
@@ -100,6 +105,16 @@ class LinkModel:
             self.interval_s = gap if self.interval_s is None else self.interval_s + SMOOTHING * (gap - self.interval_s)
         self._last_upload_at = now
         return self.interval_s
+
+    @contextmanager
+    def sending(self, nbytes: int, started: float) -> Iterator[None]:
+        """A POST of ``nbytes`` on its way since ``started`` (time.monotonic()): a bound on the
+        rate until it ends (``budget_rate``)."""
+        self._in_flight = (nbytes, started)
+        try:
+            yield
+        finally:
+            self._in_flight = None
 
     def observe(self, nbytes: int, seconds: float) -> None:
         """One POST the receiver answered 200: ``nbytes`` of body in ``seconds``."""
@@ -121,12 +136,20 @@ class LinkModel:
         return LinkState(goodput_bytes_per_s=rate, measured_bytes_per_s=measured, rtt_s=self._seconds,
                          source=source, samples=self.samples)  # type: ignore[arg-type]
 
-    def budget_rate(self, start_kbps: float) -> tuple[float, RateSource]:
-        """Bytes per second for budgets, and where the number comes from."""
+    def budget_rate(self, start_kbps: float, now: float | None = None) -> tuple[float, RateSource]:
+        """Bytes per second for budgets, and where the number comes from; unless pinned, at most
+        what the POST on its way has moved so far could be (``now``: time.monotonic())."""
         state = self.state()
         if state.goodput_bytes_per_s is None:
-            return start_kbps * 1000 / 8, "start"
-        return state.goodput_bytes_per_s, state.source  # type: ignore[return-value]
+            rate, source = start_kbps * 1000 / 8, "start"
+        else:
+            rate, source = state.goodput_bytes_per_s, state.source
+        if source != "pinned" and self._in_flight is not None:
+            nbytes, started = self._in_flight
+            elapsed = (time.monotonic() if now is None else now) - started
+            if elapsed > 0:
+                rate = min(rate, nbytes / elapsed)
+        return rate, source  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

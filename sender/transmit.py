@@ -130,8 +130,9 @@ class Deliverer(BackgroundTask):
         ids = [f.id for f in frames]
         t0 = time.perf_counter()
         try:
-            response = await self.client.post(self.settings.frames_url, content=body,
-                                              headers={"Content-Type": CONTENT_TYPE})
+            with self.link.sending(len(body), time.monotonic()):
+                response = await self.client.post(self.settings.frames_url, content=body,
+                                                  headers={"Content-Type": CONTENT_TYPE})
         except httpx.TimeoutException as exc:
             elapsed = time.perf_counter() - t0
             self.metrics.transmit_seconds.labels("timeout").observe(elapsed)

@@ -335,3 +335,19 @@ def test_a_thin_links_backlog_goes_in_batches_that_fit_the_timeout(tmp_path, tin
     assert len(link.bodies) >= 3
     assert all(body / 200 < 2.0 for body in link.bodies), link.bodies  # each POST within it
     assert 'latentwire_sender_transmit_seconds_count{outcome="timeout"}' not in metrics
+
+
+def test_a_post_still_on_its_way_bounds_the_rate_budgets_take():
+    """Measured at 8 kB/s, a 40 kB POST still going after 10 s says the link now moves at most
+    4 kB/s: budgets planned meanwhile take that, before the POST ends; a pinned rate stays."""
+    link, pinned = LinkModel(), LinkModel(pinned_kbps=64)
+    for model in (link, pinned):
+        model.observe(8000, 1.0)
+    with link.sending(40_000, started=100.0), pinned.sending(40_000, started=100.0):
+        assert link.budget_rate(64, now=102.0) == (8000, "measured")  # 20 kB/s so far: no news
+        assert link.budget_rate(64, now=110.0) == (4000, "measured")
+        assert pinned.budget_rate(64, now=110.0) == (8000, "pinned")
+    assert link.budget_rate(64, now=110.0) == (8000, "measured")  # it ended: the estimate again
+    fresh = LinkModel()
+    with fresh.sending(1000, started=0.0):
+        assert fresh.budget_rate(64, now=1.0) == (1000, "start")  # the start rate is bounded alike
