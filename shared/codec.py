@@ -132,10 +132,10 @@ class Codec:
         which decodes at the full size). None: the full size for a quality; for a byte budget, the
         full size or a reduced one, whichever looks best within it (shared/resolution.py).
         ``search`` (byte budgets): "exact" finds the highest quality that fits; "quick" takes the
-        first stream within ``QUICK_TOLERANCE`` of the budget, its codings placed by the model's rate
-        curve when the file carries one, and tries reduced sizes only when the full size cannot meet
-        it at all: a fraction of the codings, for callers that must keep up with a feed (the
-        sender's quality=auto)."""
+        first stream within ``QUICK_TOLERANCE`` of the budget (searched on the entropy model's own
+        size estimates and coded once, mostly, when the file carries a rate curve) and tries reduced
+        sizes only when the full size cannot meet it at all: a fraction of the codings, for callers
+        that must keep up with a feed (the sender's quality=auto)."""
         if (quality is None) == (max_bytes is None):
             raise QualityOutOfRange("give exactly one of quality (0..1) or max_bytes")
         if search not in SEARCHES:
