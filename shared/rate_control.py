@@ -84,8 +84,9 @@ class RateCurve:
         bpp = tuple(float(np.exp(np.mean(np.log(sizes(q))))) for q in qualities)
         return cls(tuple(qualities), bpp) if all(b > a for a, b in zip(bpp, bpp[1:])) else None
 
-    def log_bpp(self, quality: float) -> float:
-        return float(np.interp(quality, self.qualities, np.log(self.bpp)))
+    def log_bpp(self, quality):
+        """log bpp at ``quality`` (a number, or an array of them)."""
+        return np.interp(quality, self.qualities, np.log(self.bpp))
 
     def quality_for(self, log_bpp: float) -> float:
         """The quality at which the curve reaches ``log_bpp`` (its end qualities beyond them)."""
@@ -240,7 +241,7 @@ def _aimed_quality(curve: RateCurve, shifts: dict[float, float], aim: float, sta
             ends = sorted(shifts, key=lambda q: abs(shifts[q] + curve.log_bpp(q) - aim))[:2]
         (q0, s0), (q1, s1) = sorted((q, shifts[q]) for q in ends)
         shift = s0 + (s1 - s0) * (grid - q0) / (q1 - q0)
-    predicted = np.interp(grid, curve.qualities, np.log(curve.bpp)) + shift
+    predicted = curve.log_bpp(grid) + shift
     within = np.nonzero(predicted <= aim)[0]
     return float(grid[within[-1]] if within.size else grid[0])
 
