@@ -295,8 +295,8 @@ class VariableRateHyperprior(CompressionModel):
     @torch.no_grad()
     def predict_bytes(self, y: Tensor, z: Tensor, quality: float) -> float:
         """A quick float32 estimate of the bytes ``compress_latents`` gives (the training forward's
-        likelihoods): several times cheaper than coding, a percent or two under the real strings
-        (the coder's overhead), which a quick budget search corrects (shared/rate_control.py)."""
+        likelihoods): cheaper than coding, and under the real strings by the coder's overhead,
+        which a quick budget search corrects (shared/rate_control.py)."""
         q = torch.full((y.shape[0],), float(quality))
         _, likelihoods = self.latent_forward(y.float(), z.float(), q)
         return float(-(torch.log2(likelihoods["y"]).sum() + torch.log2(likelihoods["z"]).sum())) / 8

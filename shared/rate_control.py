@@ -14,10 +14,10 @@ within that fraction of the budget (``QUICK_TOLERANCE`` for ``Codec.encode(searc
 the sender's quality=auto uses: its budget is an estimate of the link anyway, and every probe is a
 full entropy coding). A quick search of a codec whose model carries a ``RateCurve`` (its typical size
 per quality) starts where that curve puts the budget, moved by how far each coded size fell from it
-(``guided_fit``): usually two or three codings, where the search from both ends of [0, 1] takes
-five to seven. Where the coder can also predict its sizes (``Codec``'s: the entropy model's float32
-likelihoods, several times cheaper than coding), that search runs on the predictions and only its
-answer is coded (``estimated_fit``): one coding, mostly.
+(``guided_fit``), which needs fewer codings than the search from both ends of [0, 1]. Where the
+coder can also predict its sizes (``Codec``'s: the entropy model's float32 likelihoods, cheaper
+than coding), that search runs on the predictions and only its answer is coded
+(``estimated_fit``).
 
 A budget may be searched over several *segments*, (code, q_min, q_max) in order of preference:
 clean first (shared/clean_first.py) prefers the upload's streams above its quality limit and falls
@@ -46,7 +46,7 @@ RATE_SEARCH_TRUNCATION = 0.2  # ITP's kappa_1, with kappa_2 = 2
 QUICK_TOLERANCE = 0.05  # search="quick": any stream from 95 % of the budget up to it will do
 GUIDED_PROBES = 4  # codings placed by the rate curve before the search goes on from a bracket
 ESTIMATE_TRIES = 2  # real codings placed by the estimates before the guided search codes for real
-ESTIMATE_OVERHEAD = 1.02  # a real stream's size over the entropy model's estimate, typically
+ESTIMATE_OVERHEAD = 1.02  # the first guess of a real stream's size over the entropy model's estimate
 CURVE_QUALITIES = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
 
 
@@ -179,8 +179,8 @@ def estimated_fit(shape: tuple, code: Coder, lo: float, hi: float, max_bytes: in
                   curve: RateCurve, pixels: int) -> Encoded:
     """``guided_fit`` run on the entropy model's estimates of the sizes (``code.predict(q)``: bytes,
     a fraction of a coding's time), coding for real only the quality each such search ends on.
-    The estimates run a percent or two under the real streams (the coder's and the container's
-    overhead): they are scaled by ESTIMATE_OVERHEAD, then by what the last real coding showed.
+    The estimates run under the real streams (the coder's and the container's overhead): they
+    are scaled by ESTIMATE_OVERHEAD, then by what the last real coding showed.
     Up to ESTIMATE_TRIES real codings; if none fits within the tolerance, the search goes on
     from the bracket they leave (``highest_fitting``), or, with none, codes for real
     (``guided_fit``)."""
