@@ -25,6 +25,7 @@ FLAGS = {
 ENV_ONLY = (
     "secret", "max_side", "default_quality", "max_upload_bytes", "max_files", "outbox_max_pending",
     "encode_queue_size", "batch_max", "batch_wait_ms", "delivery_batch_max", "delivery_batch_max_bytes",
+    "delivery_concurrency",
     "request_timeout_s", "retry_base_s", "retry_max_s", "previews_keep", "link_kbps", "latency_target_s",
     "link_start_kbps", "auto_min_bpp",
 )

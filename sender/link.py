@@ -1,18 +1,21 @@
 """The sender's model of its link to the receiver, and the byte budgets ``quality=auto`` takes from it.
 
-The link model. The delivery worker sends one POST at a time, so the time of a POST that the
-receiver answered 200 is time the link spent on those bytes: each such POST is a sample (body bytes,
-seconds from sending the request to reading the reply). Goodput is the ratio of the smoothed
-bytes to the smoothed seconds (two exponential averages, weight ``SMOOTHING`` on the newest), so a
-long slow POST after a rate drop weighs by its time, and the estimate falls within a POST or two.
-It includes each POST's round trip and the receiver's time, which is right: it is the rate at which
-the outbox really drains. ``rtt_s`` is the same average of the POST times. A POST that timed out
-is a sample too, as a bound (the link moved less than its body in that time), so a link that
-slows below the batches it is sent pulls the estimate down; other failed POSTs are no sample (an
-outage leaves the last estimate in place). A POST still on its way bounds the rate too: its body
-has not got through in the time it has taken so far, so budgets planned meanwhile take at most
-body / elapsed (``budget_rate``); after a rate drop the next uploads shrink before the first slow
-POST ends. ``LATENTWIRE_SENDER_LINK_KBPS`` pins the rate (source
+The link model. Each POST that the receiver answered 200 is a sample: its body bytes, and the
+busy time it ends. The delivery worker keeps up to ``delivery_concurrency`` POSTs on their way (the
+next batch travels while the receiver decodes the last), so the busy time is counted once: a
+sample's seconds run from the later of its POST's start and the previous sample's end, and a
+stretch with no POST on its way counts for none (``busy_seconds``). Goodput is the ratio of the
+smoothed bytes to the smoothed seconds (two exponential averages, weight ``SMOOTHING`` on the
+newest), so a long slow POST after a rate drop weighs by its time, and the estimate falls within a
+POST or two. It includes the round trips and whatever of the receiver's time no other POST
+overlapped, which is right: it is the rate at which the outbox really drains. ``rtt_s`` is the
+same average of whole POST times, request sent to reply read. A POST that timed out is a sample
+too, as a bound (the link moved less than its body in that time), so a link that slows below the
+batches it is sent pulls the estimate down; other failed POSTs are no sample (an outage leaves the
+last estimate in place). The POSTs still on their way bound the rate too: their bodies have not got
+through in the time since the first of them started, so budgets planned meanwhile take at most
+their bytes / that time (``budget_rate``); after a rate drop the next uploads shrink before the
+first slow POST ends. ``LATENTWIRE_SENDER_LINK_KBPS`` pins the rate (source
 "pinned"; the measurement goes on and is shown beside it). The same rate caps each POST's batch
 at what it moves in half the request timeout (``Deliverer._batch_bytes``).
 
@@ -26,6 +29,7 @@ them in proportion to their pixels:
     queued   = the outbox's stream bytes + the budgets of auto uploads still being encoded
     left     = rate * target_s - queued
              = the pace, when that is less             reason "pace"
+             = rate * START_PROBE_S, when that is less and nothing was measured yet   reason "start"
     pace     = PACE_SHARE * rate * interval - max(0, queued - rate * interval) * interval / target_s
     share    = left * pixels / pixels of the whole upload
     budget   = share                                  reason "target" (or "pace")
@@ -35,6 +39,11 @@ them in proportion to their pixels:
     late     = (queued + this upload's streams up to this one) / rate > target_s
 
 A late frame is still queued and sent; its record says it will be late.
+
+The start. Until a POST has been measured the rate is only the start rate, a guess: a first upload
+that filled rate * target at a guess twice the link would hold the link for two targets, and every
+frame behind it would be late. So an upload planned on the start rate takes at most what that rate
+carries in ``START_PROBE_S``; the first POST, a second or so later, measures the link.
 
 The pace: ``interval`` is the smoothed time between quality=auto uploads (as goodput, weight
 ``SMOOTHING`` on the newest). The target alone lets each upload fill whatever the queue leaves,
@@ -50,6 +59,7 @@ burst of uploads is paced like a fast feed: each gets what the link carries betw
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -59,7 +69,8 @@ from typing import Literal
 
 SMOOTHING = 0.5  # weight of the newest POST: a rate step shows within 1-2 POSTs, one odd POST is halved
 PACE_SHARE = 0.9  # of what the link carries between two uploads, the pace budget's share
-BudgetReason = Literal["target", "pace", "floor", "ceiling", "codec_minimum"]
+START_PROBE_S = 1.0  # before any POST was measured, an upload takes what the start rate carries in this
+BudgetReason = Literal["target", "pace", "start", "floor", "ceiling", "codec_minimum"]
 RateSource = Literal["measured", "pinned", "start"]
 
 
@@ -78,14 +89,17 @@ class LinkModel:
     def __init__(self, pinned_kbps: float | None = None) -> None:
         self.pinned_bytes_per_s = None if pinned_kbps is None else pinned_kbps * 1000 / 8
         self._bytes: float | None = None  # smoothed body bytes per acknowledged POST
-        self._seconds: float | None = None  # smoothed seconds per acknowledged POST
+        self._seconds: float | None = None  # smoothed busy seconds per acknowledged POST
+        self._rtt: float | None = None  # smoothed seconds of a whole POST
         self.samples = 0
         self._last_upload_at: float | None = None
         self.interval_s: float | None = None  # smoothed seconds between quality=auto uploads
         # Budgets of quality=auto uploads planned but not yet in the outbox (still encoding): they
         # go ahead of the next upload as surely as queued frames do (``reserve``).
         self.encoding_bytes = 0
-        self._in_flight: tuple[int, float] | None = None  # (body bytes, monotonic start) of the POST on its way
+        self._in_flight: dict[int, tuple[int, float]] = {}  # (body bytes, monotonic start) of each POST on its way
+        self._keys = itertools.count()
+        self._busy_from = 0.0  # busy time before this is in samples already (``busy_seconds``)
 
     @contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
@@ -109,22 +123,37 @@ class LinkModel:
     @contextmanager
     def sending(self, nbytes: int, started: float) -> Iterator[None]:
         """A POST of ``nbytes`` on its way since ``started`` (time.monotonic()): a bound on the
-        rate until it ends (``budget_rate``)."""
-        self._in_flight = (nbytes, started)
+        rate until it ends (``budget_rate``), and busy time for ``busy_seconds``."""
+        if not self._in_flight:
+            self._busy_from = started  # the link was idle until now: that time is no one's
+        key = next(self._keys)
+        self._in_flight[key] = (nbytes, started)
         try:
             yield
         finally:
-            self._in_flight = None
+            del self._in_flight[key]
 
-    def observe(self, nbytes: int, seconds: float) -> None:
-        """One POST the receiver answered 200: ``nbytes`` of body in ``seconds``."""
+    def busy_seconds(self, ended: float) -> float:
+        """Seconds of link time for the POST ending at ``ended`` (time.monotonic(), inside its
+        ``sending``): the busy time since the previous POST ended or, if later, since the link
+        last went from idle to busy. Each busy second is counted by exactly one POST."""
+        seconds = ended - self._busy_from
+        self._busy_from = max(self._busy_from, ended)
+        return seconds
+
+    def observe(self, nbytes: int, seconds: float, rtt_s: float | None = None) -> None:
+        """One POST the receiver answered 200: ``nbytes`` of body in ``seconds`` of busy link
+        time (``busy_seconds``; with one POST at a time, its whole time); ``rtt_s``: the POST's
+        whole time, when that differs."""
         if nbytes <= 0 or not seconds > 0:
             return
-        if self._bytes is None or self._seconds is None:
-            self._bytes, self._seconds = float(nbytes), float(seconds)
+        rtt = seconds if rtt_s is None else rtt_s
+        if self._bytes is None or self._seconds is None or self._rtt is None:
+            self._bytes, self._seconds, self._rtt = float(nbytes), float(seconds), float(rtt)
         else:
             self._bytes += SMOOTHING * (nbytes - self._bytes)
             self._seconds += SMOOTHING * (seconds - self._seconds)
+            self._rtt += SMOOTHING * (rtt - self._rtt)
         self.samples += 1
 
     def state(self) -> LinkState:
@@ -133,20 +162,20 @@ class LinkModel:
             rate, source = self.pinned_bytes_per_s, "pinned"
         else:
             rate, source = measured, "measured" if measured is not None else "none"
-        return LinkState(goodput_bytes_per_s=rate, measured_bytes_per_s=measured, rtt_s=self._seconds,
+        return LinkState(goodput_bytes_per_s=rate, measured_bytes_per_s=measured, rtt_s=self._rtt,
                          source=source, samples=self.samples)  # type: ignore[arg-type]
 
     def budget_rate(self, start_kbps: float, now: float | None = None) -> tuple[float, RateSource]:
         """Bytes per second for budgets, and where the number comes from; unless pinned, at most
-        what the POST on its way has moved so far could be (``now``: time.monotonic())."""
+        what the POSTs on their way have moved so far could be (``now``: time.monotonic())."""
         state = self.state()
         if state.goodput_bytes_per_s is None:
             rate, source = start_kbps * 1000 / 8, "start"
         else:
             rate, source = state.goodput_bytes_per_s, state.source
-        if source != "pinned" and self._in_flight is not None:
-            nbytes, started = self._in_flight
-            elapsed = (time.monotonic() if now is None else now) - started
+        if source != "pinned" and self._in_flight:
+            nbytes = sum(b for b, _ in self._in_flight.values())
+            elapsed = (time.monotonic() if now is None else now) - min(t for _, t in self._in_flight.values())
             if elapsed > 0:
                 rate = min(rate, nbytes / elapsed)
         return rate, source  # type: ignore[return-value]
@@ -190,6 +219,8 @@ def plan(pixels: list[int], rate_bytes_per_s: float, source: RateSource, target_
         pace = PACE_SHARE * between - max(0.0, queued_bytes - between) * interval_s / target_s
         if pace < left:
             left, why = pace, "pace"
+    if source == "start" and rate_bytes_per_s * START_PROBE_S < left:
+        left, why = rate_bytes_per_s * START_PROBE_S, "start"
     total = sum(pixels)
     budgets = []
     for px in pixels:
@@ -204,7 +235,7 @@ def settle(p: Plan, index: int, budget_bytes: int, reason: BudgetReason, quality
     """The record of image ``index`` once encoded. ``budget_bytes`` / ``reason``: what it was
     encoded with (the codec's minimum when the plan's budget was below it); ``quality``: what the
     stream came out at; ``bytes_through``: this upload's stream bytes up to and including it."""
-    if reason in ("target", "pace") and quality >= 1.0:
+    if reason in ("target", "pace", "start") and quality >= 1.0:
         reason = "ceiling"
     expected = (p.queued_bytes + bytes_through) / p.rate_bytes_per_s
     return Budget(bytes=budget_bytes, reason=reason, late=expected > p.target_s,

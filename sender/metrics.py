@@ -26,8 +26,8 @@ or an app and a library user, never share or collide on the global registry).
     latentwire_sender_link_measured_bytes_per_second gauge acknowledged POST bytes / seconds, smoothed
     latentwire_sender_link_rtt_seconds          gauge      time of one acknowledged POST, smoothed
     latentwire_sender_link_pinned               gauge      1: LATENTWIRE_SENDER_LINK_KBPS pins the rate
-    latentwire_sender_auto_budgets_total        counter    quality=auto images, by reason: target | pace | floor |
-                                                           ceiling | codec_minimum
+    latentwire_sender_auto_budgets_total        counter    quality=auto images, by reason: target | pace | start |
+                                                           floor | ceiling | codec_minimum
     latentwire_sender_auto_budget_bytes         histogram  quality=auto budgets (max_bytes) chosen
     latentwire_sender_auto_late_total           counter    quality=auto images expected after the target
     latentwire_sender_superseded_total          counter    queued frames dropped for a newer upload with the

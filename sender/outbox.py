@@ -14,8 +14,8 @@ holds the frame and delivers it when it starts again. A frame's life::
 
 Superseding (``supersede=<key>`` on an upload, for live feeds): in the transaction that queues the
 new frames, every older queued frame with the same key that may not have reached the receiver
-yet becomes ``superseded``: it is not in the batch the delivery worker is sending now (``due``
-marks that batch in flight until the worker calls ``release``), and either no POST has carried it
+yet becomes ``superseded``: it is in no batch the delivery worker is sending now (``due``
+marks a batch in flight until the worker calls ``release`` with its ids), and either no POST has carried it
 yet or the receiver answered its last one with an error status (so it did not store it). A frame
 whose last POST timed out or lost its connection may be stored at the receiver: it is kept and
 sent again. Frames of the same upload never supersede each other.
@@ -202,8 +202,8 @@ class Outbox:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentwire-outbox")
-        # Ids of the batch the delivery worker is sending: written by due() on the outbox thread,
-        # read by _add() there, emptied by release() from the event loop, hence the lock.
+        # Ids of the batches the delivery worker is sending: added by due() on the outbox thread,
+        # read by _add() there, removed by release() from the event loop, hence the lock.
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
 
@@ -342,15 +342,21 @@ class Outbox:
 
     # ---- reads ----------------------------------------------------------------------------
     async def due(self, now: float, limit: int, max_bytes: int) -> list[PendingFrame]:
-        """Queued frames whose time has come, oldest first: at most ``limit`` frames and, past the
-        first, at most ``max_bytes`` of streams. They are in flight (never superseded) until
-        ``release``: the delivery worker's one caller sends one batch at a time."""
+        """Queued frames whose time has come and that no POST carries now, oldest first: at most
+        ``limit`` frames and, past the first, at most ``max_bytes`` of streams. They are in flight
+        (never superseded, not due again) until ``release`` of their ids."""
         return await self._run(self._due, now, limit, max_bytes)
 
+    def _flying(self) -> list[str]:
+        with self._in_flight_lock:
+            return list(self._in_flight)
+
     def _due(self, now: float, limit: int, max_bytes: int) -> list[PendingFrame]:
+        flying = self._flying()
         rows = self.conn.execute(
             "SELECT id, length(stream) FROM frames WHERE status = 'queued' AND next_attempt_at <= ? "
-            "ORDER BY next_attempt_at, created_at LIMIT ?", (now, limit)).fetchall()
+            f"AND id NOT IN ({','.join('?' * len(flying))}) "
+            "ORDER BY next_attempt_at, created_at LIMIT ?", (now, *flying, limit)).fetchall()
         chosen, total = [], 0
         for id_, size in rows:
             if chosen and total + size > max_bytes:
@@ -363,17 +369,23 @@ class Outbox:
                                     (id_,)).fetchone()
             out.append(PendingFrame(id=row[0], created_at=row[1], stream=bytes(row[2]), attempts=row[3]))
         with self._in_flight_lock:
-            self._in_flight = {f.id for f in out}
+            self._in_flight.update(f.id for f in out)
         return out
 
-    def release(self) -> None:
-        """The batch from ``due`` is settled (or its POST abandoned): no frame is in flight."""
+    def release(self, ids: list[str]) -> None:
+        """The batch of these ids from ``due`` is settled (or its POST abandoned)."""
         with self._in_flight_lock:
-            self._in_flight = set()
+            self._in_flight.difference_update(ids)
 
     async def next_due_at(self) -> float | None:
-        return await self._run(lambda: self.conn.execute(
-            "SELECT min(next_attempt_at) FROM frames WHERE status = 'queued'").fetchone()[0])
+        """When the next queued frame that no POST carries becomes due (None: there is none)."""
+        def query() -> float | None:
+            flying = self._flying()
+            return self.conn.execute(
+                "SELECT min(next_attempt_at) FROM frames WHERE status = 'queued' "
+                f"AND id NOT IN ({','.join('?' * len(flying))})", flying).fetchone()[0]
+
+        return await self._run(query)
 
     async def get(self, id_: str) -> FrameRecord | None:
         row = await self._run(lambda: self.conn.execute(

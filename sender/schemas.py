@@ -30,7 +30,8 @@ class BudgetOut(BaseModel):
 
     bytes: int = Field(description="the max_bytes the image was encoded with")
     reason: str = Field(description="target: its share of rate x target - queued bytes | pace: its share of "
-                        "rate x the interval between auto uploads, when that is less | floor: that share was "
+                        "rate x the interval between auto uploads, when that is less | start: nothing measured yet, what "
+                        "the start rate carries in one second | floor: that share was "
                         "below LATENTWIRE_SENDER_AUTO_MIN_BPP, the floor was used | ceiling: quality 1 fitted "
                         "the share | codec_minimum: the codec's smallest stream for this image is larger than "
                         "the floor, and was sent")

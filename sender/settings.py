@@ -72,6 +72,8 @@ class Settings(SecretSettings, BaseSettings):
     batch_max: int = Field(8, ge=1, le=256, description="CUDA only: images per batched encode")
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="CUDA only: how long a batch waits to fill")
     delivery_batch_max: int = Field(16, ge=1, le=DEFAULT_MAX_BATCH, description="frames per POST to the receiver")
+    delivery_concurrency: int = Field(2, ge=1, le=8, description="POSTs to the receiver on their way at once: "
+                                      "with 2, the next batch travels while the receiver decodes the last")
     # Half the receiver's default 16 MiB body limit, so one POST never trips its 413.
     delivery_batch_max_bytes: int = Field(8 << 20, ge=1024, description="stream bytes per POST to the receiver")
     request_timeout_s: float = Field(10.0, gt=0, le=600, description="timeout of one POST to the receiver")

@@ -1,9 +1,11 @@
 """The delivery worker: moves queued frames from the outbox to the receiver, at least once each.
 
 One asyncio task (started by the lifespan) loops: take the due frames (queued, next_attempt_at
-<= now; at most ``delivery_batch_max`` and ``delivery_batch_max_bytes``), POST them as one
-signed body (``shared.wire.pack_frames``) to ``{receiver_url}/v1/frames`` through the app's one
-``httpx.AsyncClient``, and settle each frame by the answer:
+<= now, not on their way; at most ``delivery_batch_max`` and ``delivery_batch_max_bytes``), POST
+them as one signed body (``shared.wire.pack_frames``) to ``{receiver_url}/v1/frames`` through the
+app's one ``httpx.AsyncClient``, and settle each frame by the answer. Up to
+``delivery_concurrency`` such POSTs are on their way at once, each in its own task: the receiver
+answers only once it has decoded and stored a batch, and meanwhile the next batch uses the link.
 
     200 {"results": [{"id", "status": "stored"|"duplicate"}]}   delivered (a duplicate was
                                                                   stored by an earlier try)
@@ -20,15 +22,17 @@ signed body (``shared.wire.pack_frames``) to ``{receiver_url}/v1/frames`` throug
 
 A transient failure is the receiver's, not the frame's: the worker then pauses *all* sending
 until the retry time (backoff counts consecutive failures), so a receiver that is down gets one
-request per backoff period, not one per queued batch. With no frame due, the worker sleeps until
-the next one is, or until ``notify()`` (an upload was queued) wakes it.
+request per backoff period, not one per queued batch. With no frame due (or every POST slot taken),
+the worker sleeps until the next one is, or until ``notify()`` (an upload was queued) or a POST
+that ends wakes it.
 
-Every POST the receiver answers 200 is a sample of the link (its body bytes and seconds) for
+Every POST the receiver answers 200 is a sample of the link (its body bytes and busy seconds) for
 ``self.link`` (sender/link.py): the goodput and round trip that GET /v1/link shows and that
 ``quality=auto`` budgets from.
 
-The batch being sent is in flight for the outbox (``due`` marks it, ``release`` ends it): an
-upload with ``supersede=<key>`` never supersedes a frame that is on its way.
+The batches being sent are in flight for the outbox (``due`` marks them, ``release`` ends them): an
+upload with ``supersede=<key>`` never supersedes a frame that is on its way, and no frame is on
+its way twice.
 
 The receiver dedupes by frame id, so resending after a crash or a lost reply is safe: delivery is
 at-least-once on the wire and exactly-once in the receiver's store.
@@ -75,6 +79,7 @@ class Deliverer(BackgroundTask):
         self._wake = asyncio.Event()
         self._failures = 0  # consecutive transient failures
         self._pause_until = 0.0
+        self._posts: set[asyncio.Task] = set()  # the POSTs on their way (at most delivery_concurrency)
         self.link = LinkModel(settings.link_kbps)
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -88,71 +93,97 @@ class Deliverer(BackgroundTask):
 
     # ---- the loop -----------------------------------------------------------------------
     async def _run(self) -> None:
-        while True:
-            try:
-                await self._step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # e.g. the outbox disk is full: keep the worker alive, try later
-                log.exception("delivery step failed; trying again in %.1f s", self.settings.retry_max_s)
-                await asyncio.sleep(self.settings.retry_max_s)
+        try:
+            while True:
+                try:
+                    await self._step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # e.g. the outbox disk is full: keep the worker alive, try later
+                    log.exception("delivery step failed; trying again in %.1f s", self.settings.retry_max_s)
+                    await asyncio.sleep(self.settings.retry_max_s)
+        finally:  # stop(): the POSTs on their way are cut short too (their frames stay queued)
+            for task in list(self._posts):
+                task.cancel()
+            await asyncio.gather(*self._posts, return_exceptions=True)
 
     async def _step(self) -> None:
         pause = self._pause_until - time.time()
         if pause > 0:
             await asyncio.sleep(pause)  # new uploads do not cut a receiver's backoff short
             return
-        self._wake.clear()  # before looking, so an upload queued meanwhile still wakes us
-        frames = await self.outbox.due(time.time(), self.settings.delivery_batch_max, self._batch_bytes())
-        if frames:
-            try:
-                await self._send(frames)
-            finally:  # settled (or abandoned): the outbox may supersede what is still queued of it
-                self.outbox.release()
-            return
-        next_at = await self.outbox.next_due_at()
-        timeout = None if next_at is None else max(0.0, next_at - time.time())
+        self._wake.clear()  # before looking, so an upload queued (or a POST ended) meanwhile still wakes us
+        timeout = None
+        if len(self._posts) < self.settings.delivery_concurrency:
+            frames = await self.outbox.due(time.time(), self.settings.delivery_batch_max, self._batch_bytes())
+            if frames:
+                task = asyncio.create_task(self._post(frames), name="latentwire-delivery-post")
+                self._posts.add(task)
+                return
+            next_at = await self.outbox.next_due_at()
+            timeout = None if next_at is None else max(0.0, next_at - time.time())
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
             pass
 
+    async def _post(self, frames: list[PendingFrame]) -> None:
+        """One POST slot: send and settle ``frames``, then free the slot and wake the loop."""
+        try:
+            await self._send(frames)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the frames stay queued; sending pauses as for a failing receiver
+            log.exception("delivery of %d frame(s) failed; trying again in %.1f s", len(frames),
+                          self.settings.retry_max_s)
+            self._pause_until = max(self._pause_until, time.time() + self.settings.retry_max_s)
+        finally:  # settled (or abandoned): the outbox may supersede what is still queued of it
+            self.outbox.release([f.id for f in frames])
+            self._posts.discard(asyncio.current_task())
+            self._wake.set()
+
     def _batch_bytes(self) -> int:
-        """Stream bytes one POST may carry: at most what the link moves in half the request timeout
-        (its measured or pinned rate, else the start rate). On a thin link a whole backlog as one
-        batch would time out, be retried whole, and time out again: nothing would ever arrive.
-        The outbox still sends one frame alone when even that is more."""
+        """Stream bytes one POST may carry: at most its share (one of ``delivery_concurrency``) of
+        what the link moves in half the request timeout (its measured or pinned rate, else the
+        start rate). On a thin link a whole backlog as one batch would time out, be retried whole,
+        and time out again: nothing would ever arrive. The outbox still sends one frame alone when
+        even that is more."""
         rate, _ = self.link.budget_rate(self.settings.link_start_kbps)
-        return max(1, min(self.settings.delivery_batch_max_bytes, int(rate * self.settings.request_timeout_s / 2)))
+        share = rate * self.settings.request_timeout_s / 2 / self.settings.delivery_concurrency
+        return max(1, min(self.settings.delivery_batch_max_bytes, int(share)))
 
     async def _send(self, frames: list[PendingFrame]) -> None:
         body = await asyncio.to_thread(self._pack, frames)  # msgpack + HMAC over up to 8 MiB
         ids = [f.id for f in frames]
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
+        busy = 0.0  # link time this POST accounts for (LinkModel.busy_seconds)
         try:
-            with self.link.sending(len(body), time.monotonic()):
-                response = await self.client.post(self.settings.frames_url, content=body,
-                                                  headers={"Content-Type": CONTENT_TYPE})
+            with self.link.sending(len(body), t0):
+                try:
+                    response = await self.client.post(self.settings.frames_url, content=body,
+                                                      headers={"Content-Type": CONTENT_TYPE})
+                finally:
+                    busy = self.link.busy_seconds(time.monotonic())
         except httpx.TimeoutException as exc:
-            elapsed = time.perf_counter() - t0
+            elapsed = time.monotonic() - t0
             self.metrics.transmit_seconds.labels("timeout").observe(elapsed)
             # Not delivered, but a bound: the link moved less than the body in that time. Counting
             # it pulls the rate (and so batches and auto budgets) down when a link slows.
-            self.link.observe(len(body), elapsed)
+            self.link.observe(len(body), busy, rtt_s=elapsed)
             await self._transient(ids, "timeout", f"no answer within {self.settings.request_timeout_s} s "
                                   f"({type(exc).__name__})")
             return
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS ...
-            self.metrics.transmit_seconds.labels("connect").observe(time.perf_counter() - t0)
+            self.metrics.transmit_seconds.labels("connect").observe(time.monotonic() - t0)
             await self._transient(ids, "connect", f"cannot reach {self.settings.frames_url} "
                                   f"({type(exc).__name__}: {exc})")
             return
-        elapsed = time.perf_counter() - t0
+        elapsed = time.monotonic() - t0
         self.metrics.transmit_seconds.labels(str(response.status_code)).observe(elapsed)
         self.metrics.wire_bytes.inc(len(body))
         status = response.status_code
         if status == 200:
-            self.link.observe(len(body), elapsed)
+            self.link.observe(len(body), busy, rtt_s=elapsed)
             await self._delivered(ids, response)
         elif 400 <= status < 500 and status not in TRANSIENT_STATUSES:
             await self._permanent(frames, response)

@@ -70,6 +70,7 @@ function denoiseNote(image) {
 const REASONS = {
   target: "its share of the link within the target",
   pace: "its share of what the link carries between uploads",
+  start: "what the start rate carries in a second (the link is not measured yet)",
   floor: "the floor (the link is too slow for the target)",
   ceiling: "not binding: quality 1 fitted in the link's share",
   codec_minimum: "the codec's smallest stream (the link is too slow for the floor)",

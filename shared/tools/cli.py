@@ -52,6 +52,10 @@ def _add_train(sub) -> None:
     p.add_argument("--decoder-only", action="store_true",
                    help="train the synthesis transform g_s alone: encoder and entropy models frozen, so a "
                         "sender's streams stay bit-identical; objective: the crops' mean PSNR")
+    p.add_argument("--bd-objective", action="store_true",
+                   help="weigh crops and qualities as the mean PSNR and the BD-rate do: each crop's "
+                        "distortion as its log MSE, each quality's loss over its rate, both priced at the "
+                        "resumed model's held-out figures (needs --resume)")
     p.add_argument("--synthesis-blocks", type=int, default=None, metavar="K",
                    help="residual refinement blocks per g_s stage (default: the resumed model's, else 0); "
                         "more than --resume has grows its decoder, the new blocks starting as the identity")
@@ -77,7 +81,7 @@ def _cmd_train(args) -> int:
         seed=args.seed, bf16=not args.no_bf16, compile=args.compile, device=args.device, noise_sigma_max=args.noise,
         noise_jpeg_prob=args.noise_jpeg_prob, noise_balance=not args.no_noise_balance,
         lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max, decoder_only=args.decoder_only,
-        synthesis_blocks=args.synthesis_blocks,
+        synthesis_blocks=args.synthesis_blocks, bd_objective=args.bd_objective,
     )
     train(cfg, args.resume, new_segment=args.new_segment)
     return 0

@@ -4,7 +4,7 @@ fixed quality.
     latentwire bench link [--kbps 32,64,256,1024] [--rate 1] [--target-s 10] [--duration-s 60]
                           [--quality 0.5] [--images DIR] [--size 768x512] [--delay-s 0.05]
                           [--drain-s 2xtarget] [--model NAME --models-dir DIR] [--threads 2] [--no-avif]
-                          [--step KBPS]
+                          [--step KBPS | --outage-s S]
 
 For each link rate: a receiver and a sender as real processes on loopback (shared/tools/launcher.py), the
 sender's POSTs going through shared/tools/link_emulator.py at that rate (and ``--delay-s`` each way);
@@ -29,6 +29,11 @@ the end counts with its age then, a lower bound: such latencies are printed with
 ``--step KBPS``: in each auto run the link drops to KBPS a third of the way through the offering and
 comes back two thirds of the way; a timeline follows the table, per ``TIMELINE_S`` of upload time:
 the link's rate then, the uploads' mean budget and stream bytes, and their p50 latency.
+
+``--outage-s S``: in each auto run the link stalls (accepts nothing, moves nothing: a cable pulled)
+for S seconds from a third of the way through the offering; the same timeline follows, with the
+link's rate 0 while it is down, and a line on what the outage cost: frames lost (accepted and
+never stored), frames superseded, and when the last frame uploaded during the outage was stored.
 """
 
 from __future__ import annotations
@@ -70,9 +75,10 @@ class Row:
     avif_psnr_db: float | None = None  # mean over the offered images AVIF fits at our mean bytes
     ours_where_avif_db: float | None = None  # ours over the same images (each image's mean first)
     avif_images: tuple[int, int] = (0, 0)  # (images AVIF fits, images offered and accepted)
-    link_kbps: list[tuple[float, float]] = field(default_factory=list)  # --step: (UNIX s, kbit/s from then on)
+    link_kbps: list[tuple[float, float]] = field(default_factory=list)  # --step/--outage-s: (UNIX s, kbit/s from then on)
     offers: list[Offer] = field(default_factory=list)
     stored_latency: dict[str, float] = field(default_factory=dict)  # frame id -> upload -> stored, s
+    stored_at: dict[str, float] = field(default_factory=dict)  # frame id -> the receiver's received_at
 
     def pct(self, p: float, part: slice = slice(None)) -> tuple[float, bool] | None:
         values = sorted(self.latencies_s[part])
@@ -108,7 +114,7 @@ def load_images(images_dir: Path, size: tuple[int, int]) -> list:
 def run_link_bench(kbps_list: list[float], rate_per_s: float, target_s: float, duration_s: float,
                    quality: float, images: list, drain_s: float, delay_s: float = 0.05,
                    model: str | None = None, models_dir: Path | None = None, threads: int = 2,
-                   avif: bool = True, step_kbps: float | None = None) -> list[Row]:
+                   avif: bool = True, step_kbps: float | None = None, outage_s: float | None = None) -> list[Row]:
     from shared.tools.launcher import ServicePair, free_port
     from shared.tools.link_emulator import LinkEmulator
 
@@ -130,6 +136,10 @@ def run_link_bench(kbps_list: list[float], rate_per_s: float, target_s: float, d
                         if step_kbps is not None and mode == "auto":
                             timers = [threading.Timer(duration_s * k / 3, _set_rate, (link, steps, rate))
                                       for k, rate in ((1, step_kbps), (2, kbps))]
+                        if outage_s is not None and mode == "auto":
+                            link.outage(outage_s, start_in_s=duration_s / 3)
+                            timers = [threading.Timer(duration_s / 3, _mark, (steps, 0.0)),
+                                      threading.Timer(duration_s / 3 + outage_s, _mark, (steps, kbps))]
                         for timer in timers:
                             timer.start()
                         offers = _offer(pair.sender.url, pngs, params, rate_per_s, duration_s)
@@ -145,6 +155,10 @@ def run_link_bench(kbps_list: list[float], rate_per_s: float, target_s: float, d
 
 def _set_rate(link, steps: list[tuple[float, float]], kbps: float) -> None:
     link.kbps = kbps
+    _mark(steps, kbps)
+
+
+def _mark(steps: list[tuple[float, float]], kbps: float) -> None:
     steps.append((time.time(), kbps))
 
 
@@ -203,6 +217,7 @@ def _row(kbps: float, mode: str, offers: list[Offer], receiver_url: str, images:
     accepted = [o for o in offers if o.id is not None]
     stored = _received_at(receiver_url, {o.id for o in accepted})
     row = Row(kbps=kbps, mode=mode, offered=len(offers), delivered=len(stored))
+    row.stored_at = stored
     row.latencies_s = [(stored[o.id] - o.at, False) if o.id in stored else (now - o.at, True) for o in accepted]
     row.stored_latency = {o.id: stored[o.id] - o.at for o in accepted if o.id in stored}
     bytes_by_source: dict[int, list[int]] = {}
@@ -293,10 +308,11 @@ def print_report(rows: list[Row], rate_per_s: float, target_s: float, duration_s
 
 
 def print_timeline(row: Row) -> None:
-    """The auto run of a ``--step`` bench, per TIMELINE_S of upload time."""
-    t0 = row.link_kbps[0][0]
-    print(f"\n{row.kbps:g} kbit/s, auto, the link stepping to {row.link_kbps[1][1]:g} kbit/s at "
-          f"{row.link_kbps[1][0] - t0:.1f} s and back at {row.link_kbps[-1][0] - t0:.1f} s (upload times):")
+    """The auto run of a ``--step`` or ``--outage-s`` bench, per TIMELINE_S of upload time."""
+    t0, (down_at, low), (up_at, _) = row.link_kbps[0][0], row.link_kbps[1], row.link_kbps[-1]
+    what = "down" if low == 0 else f"stepping to {low:g} kbit/s"
+    print(f"\n{row.kbps:g} kbit/s, auto, the link {what} at {down_at - t0:.1f} s and back at {up_at - t0:.1f} s "
+          "(upload times):")
     print(f"{'from s':>7} {'link kbps':>10} {'uploads':>8} {'budget B':>9} {'stream B':>9} {'p50 s':>7}")
     end = max(o.at for o in row.offers) - t0
     start = 0.0
@@ -309,6 +325,13 @@ def print_timeline(row: Row) -> None:
               f"{_num(statistics.mean(o.nbytes for o in window) if window else None, '.0f'):>9} "
               f"{_num(waits[len(waits) // 2] if waits else None, '.1f'):>7}")
         start += TIMELINE_S
+    if low == 0:
+        accepted = [o for o in row.offers if o.id is not None]
+        lost = sum(o.id not in row.stored_at for o in accepted)
+        before_up = [row.stored_at[o.id] for o in accepted if o.at < up_at and o.id in row.stored_at]
+        caught_up = f"{max(before_up) - up_at:.1f} s after it came back" if before_up else "-"
+        print(f"outage: {len(accepted)} frames accepted, {lost} lost (never stored); every frame uploaded "
+              f"before the link came back was stored {caught_up}")
 
 
 def _same_images(r: Row) -> str:
@@ -327,16 +350,21 @@ def command(args) -> int:
         print("latentwire bench link: --kbps is a comma-separated list of numbers, --size WIDTHxHEIGHT",
               file=sys.stderr)
         return 2
-    if (min(kbps_list) <= 0 or (args.step is not None and args.step <= 0) or args.rate <= 0 or args.target_s <= 0 or args.duration_s <= 0 or min(size) < 16
+    if args.step is not None and args.outage_s is not None:
+        print("latentwire bench link: --step and --outage-s are two separate benches; give one", file=sys.stderr)
+        return 2
+    if (min(kbps_list) <= 0 or (args.step is not None and args.step <= 0)
+            or (args.outage_s is not None and args.outage_s <= 0) or args.rate <= 0 or args.target_s <= 0 or args.duration_s <= 0 or min(size) < 16
             or not 0 <= args.quality <= 1):
-        print("latentwire bench link: --kbps, --step, --rate, --target-s and --duration-s must be > 0, --size at least "
+        print("latentwire bench link: --kbps, --step, --outage-s, --rate, --target-s and --duration-s must be > 0, "
+              "--size at least "
               "16x16, --quality in 0..1", file=sys.stderr)
         return 2
     images = load_images(args.images or SAMPLES, size)
     drain_s = 2 * args.target_s if args.drain_s is None else args.drain_s
     rows = run_link_bench(kbps_list, args.rate, args.target_s, args.duration_s, args.quality, images, drain_s,
                           args.delay_s, args.model, args.models_dir, args.threads, avif=not args.no_avif,
-                          step_kbps=args.step)
+                          step_kbps=args.step, outage_s=args.outage_s)
     print_report(rows, args.rate, args.target_s, args.duration_s, size, args.delay_s)
     for row in rows:
         if row.offers:
@@ -361,3 +389,5 @@ def add_arguments(p) -> None:
     p.add_argument("--no-avif", action="store_true", help="skip AVIF's PSNR at the same bytes")
     p.add_argument("--step", type=float, default=None,
                    help="kbit/s the link drops to for the middle third of each auto run (a rate step)")
+    p.add_argument("--outage-s", type=float, default=None,
+                   help="seconds the link is down from a third of the way through each auto run")

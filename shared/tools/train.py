@@ -16,6 +16,19 @@ and only the pictures a receiver draws from it change. The rate is then fixed, a
 ``lambda(quality)``, which spans 125x across the range, would only tilt the decoder towards the
 highest qualities; the objective is instead the mean PSNR of the crops (each crop's own, so every
 quality and noise level counts alike), and best.pt is chosen by the mean held-out PSNR.
+
+``--bd-objective`` keeps each quality's rate–distortion trade-off but weighs crops and qualities
+against each other as the BD-rate and the mean PSNR of ``latentwire eval`` do. Plain training adds
+MSEs, so the crops with the largest errors (textures) steer the shared networks, where the mean PSNR
+counts a relative error change alike on every crop; and it adds absolute rate changes, so the
+highest qualities, whose rates are 20x the lowest's, outweigh the rest, where the BD-rate counts a
+relative rate change alike at every quality. So each crop's distortion term becomes
+``lambda * D_ref(q) * ln(MSE)`` (the same gradient as ``lambda * MSE`` for a crop at the reference
+error D_ref(q), less for worse crops, more for better ones: the crop's PSNR, priced at the
+quality's trade-off), and each crop's loss is divided by ``R_ref(q)``. The references are the
+resumed model's held-out geometric-mean MSE and mean bpp at each validation quality, measured when
+the segment starts (interpolated in log between them, the weight normalised to 1 at quality 0.5);
+best.pt is chosen by the held-out loss computed alike.
 ``--synthesis-blocks K`` gives g_s K residual refinement blocks per stage (``network.synthesis_transform``);
 resuming a model with fewer grows it, the new blocks starting as the identity, which with
 ``--decoder-only`` buys the receiver a stronger decoder for the very same streams.
@@ -81,6 +94,9 @@ class TrainConfig:
     synthesis_blocks: int | None = None  # None: the checkpoint's; more than it has grows g_s (module docstring)
     lmbda_min: float | None = None  # None: the network's (checkpoint's) own
     lmbda_max: float | None = None
+    bd_objective: bool = False  # log-MSE distortion, each quality's loss over its rate (module docstring)
+    # --bd-objective's references: {"bpp": [...], "mse": [...]} at VAL_QUALITIES, measured when a segment starts
+    reference: dict | None = None
     holdout_every: int = HOLDOUT_EVERY  # a subset of the folder (device/make_subset.py) keeps its held-out images
     network: dict = field(default_factory=lambda: NetworkConfig().to_dict())
 
@@ -197,10 +213,26 @@ def load_rgb_bytes(data: bytes) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
+def at_quality(quality: torch.Tensor, values: list[float]) -> torch.Tensor:
+    """``values`` (one per VAL_QUALITIES, positive) at each ``quality`` (B,), log-linear between them."""
+    logs = torch.log(torch.tensor(values, dtype=torch.float32, device=quality.device))
+    pos = quality.float().clamp(0, 1) * (len(VAL_QUALITIES) - 1)
+    lo = pos.floor().long().clamp(max=len(VAL_QUALITIES) - 2)
+    t = pos - lo
+    return torch.exp(logs[lo] * (1 - t) + logs[lo + 1] * t)
+
+
+def rate_weight(quality: torch.Tensor, rate_ref: list[float]) -> torch.Tensor:
+    """``--bd-objective``: 1 / the reference bpp at each ``quality`` (B,), normalised to 1 at quality 0.5."""
+    return at_quality(torch.full_like(quality, 0.5, dtype=torch.float32), rate_ref) / at_quality(quality, rate_ref)
+
+
 def rd_loss(model: VariableRateHyperprior, out: dict, x: torch.Tensor, quality: torch.Tensor,
-            weight: torch.Tensor | None = None, decoder_only: bool = False) -> dict:
+            weight: torch.Tensor | None = None, decoder_only: bool = False,
+            reference: dict | None = None) -> dict:
     """``weight`` (B,): per-crop factor on the distortion term (denoising: ``noise_weight``).
-    ``decoder_only``: the loss is minus the crops' mean PSNR (the rate is frozen; module docstring)."""
+    ``decoder_only``: the loss is minus the crops' mean PSNR (the rate is frozen; module docstring).
+    ``reference``: the ``--bd-objective`` loss with these references (module docstring)."""
     B, _, H, W = x.shape
     num_pixels = H * W
     bits = sum(
@@ -210,7 +242,16 @@ def rd_loss(model: VariableRateHyperprior, out: dict, x: torch.Tensor, quality: 
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)  # (B,)
     distortion = mse if weight is None else weight * mse
     crop_psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))  # (B,)
-    loss = -crop_psnr.mean() if decoder_only else (model.lmbda(quality) * 255**2 * distortion + bpp).mean()
+    if decoder_only:
+        loss = -crop_psnr.mean()
+    else:
+        lam = model.lmbda(quality) * 255**2
+        if reference is None:
+            loss = (lam * distortion + bpp).mean()
+        else:
+            log_d = torch.log(distortion.clamp_min(1e-10))
+            per_crop = lam * at_quality(quality, reference["mse"]) * log_d + bpp
+            loss = (per_crop * rate_weight(quality, reference["bpp"])).mean()
     return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": crop_psnr.mean()}
 
 
@@ -263,9 +304,10 @@ def freeze_all_but_synthesis(model: VariableRateHyperprior) -> None:
 
 @torch.no_grad()
 def validate(model: VariableRateHyperprior, images: list[torch.Tensor], device: torch.device,
-             noise: tuple[float, float] | None = None) -> dict:
+             noise: tuple[float, float] | None = None, reference: dict | None = None) -> dict:
     """Held-out RD at fixed qualities, hard quantisation, bpp from likelihoods (cheap, for
-    choosing checkpoints; real bitstreams are measured by ``latentwire eval``)."""
+    choosing checkpoints; real bitstreams are measured by ``latentwire eval``). With
+    ``reference`` the loss is ``--bd-objective``'s. Per quality also the geometric-mean MSE."""
     from shared.network import pad_to_multiple
 
     model.eval()
@@ -284,10 +326,16 @@ def validate(model: VariableRateHyperprior, images: list[torch.Tensor], device: 
             bits = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / -math.log(2)
             bpp = bits / (H * W)
             mse = (out["x_hat"] - x).pow(2).mean()
-            losses.append((model.lmbda(quality)[0] * 255**2 * mse + bpp).item())
+            lam = model.lmbda(quality)[0] * 255**2
+            if reference is None:
+                losses.append((lam * mse + bpp).item())
+            else:
+                d_ref = at_quality(quality, reference["mse"])[0]
+                losses.append(((lam * d_ref * torch.log(mse) + bpp) * rate_weight(quality, reference["bpp"])[0]).item())
             bpps.append(bpp.item())
             psnrs.append((10 * torch.log10(1 / mse)).item())
-        per_q[q] = {"loss": float(np.mean(losses)), "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
+        per_q[q] = {"loss": float(np.mean(losses)), "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)),
+                    "mse": float(10 ** (-np.mean(psnrs) / 10))}
     model.train()
     return {"loss": float(np.mean([v["loss"] for v in per_q.values()])),
             "psnr": float(np.mean([v["psnr"] for v in per_q.values()])), "per_quality": per_q}
@@ -299,7 +347,7 @@ def _objective(run: dict) -> tuple:
     net = run.get("network", {})
     rate_range = (float(net.get("lmbda_min", 0.0)), float(net.get("lmbda_max", 0.0)))
     return (sigma, float(run.get("noise_jpeg_prob", 0.0)), sigma > 0 and bool(run.get("noise_balance", False)),
-            rate_range, bool(run.get("decoder_only", False)))
+            rate_range, bool(run.get("decoder_only", False)), bool(run.get("bd_objective", False)))
 
 
 def save_training_checkpoint(path: Path, model, optimizer, aux_optimizer, state: dict, cfg: TrainConfig) -> None:
@@ -386,11 +434,14 @@ def restore(ckpt: dict, cfg: TrainConfig, model: VariableRateHyperprior, optimiz
         seg.continuing = True  # an interrupted segment: same schedule, same optimiser state
         cfg.steps, cfg.lr, cfg.warmup_steps = int(prev_run["steps"]), float(prev_run["lr"]), int(prev_run["warmup_steps"])
         cfg.lr_final_fraction = float(prev_run["lr_final_fraction"])
+        cfg.reference = prev_run.get("reference") if cfg.bd_objective else None
         optimizer.load_state_dict(ckpt["optimizer"])
         aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         streams.restore(ckpt, log)
         return seg
     seg.run_start = seg.step  # the previous segment finished (or --new-segment): new schedule
+    if cfg.bd_objective and prev_run.get("bd_objective") and prev_run.get("reference"):
+        cfg.reference = dict(prev_run["reference"])  # the same references, so best_val stays comparable
     if _objective(prev_run) != _objective(asdict(cfg)):
         # A different task (e.g. denoising fine-tuned from the clean codec): the old validation
         # loss measured something else, so it cannot gate best.pt.
@@ -459,7 +510,7 @@ def train_step(model, forward, batch: tuple, cfg: TrainConfig, optimizer, aux_op
     when the loss was not finite and the batch was dropped."""
     x_in, x, quality, weight = batch
     out = forward(x_in, quality, autocast_dtype=autocast_dtype)
-    losses = rd_loss(model, out, x, quality, weight, cfg.decoder_only)
+    losses = rd_loss(model, out, x, quality, weight, cfg.decoder_only, cfg.reference)
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(losses["loss"]):
         return None
@@ -480,6 +531,9 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     if cfg.crop <= 0 or cfg.crop % DOWNSAMPLE:
         raise ValueError(f"crop {cfg.crop} is not a positive multiple of {DOWNSAMPLE}: the hyper-latent of a crop "
                          f"is 1/{DOWNSAMPLE} of its side, so use e.g. 128, 192 or 256")
+    if cfg.bd_objective and (resume is None or cfg.decoder_only):
+        raise ValueError("--bd-objective takes its references from a trained model: it needs --resume; "
+                         "and --decoder-only has its own objective (the mean PSNR)")
     if cfg.synthesis_blocks is not None and cfg.synthesis_blocks < 0:
         raise ValueError(f"synthesis_blocks must be 0 or more, got {cfg.synthesis_blocks}")
     device = resolve_device(cfg.device)
@@ -515,6 +569,11 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
     if ckpt is not None:
         seg = restore(ckpt, cfg, model, optimizer, aux_optimizer, streams, new_segment, log)
         log(f"resumed from {resume} at step {seg.step} ({'continuing its segment' if seg.continuing else 'new segment'})")
+    if cfg.bd_objective and not cfg.reference:
+        start = validate(model, val_images, device, (cfg.noise_sigma_max / 2, 0.0) if cfg.noise_sigma_max > 0 else None)
+        cfg.reference = {key: [r[key] for r in start["per_quality"].values()] for key in ("bpp", "mse")}
+        log("--bd-objective references: held-out bpp " + " ".join(f"{r:.3f}" for r in cfg.reference["bpp"])
+            + ", MSE " + " ".join(f"{m:.2e}" for m in cfg.reference["mse"]))
 
     def save(name: str) -> None:
         save_training_checkpoint(out_dir / name, model, optimizer, aux_optimizer,
@@ -581,7 +640,8 @@ def validate_and_log(model, val_images: list, device: torch.device, cfg: TrainCo
                      out_dir: Path, t_start: float, log) -> bool:
     """Validate, log a line and append it to val.jsonl; True (and ``seg.best_val`` updated) when
     it is the best so far by what this run's objective selects."""
-    v = validate(model, val_images, device, (cfg.noise_sigma_max / 2, 0.0) if cfg.noise_sigma_max > 0 else None)
+    v = validate(model, val_images, device, (cfg.noise_sigma_max / 2, 0.0) if cfg.noise_sigma_max > 0 else None,
+                 cfg.reference)
     pq = " ".join(f"q{q:.2f}:{r['bpp']:.3f}bpp/{r['psnr']:.2f}dB" for q, r in v["per_quality"].items())
     log(f"\nstep {seg.step} val_loss {v['loss']:.4f} mean_psnr {v['psnr']:.3f} {pq}")
     with open(out_dir / "val.jsonl", "a") as fh:

@@ -43,9 +43,25 @@ def test_bench_link_prints_a_row_per_run(tiny_models_dir, capsys):
     assert window and int(window[1]) == 4 and 50 < int(window[3]) < 2000 and int(window[3]) <= int(window[2]), out
 
 
+def test_bench_link_outage_loses_nothing_and_says_when_the_backlog_was_through(tiny_models_dir, capsys):
+    rc = main(["bench", "link", "--kbps", "64", "--rate", "2", "--target-s", "2", "--duration-s", "3",
+               "--size", "96x64", "--drain-s", "15", "--delay-s", "0.01", "--no-avif",
+               "--model", TINY_MODEL, "--models-dir", str(tiny_models_dir), "--threads", "1", "--outage-s", "1.5"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    down = re.search(r"64 kbit/s, auto, the link down at (\d+\.\d) s and back at (\d+\.\d) s", out)
+    assert down and 0.9 <= float(down[1]) and 1.4 <= float(down[2]) - float(down[1]) <= 1.8, out
+    assert re.search(r"^\s+0\s+0\s+6\s+\d+\s+\d+\s+\d+\.\d$", out, re.M), out  # one window, its middle down
+    cost = re.search(r"outage: (\d+) frames accepted, (\d+) lost \(never stored\); every frame uploaded before "
+                     r"the link came back was stored (-?\d+\.\d) s after it came back", out)
+    assert cost and int(cost[1]) == 6 and int(cost[2]) == 0 and 0 <= float(cost[3]) < 15, out
+
+
 def test_bench_link_refuses_bad_arguments(capsys):
     assert main(["bench", "link", "--kbps", "64,zero"]) == 2
     assert main(["bench", "link", "--kbps", "0"]) == 2
     assert main(["bench", "link", "--target-s", "-1"]) == 2
     assert main(["bench", "link", "--step", "0"]) == 2
+    assert main(["bench", "link", "--outage-s", "0"]) == 2
+    assert main(["bench", "link", "--step", "16", "--outage-s", "5"]) == 2
     assert "--kbps is a comma-separated list" in capsys.readouterr().err

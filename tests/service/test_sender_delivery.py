@@ -3,6 +3,7 @@ an ``httpx.MockTransport`` whose answers each test scripts; it dedupes by id lik
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import time
@@ -133,6 +134,42 @@ def test_a_refused_batch_is_split_so_only_the_bad_frame_fails(tmp_path, tiny_mod
         assert wait_status(client, good, "delivered")["attempts"] == 2
         assert wait_status(client, bad, "failed")["last_error"]["error"] == "NotABitstream"
     assert receiver.stored == Counter({good: 1})
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_at_most_delivery_concurrency_posts_are_on_their_way_and_no_frame_twice(tmp_path, tiny_models_dir,
+                                                                                 concurrency):
+    """A receiver that holds every POST until released: the sender keeps ``delivery_concurrency``
+    POSTs open at once, each with other frames, and sends the rest as slots free up."""
+    open_now, most, bodies = 0, 0, []
+    gate = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal open_now, most
+        frames = unpack_frames(request.content, SECRET.encode())
+        bodies.append([f.id for f in frames])
+        open_now += 1
+        most = max(most, open_now)
+        await gate.wait()
+        open_now -= 1
+        return httpx.Response(200, json={"results": [{"id": f.id, "status": "stored"} for f in frames]})
+
+    with app_with(tmp_path, tiny_models_dir, httpx.MockTransport(slow), delivery_concurrency=concurrency,
+                  delivery_batch_max=1) as client:
+        ids = [upload(client, png(seed=20 + i))[0] for i in range(4)]
+        deadline = time.monotonic() + 10
+        while len(bodies) < concurrency:
+            assert time.monotonic() < deadline, bodies
+            time.sleep(0.02)
+        time.sleep(0.3)  # no further POST while every slot is taken
+        assert len(bodies) == concurrency
+        client.portal.call(gate.set)
+        done = [wait_status(client, i, "delivered") for i in ids]
+        link = client.get("/v1/link").json()
+    assert most == concurrency
+    assert sorted(i for body in bodies for i in body) == sorted(ids)  # each frame in exactly one POST
+    assert all(d["attempts"] == 1 for d in done)
+    assert link["samples"] == 4
 
 
 def test_restart_delivers_everything_exactly_once(tmp_path, tiny_models_dir):

@@ -125,6 +125,19 @@ def test_plan_shares_the_bytes_left_by_pixels_and_keeps_the_floor():
 
 
 
+def test_an_upload_planned_on_the_start_rate_takes_one_second_of_it():
+    """Before any POST was measured the start rate is a guess: 8 kB/s and a 10 s target would give
+    80 kB, two targets' worth on a 32 kbit/s link; the upload takes one second of it instead.
+    A measured or pinned rate keeps the whole target."""
+    assert plan([100, 300], 8000, "start", 10, 0, min_bpp=8, max_bytes=10**6).budgets == (
+        (2000, "start"), (6000, "start"))
+    assert plan([100], 8000, "start", 0.5, 0, min_bpp=8, max_bytes=10**6).budgets == ((4000, "target"),)
+    for source in ("measured", "pinned"):
+        assert plan([100], 8000, source, 10, 0, min_bpp=8, max_bytes=10**6).budgets == ((80_000, "target"),)
+    p = plan([100], 8000, "start", 10, 0, min_bpp=8, max_bytes=10**6)
+    assert settle(p, 0, 8000, "start", 1.0, 5000).reason == "ceiling"
+
+
 def test_uploads_faster_than_the_link_get_its_pace_not_the_whole_target():
     """1 kB/s and a 10 s target leave 10 kB to the first upload; at one upload a second the link
     carries 1 kB between two, so from the second on the budget is 90 % of that (PACE_SHARE), less
@@ -335,6 +348,29 @@ def test_a_thin_links_backlog_goes_in_batches_that_fit_the_timeout(tmp_path, tin
     assert len(link.bodies) >= 3
     assert all(body / 200 < 2.0 for body in link.bodies), link.bodies  # each POST within it
     assert 'latentwire_sender_transmit_seconds_count{outcome="timeout"}' not in metrics
+
+
+def test_overlapping_posts_count_each_busy_second_once_and_idle_time_not_at_all():
+    """Two POSTs on their way together (the next batch travels while the receiver decodes the
+    last): the link was busy from the first start to the last end, and that time is shared
+    between their samples; the gap before a later POST is no one's. The round trip stays each
+    POST's whole time."""
+    link = LinkModel()
+    with link.sending(4000, started=10.0):
+        with link.sending(4000, started=10.5):
+            first = link.busy_seconds(11.0)  # the first ends at 11.0 ...
+            link.observe(4000, first, rtt_s=1.0)
+        second = link.busy_seconds(12.0)  # ... the second at 12.0 (it began at 10.5)
+        link.observe(4000, second, rtt_s=1.5)
+    assert (first, second) == (1.0, 1.0)
+    assert link.state().goodput_bytes_per_s == pytest.approx(4000)  # 8 kB in 2 busy seconds
+    assert link.state().rtt_s == pytest.approx(1.25)
+    with link.sending(4000, started=30.0):  # 18 idle seconds before it
+        assert link.busy_seconds(31.0) == 1.0
+    # Both on their way: together 8 kB not through in the 4 s since the first began, so at most 2 kB/s.
+    with link.sending(6000, started=40.0), link.sending(2000, started=43.0):
+        assert link.budget_rate(64, now=41.0) == (4000, "measured")  # 6 kB/s so far: no news
+        assert link.budget_rate(64, now=44.0) == (2000, "measured")
 
 
 def test_a_post_still_on_its_way_bounds_the_rate_budgets_take():

@@ -205,6 +205,61 @@ def test_a_new_objective_does_not_inherit_the_old_best_loss(image_dir, tmp_path)
     assert not (again / "best.pt").exists() and (again / "last.pt").is_file()
 
 
+def test_bd_weights_are_one_at_mid_quality_and_the_inverse_of_the_reference_rate():
+    from shared.tools.train import at_quality, rate_weight
+
+    ref = [0.1, 0.2, 0.4, 0.8, 1.6]  # log-linear in quality: every quarter doubles the rate
+    w = rate_weight(torch.tensor([0.0, 0.125, 0.5, 0.75, 1.0]), ref)
+    assert w.tolist() == pytest.approx([4.0, 4.0 / 2**0.5, 1.0, 0.5, 0.25], rel=1e-5)
+    assert at_quality(torch.tensor([0.375]), ref).item() == pytest.approx(0.2 * 2**0.5, rel=1e-5)
+
+
+def test_the_bd_objective_prices_a_crops_log_error_at_its_qualitys_trade_off():
+    """Each crop: (lambda * D_ref(q) * ln MSE + bpp) / R_ref(q) * R_ref(0.5). At MSE = D_ref its
+    gradient in MSE is plain training's (lambda), at 4 x D_ref a quarter of it."""
+    from shared.tools.train import rd_loss
+
+    model = types.SimpleNamespace(lmbda=lambda q: torch.full_like(q, 1e-3))
+    reference = {"bpp": [0.1, 0.2, 0.4, 0.8, 1.6], "mse": [1e-2] * 5}
+    x = torch.full((2, 3, 8, 8), 0.5)
+    err = torch.tensor([0.1, 0.2]).view(2, 1, 1, 1).requires_grad_()  # MSE 0.01 = D_ref, then 0.04
+    out = {"x_hat": x + err, "likelihoods": {"y": torch.full((2, 1, 4, 4), 0.5)}}  # 16 bits: 0.25 bpp
+    quality = torch.tensor([0.5, 0.5])
+    lam = 1e-3 * 255**2
+    loss = rd_loss(model, out, x, quality, reference=reference)["loss"]
+    assert loss.item() == pytest.approx(np.mean([lam * 1e-2 * np.log(m) + 0.25 for m in (0.01, 0.04)]), rel=1e-5)
+    loss.backward()
+    d_loss_d_mse = err.grad.flatten() / (2 * err.detach().flatten()) * 2  # d mse / d err = 2 err; loss is a mean
+    assert d_loss_d_mse.tolist() == pytest.approx([lam, lam / 4], rel=1e-4)
+    plain = rd_loss(model, out, x, torch.tensor([0.0, 1.0]))["loss"].item()
+    assert plain == pytest.approx(np.mean([lam * 0.01 + 0.25, lam * 0.04 + 0.25]), rel=1e-5)
+    low_high = rd_loss(model, out, x, torch.tensor([0.0, 1.0]), reference=reference)["loss"].item()
+    assert low_high == pytest.approx(np.mean([(lam * 1e-2 * np.log(0.01) + 0.25) * 4,
+                                              (lam * 1e-2 * np.log(0.04) + 0.25) / 4]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_bd_objective_training_measures_its_references_once_and_keeps_them(image_dir, tiny_models_dir, tmp_path):
+    from shared.checkpoint import find_model
+
+    original = find_model("lw-tiny", tiny_models_dir)
+    out = tmp_path / "bd"
+    train(_config(image_dir, out, steps=2, bd_objective=True), resume=original, log=lambda *a: None)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ref = ckpt["train_config"]["reference"]
+    assert len(ref["bpp"]) == len(ref["mse"]) == 5 and ref["bpp"][0] < ref["bpp"][-1]  # the rates rise
+    vals = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
+    assert all(v["per_quality"]["0.0"]["mse"] > 0 for v in vals)
+    assert torch.load(out / "best.pt", weights_only=True)["best_val"] == pytest.approx(min(v["loss"] for v in vals))
+
+    # A new --bd-objective segment keeps the first segment's references, so its best loss stays comparable.
+    train(_config(image_dir, out, steps=2, bd_objective=True), resume=out / "last.pt", log=lambda *a: None)
+    assert torch.load(out / "last.pt", weights_only=True)["train_config"]["reference"] == ref
+
+    with pytest.raises(ValueError, match="needs --resume"):
+        train(_config(image_dir, tmp_path / "none", bd_objective=True), log=lambda *a: None)
+
+
 @pytest.mark.slow
 def test_decoder_only_training_moves_g_s_alone_and_leaves_the_streams_bit_identical(
         image_dir, tiny_models_dir, sample_rgb, tmp_path):
