@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+MODEL_CARD = README.parent / "models" / "README.md"
 MAX_WORDS = 1200
+MAX_MODEL_CARD_WORDS = 1500  # tables; the history lives in models/TRAINING.md
 
 
 def _command_lines() -> list[str]:
@@ -21,6 +23,13 @@ def _command_lines() -> list[str]:
 def test_the_readme_shows_commands_and_stays_short():
     assert len(_command_lines()) >= 10
     assert len(README.read_text().split()) <= MAX_WORDS
+
+
+def test_the_model_card_stays_short_and_names_the_shipped_checkpoint():
+    text = MODEL_CARD.read_text()
+    assert len(text.split()) <= MAX_MODEL_CARD_WORDS
+    shipped = sorted(p.name for p in MODEL_CARD.parent.glob("lw-*.pt"))
+    assert shipped and all(f"`{name}`" in text for name in shipped), shipped
 
 
 @pytest.mark.parametrize("line", _command_lines())
