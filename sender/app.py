@@ -4,7 +4,7 @@
     latentwire sender --receiver-url http://127.0.0.1:8001
 
 The lifespan loads the codecs (standard, and denoise when its model is installed), opens the outbox,
-starts the encoder thread and the delivery task, and opens the app's one ``httpx.AsyncClient`` (to
+starts the encoder thread, the delivery task and (with a latency target) the re-planner, and opens the app's one ``httpx.AsyncClient`` (to
 the receiver). Tests pass ``transport=`` (an ``httpx.MockTransport`` or ``httpx.ASGITransport``
 around a receiver app) to talk to a receiver in process. Errors become answers as on the receiver
 (shared/service/handlers.py: ``{"error", "message"}`` with the error's status, plus ``file`` and
@@ -36,6 +36,7 @@ from sender.errors import OutboxError
 from sender.metrics import Metrics
 from sender.outbox import Outbox
 from sender.previews import PreviewStore
+from sender.replan import Replanner
 from sender.settings import Settings, get_settings
 from sender.transmit import Deliverer
 from shared.codec import Codec, load_optional
@@ -133,6 +134,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             previews=PreviewStore(settings.data_dir / "previews", settings.previews_keep), client=client,
             metrics=metrics, pixel_limiter=anyio.CapacityLimiter(2),
         )
+        app.state.replanner = None
+        if settings.latency_target_s is not None:  # quality=auto's frames are re-planned when the link slows
+            app.state.replanner = Replanner(app.state.services)
+            app.state.replanner.start()
+            stack.push_async_callback(app.state.replanner.stop)  # stops first of all
         log.info("sender ready: models %s on %s, batch_max %d, delivering to %s, outbox %s (%d queued)",
                  ", ".join(f"{m}={c.name}@{c.weights}" for m, c in codecs.items()), codec.device, batch_max,
                  settings.destination, outbox.path, await outbox.pending())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from shared.images import psnr
+from shared.images import encode_png, psnr
 
 JPEG_QUALITY_MIN, JPEG_QUALITY_MAX = 1, 95
 
@@ -31,6 +31,12 @@ class JpegComparison:
     def summary(self) -> dict:
         """The JSON the API and the page show (PSNR None when infinite)."""
         return {"bytes": len(self.data), "psnr": finite(self.psnr), "quality": self.quality, "fits": self.fits}
+
+
+def preview_pixels(rgb: np.ndarray, reconstruction: np.ndarray, nbytes: int) -> tuple[JpegComparison, bytes]:
+    """What the upload page shows of a stream of ``nbytes``: the same-bytes JPEG and the
+    reconstruction as PNG (blocking: call it from a worker thread)."""
+    return jpeg_same_bytes(rgb, nbytes), encode_png(reconstruction)
 
 
 def jpeg_same_bytes(rgb: np.ndarray, max_bytes: int) -> JpegComparison:

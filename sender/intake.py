@@ -21,9 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anyio
-import numpy as np
 
-from sender.comparison import JpegComparison, finite, jpeg_same_bytes
+from sender.comparison import JpegComparison, finite, preview_pixels
 from sender.dependencies import Services
 from sender.errors import InvalidRequest, OutboxFull, UploadTooLarge
 from sender.link import Plan, plan, settle
@@ -31,7 +30,7 @@ from sender.outbox import FrameRecord, NewFrame
 from sender.uploads import Upload
 from shared.codec import check_quality
 from shared.errors import BudgetTooSmall, LatentwireError, QualityOutOfRange
-from shared.images import LoadedImage, encode_png, load_image
+from shared.images import LoadedImage, load_image
 
 log = logging.getLogger("latentwire.sender.intake")
 # standard: the codec as trained on clean photos. denoise: the model trained on noisy inputs with
@@ -172,7 +171,7 @@ async def _encode_and_queue(uploads: list[Upload], images: list[LoadedImage], ra
         max_bytes = budgets[index][0]  # max_bytes= of the upload, or quality=auto's budget; None: quality
         jpeg, png = None, None
         if preview:
-            jpeg, png = await anyio.to_thread.run_sync(_pixels_out, im.rgb, result.reconstruction, enc.nbytes,
+            jpeg, png = await anyio.to_thread.run_sync(preview_pixels, im.rgb, result.reconstruction, enc.nbytes,
                                                        limiter=svc.pixel_limiter)
         frame = NewFrame(
             id=uuid.uuid4().hex, created_at=created_at, stream=enc.data, filename=up.filename[:255],
@@ -180,6 +179,7 @@ async def _encode_and_queue(uploads: list[Upload], images: list[LoadedImage], ra
             bpp=enc.bpp, psnr=None if result.psnr is None else finite(result.psnr), quality=enc.quality,
             jpeg=jpeg.summary() if jpeg else None, noise=enc.noise, cleaned=enc.cleaned,
             coded_size=enc.stream.coded_size, budget=budget, max_bytes=max_bytes, stream_key=stream_key,
+            source=up.data if rate.auto else None,  # a re-plan may code it again (sender/replan.py)
         )
         accepted.append(_Accepted(frame, png, jpeg))
         svc.metrics.encode_seconds.observe(result.encode_s)
@@ -208,10 +208,6 @@ async def _encode_and_queue(uploads: list[Upload], images: list[LoadedImage], ra
         except OSError as exc:  # the frame is queued: a lost preview must not turn that into a 500
             log.warning("preview of %s not saved: %s", a.frame.id, exc)
     return [_record(a.frame) for a in accepted], superseded
-
-
-def _pixels_out(rgb: np.ndarray, reconstruction: np.ndarray, nbytes: int) -> tuple[JpegComparison, bytes]:
-    return jpeg_same_bytes(rgb, nbytes), encode_png(reconstruction)
 
 
 @contextmanager

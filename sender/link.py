@@ -40,6 +40,20 @@ them in proportion to their pixels:
 
 A late frame is still queued and sent; its record says it will be late.
 
+The re-plan (``replan``, run by sender/replan.py). A budget is only as good as the rate it was
+planned on: after a drop the frames already queued hold the link for longer than the target, and
+every frame behind them is late too. So the sender keeps each quality=auto upload's file while
+its frame is queued, and whenever the rate budgets take falls, it checks the queue against the
+targets: frame i, in delivery order, is through when the bytes in flight and the bytes of frames
+up to i are, which must be before created_at + target_s. The frames it may still code again
+(quality=auto, never possibly stored by the receiver) share the room those deadlines leave in
+proportion to their bytes, at one scale; frames whose deadline has passed already get the floor
+(they are late whatever they weigh, and every byte they keep delays the rest):
+
+    room_i   = rate * (created_at_i + target_s - now) - in flight - fixed bytes up to i
+    scale    = min over frames not yet past their deadline of room_i / their resizable bytes up to i
+    budget   = max(floor, scale * bytes)          when below REPLAN_KEEP * bytes    reason "replan"
+
 The start. Until a POST has been measured the rate is only the start rate, a guess: a first upload
 that filled rate * target at a guess twice the link would hold the link for two targets, and every
 frame behind it would be late. So an upload planned on the start rate takes at most what that rate
@@ -70,7 +84,8 @@ from typing import Literal
 SMOOTHING = 0.5  # weight of the newest POST: a rate step shows within 1-2 POSTs, one odd POST is halved
 PACE_SHARE = 0.9  # of what the link carries between two uploads, the pace budget's share
 START_PROBE_S = 1.0  # before any POST was measured, an upload takes what the start rate carries in this
-BudgetReason = Literal["target", "pace", "start", "floor", "ceiling", "codec_minimum"]
+REPLAN_KEEP = 0.8  # a queued frame is coded again only when its new budget is below this share of its bytes
+BudgetReason = Literal["target", "pace", "start", "floor", "ceiling", "codec_minimum", "replan"]
 RateSource = Literal["measured", "pinned", "start"]
 
 
@@ -165,6 +180,14 @@ class LinkModel:
         return LinkState(goodput_bytes_per_s=rate, measured_bytes_per_s=measured, rtt_s=self._rtt,
                          source=source, samples=self.samples)  # type: ignore[arg-type]
 
+    def in_flight_bytes(self, rate_bytes_per_s: float, now: float | None = None) -> float:
+        """Bytes of the POSTs on their way not yet through at ``rate_bytes_per_s``, as far as the
+        time since the first of them started tells (``now``: time.monotonic())."""
+        if not self._in_flight:
+            return 0.0
+        elapsed = (time.monotonic() if now is None else now) - min(t for _, t in self._in_flight.values())
+        return max(0.0, sum(b for b, _ in self._in_flight.values()) - rate_bytes_per_s * max(0.0, elapsed))
+
     def budget_rate(self, start_kbps: float, now: float | None = None) -> tuple[float, RateSource]:
         """Bytes per second for budgets, and where the number comes from; unless pinned, at most
         what the POSTs on their way have moved so far could be (``now``: time.monotonic())."""
@@ -193,6 +216,7 @@ class Budget:
     link_kbps: float  # the rate the budget was computed from
     link_source: RateSource
     queued_bytes: int  # stream bytes ahead of this upload when it was planned (outbox + still encoding)
+    replanned_from: int | None = None  # reason "replan": the bytes of the stream it replaced
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -242,3 +266,46 @@ def settle(p: Plan, index: int, budget_bytes: int, reason: BudgetReason, quality
                   expected_latency_s=round(expected, 3), target_s=p.target_s,
                   link_kbps=round(p.rate_bytes_per_s * 8 / 1000, 3), link_source=p.source,
                   queued_bytes=p.queued_bytes)
+
+
+@dataclass(frozen=True)
+class QueuedFrame:
+    """A queued frame as ``replan`` sees it, in delivery order."""
+
+    id: str
+    created_at: float  # UNIX s
+    nbytes: int
+    pixels: int
+    target_s: float | None  # quality=auto's latency target; None: no deadline (a quality or max_bytes upload)
+    resizable: bool  # its upload is kept and no POST may have stored it: it can be coded again
+
+
+def replan(frames: list[QueuedFrame], rate_bytes_per_s: float, now: float, in_flight_bytes: float,
+           min_bpp: float) -> dict[str, int]:
+    """New budgets for the queued frames that the link can no longer carry by their deadlines
+    (the module docstring): frame id -> max_bytes, only for frames that shrink below
+    ``REPLAN_KEEP`` of their bytes. Empty when every deadline holds."""
+    fixed = resizable = 0.0
+    scale = 1.0
+    floors = {f.id: max(1, math.ceil(min_bpp * f.pixels / 8)) for f in frames}
+    past = set()
+    for f in frames:
+        room = None if f.target_s is None else rate_bytes_per_s * (f.created_at + f.target_s - now) - in_flight_bytes
+        if f.resizable and room is not None and room <= 0:
+            past.add(f.id)  # late whatever it weighs: the floor, counted as fixed
+            fixed += floors[f.id]
+            continue
+        if f.resizable:
+            resizable += f.nbytes
+        else:
+            fixed += f.nbytes
+        if room is not None and resizable > 0:
+            scale = min(scale, max(0.0, (room - fixed) / resizable))
+    budgets = {}
+    for f in frames:
+        if not f.resizable:
+            continue
+        budget = floors[f.id] if f.id in past else max(floors[f.id], int(scale * f.nbytes))
+        if budget < REPLAN_KEEP * f.nbytes:
+            budgets[f.id] = budget
+    return budgets

@@ -27,9 +27,12 @@ or an app and a library user, never share or collide on the global registry).
     latentwire_sender_link_rtt_seconds          gauge      time of one acknowledged POST, smoothed
     latentwire_sender_link_pinned               gauge      1: LATENTWIRE_SENDER_LINK_KBPS pins the rate
     latentwire_sender_auto_budgets_total        counter    quality=auto images, by reason: target | pace | start |
-                                                           floor | ceiling | codec_minimum
+                                                           floor | ceiling | codec_minimum (re-plans: replans_total)
     latentwire_sender_auto_budget_bytes         histogram  quality=auto budgets (max_bytes) chosen
     latentwire_sender_auto_late_total           counter    quality=auto images expected after the target
+    latentwire_sender_replans_total             counter    queued quality=auto frames coded again at a smaller
+                                                           budget after the link slowed (sender/replan.py)
+    latentwire_sender_replan_saved_bytes_total  counter    stream bytes those re-plans took off the queue
     latentwire_sender_superseded_total          counter    queued frames dropped for a newer upload with the
                                                            same supersede=<key> (sender/outbox.py)
 """
@@ -84,6 +87,10 @@ class Metrics:
         self.auto_late = Counter("latentwire_sender_auto_late", "quality=auto images expected after the target",
                                  registry=r)
 
+        self.replans = Counter("latentwire_sender_replans", "Queued quality=auto frames coded again at a "
+                               "smaller budget after the link slowed", registry=r)
+        self.replan_saved_bytes = Counter("latentwire_sender_replan_saved_bytes", "Stream bytes re-plans took "
+                                          "off the queue", registry=r)
         self.superseded = Counter("latentwire_sender_superseded", "Queued frames superseded by a newer upload "
                                   "with the same supersede key", registry=r)
 

@@ -28,7 +28,10 @@ constraint, so the table is rebuilt: SQLite cannot alter one), ``stream_key`` an
 from the upload or from quality=auto). An older outbox is migrated in place, step by step, when
 the sender opens it (``shared/service/migrations.py``): its frames get NULL, 0, NULL and NULL
 (nothing was estimated; coded at their own size; no auto budget), then NULL for the three new
-columns (no key, not superseded, no budget recorded).
+columns (no key, not superseded, no budget recorded). Schema 5 added ``source``: a quality=auto
+frame's uploaded file, kept while it is queued so that a rate drop can have it coded again at a
+smaller budget (``replace_stream``, sender/replan.py); dropped with the stream, and on failure.
+Older frames get NULL: they are sent as they are.
 
 All database work runs on one dedicated thread (sqlite3 calls block, and a commit waits for the
 disk): the event loop only awaits it. One thread also means one connection and no lock contention
@@ -49,9 +52,12 @@ from typing import Any, Callable
 from sender.errors import OutboxError, OutboxFull
 from shared.service.migrations import migrate
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STATUSES = ("queued", "delivered", "failed", "superseded")
 
+_SOURCE_COLUMN = """\
+    source          BLOB,                       -- quality=auto: the uploaded file while queued (re-plans); else NULL
+"""
 _TABLE = """
 CREATE TABLE IF NOT EXISTS frames (
     id              TEXT PRIMARY KEY,           -- 32 lowercase hex, the wire frame id
@@ -74,6 +80,7 @@ CREATE TABLE IF NOT EXISTS frames (
     coded_width     INTEGER,
     budget          TEXT,                       -- JSON sender.link.Budget; NULL: not quality=auto
     max_bytes       INTEGER,                    -- the byte budget it was encoded with; NULL: a quality upload
+    source          BLOB,                       -- quality=auto: the uploaded file while queued (re-plans); else NULL
     stream_key      TEXT,                       -- supersede=<key> of its upload; NULL: none
     superseded_by   TEXT,                       -- the newer frame that superseded it
     attempts        INTEGER NOT NULL DEFAULT 0,
@@ -89,6 +96,10 @@ CREATE INDEX IF NOT EXISTS frames_created ON frames (created_at);
 CREATE INDEX IF NOT EXISTS frames_stream_key ON frames (stream_key) WHERE status = 'queued';
 """
 _SCHEMA = _TABLE + _INDEXES
+_TABLE_V4 = _TABLE.replace(_SOURCE_COLUMN, "")  # what migration 3 built: schema 5 adds the column after it
+# No POST has carried the frame, or the receiver answered its last one with an error status: the
+# receiver did not store it, so it may be superseded or coded again (a timed-out POST may have stored it).
+_NOT_STORED = "(attempts = 0 OR json_extract(last_error, '$.http_status') IS NOT NULL)"
 _V3_COLUMNS = ("id, created_at, status, stream, filename, mode, width, height, original_bytes, bytes, bpp, psnr, "
                "quality, jpeg, noise, cleaned, coded_height, coded_width, budget, attempts, next_attempt_at, "
                "last_error, delivered_at, receiver_status")
@@ -100,11 +111,12 @@ _MIGRATIONS = {
         "ALTER TABLE frames ADD COLUMN coded_width INTEGER"),
     2: ("ALTER TABLE frames ADD COLUMN budget TEXT",),
     # SQLite's way to change a CHECK constraint: a new table, the rows copied, the old one dropped.
-    3: (_TABLE.replace("EXISTS frames (", "EXISTS frames_v4 ("),
+    3: (_TABLE_V4.replace("EXISTS frames (", "EXISTS frames_v4 ("),
         f"INSERT INTO frames_v4 ({_V3_COLUMNS}) SELECT {_V3_COLUMNS} FROM frames",
         "DROP TABLE frames",
         "ALTER TABLE frames_v4 RENAME TO frames",
         *filter(None, (line.strip() for line in _INDEXES.splitlines()))),
+    4: ("ALTER TABLE frames ADD COLUMN source BLOB",),
 }
 
 
@@ -131,6 +143,24 @@ class NewFrame:
     budget: dict | None = None  # quality=auto: sender.link.Budget.to_dict(); None otherwise
     max_bytes: int | None = None  # the byte budget it was encoded with (max_bytes or quality=auto)
     stream_key: str | None = None  # supersede=<key>: older queued frames with this key are superseded
+    source: bytes | None = None  # quality=auto: the uploaded file, for a re-plan (module docstring)
+
+
+@dataclass(frozen=True)
+class NewStream:
+    """A queued frame coded again (sender/replan.py): what ``replace_stream`` writes."""
+
+    stream: bytes
+    nbytes: int
+    bpp: float
+    psnr: float | None
+    quality: float
+    jpeg: dict | None
+    noise: float | None
+    cleaned: bool
+    coded_size: tuple[int, int] | None
+    budget: dict
+    max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -279,12 +309,12 @@ class Outbox:
             c.executemany(
                 "INSERT INTO frames (id, created_at, status, stream, filename, mode, width, height, original_bytes, "
                 "bytes, bpp, psnr, quality, jpeg, noise, cleaned, coded_height, coded_width, budget, max_bytes, "
-                "stream_key, next_attempt_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?)",
+                "stream_key, source, next_attempt_at) VALUES (?, ?, 'queued', "
+                f"{', '.join('?' * 20)})",
                 [(f.id, f.created_at, f.stream, f.filename, f.mode, f.width, f.height, f.original_bytes, f.nbytes,
                   f.bpp, f.psnr, f.quality, json.dumps(f.jpeg) if f.jpeg else None, f.noise, int(f.cleaned),
                   *(f.coded_size or (None, None)), json.dumps(f.budget) if f.budget else None, f.max_bytes,
-                  f.stream_key, f.created_at)
+                  f.stream_key, f.source, f.created_at)
                  for f in frames],
             )
             c.execute("COMMIT")
@@ -296,25 +326,24 @@ class Outbox:
     def _supersede(self, key: str, by: str) -> list[str]:
         """Inside _add's transaction: mark the supersedable frames with ``key`` (module docstring)."""
         rows = self.conn.execute(
-            "SELECT id FROM frames WHERE status = 'queued' AND stream_key = ? "
-            "AND (attempts = 0 OR json_extract(last_error, '$.http_status') IS NOT NULL)", (key,)).fetchall()
+            f"SELECT id FROM frames WHERE status = 'queued' AND stream_key = ? AND {_NOT_STORED}", (key,)).fetchall()
         with self._in_flight_lock:
             ids = [r[0] for r in rows if r[0] not in self._in_flight]
-        self.conn.executemany("UPDATE frames SET status = 'superseded', stream = NULL, superseded_by = ? WHERE id = ?",
-                              [(by, id_) for id_ in ids])
+        self.conn.executemany("UPDATE frames SET status = 'superseded', stream = NULL, source = NULL, "
+                              "superseded_by = ? WHERE id = ?", [(by, id_) for id_ in ids])
         return ids
 
     async def mark_delivered(self, results: dict[str, str], now: float) -> None:
         """``results``: frame id -> the receiver's "stored" or "duplicate"."""
         await self._run(self._write_many,
-                        "UPDATE frames SET status = 'delivered', stream = NULL, attempts = attempts + 1, "
+                        "UPDATE frames SET status = 'delivered', stream = NULL, source = NULL, attempts = attempts + 1, "
                         "delivered_at = ?, receiver_status = ?, last_error = NULL WHERE id = ? AND status = 'queued'",
                         [(now, result, id_) for id_, result in results.items()])
 
     async def mark_failed(self, ids: list[str], error: dict) -> None:
         """Permanent failure: the stream is kept (a later version may offer a resend)."""
         await self._run(self._write_many,
-                        "UPDATE frames SET status = 'failed', attempts = attempts + 1, last_error = ? "
+                        "UPDATE frames SET status = 'failed', source = NULL, attempts = attempts + 1, last_error = ? "
                         "WHERE id = ? AND status = 'queued'",
                         [(json.dumps(error), id_) for id_ in ids])
 
@@ -329,6 +358,32 @@ class Outbox:
         await self._run(self._write_many,
                         "UPDATE frames SET next_attempt_at = ? WHERE status = 'queued' AND next_attempt_at > ?",
                         [(now, now)])
+
+    async def replace_stream(self, id_: str, frame: NewStream) -> bool:
+        """A re-plan (sender/replan.py): frame ``id_``'s stream and numbers become ``frame``'s, in
+        one fsync'd transaction, if it is still queued, on no POST's way and not possibly stored
+        at the receiver. False when it no longer is (then nothing changed)."""
+        return await self._run(self._replace_stream, id_, frame)
+
+    def _replace_stream(self, id_: str, f: NewStream) -> bool:
+        c = self.conn
+        with self._in_flight_lock:
+            if id_ in self._in_flight:
+                return False
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            n = c.execute(
+                "UPDATE frames SET stream = ?, bytes = ?, bpp = ?, psnr = ?, quality = ?, jpeg = ?, noise = ?, "
+                "cleaned = ?, coded_height = ?, coded_width = ?, budget = ?, max_bytes = ? "
+                f"WHERE id = ? AND status = 'queued' AND source IS NOT NULL AND {_NOT_STORED}",
+                (f.stream, f.nbytes, f.bpp, f.psnr, f.quality, json.dumps(f.jpeg) if f.jpeg else None, f.noise,
+                 int(f.cleaned), *(f.coded_size or (None, None)), json.dumps(f.budget) if f.budget else None,
+                 f.max_bytes, id_)).rowcount
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return n == 1
 
     def _write_many(self, sql: str, rows: list[tuple]) -> None:
         c = self.conn
@@ -376,6 +431,27 @@ class Outbox:
         """The batch of these ids from ``due`` is settled (or its POST abandoned)."""
         with self._in_flight_lock:
             self._in_flight.difference_update(ids)
+
+    async def queue_order(self) -> list[tuple]:
+        """The queued frames that no POST carries, in the order they will go: (id, created_at,
+        bytes, pixels, budget's target_s or None, resizable), where resizable means a re-plan may
+        code it again (its upload is kept and the receiver cannot have stored it)."""
+        def query() -> list[tuple]:
+            flying = set(self._flying())
+            rows = self.conn.execute(
+                "SELECT id, created_at, bytes, width * height, json_extract(budget, '$.target_s'), "
+                f"source IS NOT NULL AND {_NOT_STORED} FROM frames WHERE status = 'queued' "
+                "ORDER BY next_attempt_at, created_at").fetchall()
+            return [(*r[:5], bool(r[5])) for r in rows if r[0] not in flying]
+
+        return await self._run(query)
+
+    async def source(self, id_: str) -> tuple[bytes, str, bool] | None:
+        """A queued frame's kept upload, its mode and whether it has a preview (None: none kept)."""
+        row = await self._run(lambda: self.conn.execute(
+            "SELECT source, mode, jpeg IS NOT NULL FROM frames WHERE id = ? AND status = 'queued' "
+            "AND source IS NOT NULL", (id_,)).fetchone())
+        return None if row is None else (bytes(row[0]), row[1], bool(row[2]))
 
     async def next_due_at(self) -> float | None:
         """When the next queued frame that no POST carries becomes due (None: there is none)."""

@@ -34,7 +34,8 @@ class BudgetOut(BaseModel):
                         "the start rate carries in one second | floor: that share was "
                         "below LATENTWIRE_SENDER_AUTO_MIN_BPP, the floor was used | ceiling: quality 1 fitted "
                         "the share | codec_minimum: the codec's smallest stream for this image is larger than "
-                        "the floor, and was sent")
+                        "the floor, and was sent | replan: queued when the link slowed, coded again from the kept upload "
+                        "so that the queue meets its targets (sender/replan.py; the other fields describe the re-plan)")
     late: bool = Field(description="true: even so, the frame is expected at the receiver after target_s; "
                        "it is queued and sent all the same")
     expected_latency_s: float = Field(description="(queued bytes ahead + this upload's streams through this one) "
@@ -46,6 +47,7 @@ class BudgetOut(BaseModel):
                              "LATENTWIRE_SENDER_LINK_START_KBPS)")
     queued_bytes: int = Field(description="stream bytes ahead of this upload when it was planned: frames in the "
                               "outbox, and the budgets of uploads still being encoded")
+    replanned_from: int | None = Field(None, description="reason replan: the bytes of the stream it replaced")
 
 
 class LinkOut(BaseModel):

@@ -74,6 +74,7 @@ const REASONS = {
   floor: "the floor (the link is too slow for the target)",
   ceiling: "not binding: quality 1 fitted in the link's share",
   codec_minimum: "the codec's smallest stream (the link is too slow for the floor)",
+  replan: "coded again while queued, after the link slowed",
 };
 function budgetNote(image) {
   const b = image.budget;

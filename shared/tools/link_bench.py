@@ -20,7 +20,7 @@ upload is offered and never delivered), latency upload -> stored (the client's c
 started the upload to the receiver's ``received_at``; same machine, same clock) at p50 and p95 and
 as the p50 of the first and last third of the uploads (a growing backlog shows as last >> first),
 the mean PSNR of what the receiver stored (its PNG against the offered image), the mean bytes per
-image on the wire, and AVIF's PSNR at the same bytes (Pillow's AVIF, the largest quality that fits
+image on the wire (the receiver's stream size where it stored the frame), and AVIF's PSNR at the same bytes (Pillow's AVIF, the largest quality that fits
 each offered image's mean bytes) beside ours on the same images: an image whose bytes not even
 AVIF's lowest quality fits is left out of both (the column says on how many images they compare;
 ``-`` when on none). A frame still queued at
@@ -28,7 +28,9 @@ the end counts with its age then, a lower bound: such latencies are printed with
 
 ``--step KBPS``: in each auto run the link drops to KBPS a third of the way through the offering and
 comes back two thirds of the way; a timeline follows the table, per ``TIMELINE_S`` of upload time:
-the link's rate then, the uploads' mean budget and stream bytes, and their p50 latency.
+the link's rate then, the uploads' mean budget and stream bytes (what the receiver got: a frame
+re-planned while queued, sender/replan.py, counts at its new size), how many were re-planned, and
+their p50 latency.
 
 ``--outage-s S``: in each auto run the link stalls (accepts nothing, moves nothing: a cable pulled)
 for S seconds from a third of the way through the offering; the same timeline follows, with the
@@ -61,6 +63,7 @@ class Offer:
     id: str | None = None  # the sender's frame id; None: the upload was refused
     nbytes: int = 0
     budget: int | None = None  # quality=auto's byte budget for it
+    replanned_from: int | None = None  # coded again while queued (sender/replan.py): the bytes it had
 
 
 @dataclass
@@ -215,8 +218,14 @@ def _row(kbps: float, mode: str, offers: list[Offer], receiver_url: str, images:
 
     now = time.time()
     accepted = [o for o in offers if o.id is not None]
-    stored = _received_at(receiver_url, {o.id for o in accepted})
+    received = _received(receiver_url, {o.id for o in accepted})
+    stored = {id_: at for id_, (at, _) in received.items()}
     row = Row(kbps=kbps, mode=mode, offered=len(offers), delivered=len(stored))
+    # What crossed the link: the receiver's stream size (a re-plan may have coded a queued frame
+    # again, smaller, after its upload was answered).
+    for o in accepted:
+        if o.id in received and received[o.id][1] != o.nbytes:
+            o.replanned_from, o.nbytes = o.nbytes, received[o.id][1]
     row.stored_at = stored
     row.latencies_s = [(stored[o.id] - o.at, False) if o.id in stored else (now - o.at, True) for o in accepted]
     row.stored_latency = {o.id: stored[o.id] - o.at for o in accepted if o.id in stored}
@@ -244,8 +253,8 @@ def _row(kbps: float, mode: str, offers: list[Offer], receiver_url: str, images:
     return row
 
 
-def _received_at(receiver_url: str, ids: set[str]) -> dict[str, float]:
-    """The receiver's received_at of each of ``ids`` it stored, following its pagination."""
+def _received(receiver_url: str, ids: set[str]) -> dict[str, tuple[float, int]]:
+    """The receiver's (received_at, stream_bytes) of each of ``ids`` it stored, following its pagination."""
     import httpx
 
     out, cursor = {}, None
@@ -253,7 +262,8 @@ def _received_at(receiver_url: str, ids: set[str]) -> dict[str, float]:
         while True:
             params = {"limit": 200} if cursor is None else {"limit": 200, "before": cursor}
             page = client.get("/v1/images", params=params).json()
-            out.update({item["id"]: item["received_at"] for item in page["items"] if item["id"] in ids})
+            out.update({item["id"]: (item["received_at"], item["stream_bytes"]) for item in page["items"]
+                        if item["id"] in ids})
             cursor = page.get("next")
             if not cursor:
                 return out
@@ -313,7 +323,8 @@ def print_timeline(row: Row) -> None:
     what = "down" if low == 0 else f"stepping to {low:g} kbit/s"
     print(f"\n{row.kbps:g} kbit/s, auto, the link {what} at {down_at - t0:.1f} s and back at {up_at - t0:.1f} s "
           "(upload times):")
-    print(f"{'from s':>7} {'link kbps':>10} {'uploads':>8} {'budget B':>9} {'stream B':>9} {'p50 s':>7}")
+    print(f"{'from s':>7} {'link kbps':>10} {'uploads':>8} {'budget B':>9} {'stream B':>9} {'re-planned':>10} "
+          f"{'p50 s':>7}")
     end = max(o.at for o in row.offers) - t0
     start = 0.0
     while start <= end:
@@ -323,6 +334,7 @@ def print_timeline(row: Row) -> None:
         waits = sorted(row.stored_latency[o.id] for o in window if o.id in row.stored_latency)
         print(f"{start:>7.0f} {rate:>10g} {len(window):>8} {_num(statistics.mean(budgets) if budgets else None, '.0f'):>9} "
               f"{_num(statistics.mean(o.nbytes for o in window) if window else None, '.0f'):>9} "
+              f"{sum(o.replanned_from is not None for o in window):>10} "
               f"{_num(waits[len(waits) // 2] if waits else None, '.1f'):>7}")
         start += TIMELINE_S
     if low == 0:

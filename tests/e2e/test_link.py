@@ -95,3 +95,57 @@ def test_a_20_s_outage_loses_nothing_and_the_backlog_drains(tmp_path, tiny_model
     assert len(stored) == counts["delivered"]  # each delivered frame stored once, nothing else
     assert 0 < superseded < len(feed), counts  # the outage made stale feed frames, and only those were dropped
     assert drained_s < 30
+
+
+def test_frames_queued_before_a_drop_are_coded_again_and_arrive_near_the_target(tmp_path, tiny_models_dir):
+    """Measured at 64 kbit/s, the link drops to 1.6 kbit/s (200 B/s). Two quality=1 frames then hold
+    both POST slots, and four quality=auto uploads planned on the old rate queue behind them at
+    quality 1 (about 562 bytes each: over 11 s of link). The re-planner (sender/replan.py) sees the slow POSTs
+    and codes the four again, smaller; the receiver stores the small streams, and they arrive far
+    sooner than their first sizes could have."""
+    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
+                       models_dir=tiny_models_dir,
+                       extra_env={"LATENTWIRE_SENDER_LATENCY_TARGET_S": "2", "LATENTWIRE_SENDER_REQUEST_TIMEOUT_S": "60",
+                                  "LATENTWIRE_SENDER_RETRY_BASE_S": "0.1", "LATENTWIRE_SENDER_RETRY_MAX_S": "0.5"})
+    link = LinkEmulator("127.0.0.1", pair.receiver.port, kbps=FAST_KBPS, delay_s=0.01)
+    with link.running():
+        args = pair.sender.args
+        args[args.index("--receiver-url") + 1] = link.url
+        with started(pair), httpx.Client(base_url=pair.sender.url, timeout=60) as sender:
+            for seed in (1, 2):
+                _upload(sender, seed, quality=1)  # POSTs at 64 kbit/s: the measured rate
+            link.kbps = 1.6
+            ahead = 0  # stream bytes of the two slow POSTs
+            for seed in (3, 4):  # one POST each, both slots taken for seconds
+                r = sender.post("/v1/images", params={"quality": 1},
+                                files={"file": (f"{seed}.png", png_bytes(192, 160, seed))})
+                assert r.status_code == 202, r.text
+                ahead += r.json()["images"][0]["bytes"]
+                time.sleep(0.2)
+            t0 = time.time()
+            r = sender.post("/v1/images", params={"quality": "auto"},
+                            files=[("file", (f"{s}.png", png_bytes(192, 160, s))) for s in (5, 6, 7, 8)])
+            assert r.status_code == 202, r.text
+            planned = r.json()["images"]
+            ids = [image["id"] for image in planned]
+            wait_until(lambda: all(sender.get(f"/v1/images/{i}").json()["status"] == "delivered" for i in ids), 40,
+                       interval_s=0.2, what="the re-planned frames to be delivered")
+            records = [sender.get(f"/v1/images/{i}").json() for i in ids]
+            receiver = httpx.Client(base_url=pair.receiver.url, timeout=30)
+            stored = {item["id"]: item for item in receiver.get("/v1/images", params={"limit": 50}).json()["items"]}
+            metrics = sender.get("/metrics").text
+    assert [(p["quality"], p["budget"]["reason"]) for p in planned] == [(1.0, "ceiling")] * 4, planned
+    assert all(p["budget"]["link_kbps"] > 8 for p in planned), [p["budget"] for p in planned]  # the old rate
+    first = {p["id"]: p["bytes"] for p in planned}
+    replanned = [r for r in records if r["budget"]["reason"] == "replan"]
+    assert len(replanned) >= 3, records
+    for r in replanned:
+        assert r["bytes"] < 0.8 * r["budget"]["replanned_from"] <= 0.8 * first[r["id"]]  # once, or twice
+        assert r["budget"]["link_kbps"] < 8
+    for r in records:  # what crossed the link is what the sender's record says
+        assert stored[r["id"]]["stream_bytes"] == r["bytes"], (r, stored[r["id"]])
+    last_stored = max(stored[i]["received_at"] for i in ids) - t0
+    # At their first sizes the link needed (ahead + theirs) / 200 B/s: over 17 s, headers aside.
+    assert (ahead + sum(first.values())) / 200 > 17, (ahead, first)
+    assert last_stored < 0.8 * (ahead + sum(first.values())) / 200, (last_stored, ahead, first)
+    assert "latentwire_sender_replans_total" in metrics

@@ -281,10 +281,10 @@ def test_a_schema_1_outbox_is_migrated_and_its_frames_delivered(tmp_path, tiny_m
         assert wait_status(client, new_id, "delivered")["cleaned"] is False
     assert receiver.stored == Counter({frame_id: 1, new_id: 1})
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
     assert db.execute("SELECT noise, cleaned, coded_height, coded_width, budget, max_bytes, stream_key, "
-                      "superseded_by FROM frames WHERE id = ?", (frame_id,)).fetchone() == (None, 0, None, None,
-                                                                                              None, None, None, None)
+                      "superseded_by, source FROM frames WHERE id = ?", (frame_id,)).fetchone() == (
+        None, 0, None, None, None, None, None, None, None)
     # Schema 4 rebuilt the table for its CHECK: the new status is allowed, the indexes are back.
     db.execute("UPDATE frames SET status = 'superseded' WHERE id = ?", (frame_id,))
     indexes = {row[1] for row in db.execute("PRAGMA index_list(frames)")}
@@ -296,12 +296,12 @@ def test_an_outbox_of_a_newer_schema_is_refused_untouched(tmp_path, tiny_models_
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
-    db.executescript(SCHEMA_1.replace("user_version=1", "user_version=5"))
+    db.executescript(SCHEMA_1.replace("user_version=1", "user_version=6"))
     db.close()
-    with pytest.raises(OutboxError, match=r"outbox schema 5; this sender reads schemas 1 to 4"):
+    with pytest.raises(OutboxError, match=r"outbox schema 6; this sender reads schemas 1 to 5"):
         with app_with(tmp_path, tiny_models_dir, Receiver()):
             pass
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 6
     assert "noise" not in [row[1] for row in db.execute("PRAGMA table_info(frames)")]
     db.close()
