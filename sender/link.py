@@ -47,11 +47,12 @@ its frame is queued, and whenever the rate budgets take falls, it checks the que
 targets: frame i, in delivery order, is through when the bytes in flight and the bytes of frames
 up to i are, which must be before created_at + target_s. The frames it may still code again
 (quality=auto, never possibly stored by the receiver) share the room those deadlines leave in
-proportion to their bytes, at one scale; frames whose deadline has passed already get the floor
-(they are late whatever they weigh, and every byte they keep delays the rest):
+proportion to their bytes, at one scale. A frame already past its deadline sets no bound of its
+own (it is late whatever it weighs), but its bytes count against every frame behind it, so it
+shrinks when they need the room, and not otherwise:
 
     room_i   = rate * (created_at_i + target_s - now) - in flight - fixed bytes up to i
-    scale    = min over frames not yet past their deadline of room_i / their resizable bytes up to i
+    scale    = min over frames with room_i > 0 of room_i / their resizable bytes up to i
     budget   = max(floor, scale * bytes)          when below REPLAN_KEEP * bytes    reason "replan"
 
 The start. Until a POST has been measured the rate is only the start rate, a guess: a first upload
@@ -284,28 +285,22 @@ def replan(frames: list[QueuedFrame], rate_bytes_per_s: float, now: float, in_fl
            min_bpp: float) -> dict[str, int]:
     """New budgets for the queued frames that the link can no longer carry by their deadlines
     (the module docstring): frame id -> max_bytes, only for frames that shrink below
-    ``REPLAN_KEEP`` of their bytes. Empty when every deadline holds."""
+    ``REPLAN_KEEP`` of their bytes. Empty when every deadline that can still be met holds."""
     fixed = resizable = 0.0
     scale = 1.0
-    floors = {f.id: max(1, math.ceil(min_bpp * f.pixels / 8)) for f in frames}
-    past = set()
     for f in frames:
-        room = None if f.target_s is None else rate_bytes_per_s * (f.created_at + f.target_s - now) - in_flight_bytes
-        if f.resizable and room is not None and room <= 0:
-            past.add(f.id)  # late whatever it weighs: the floor, counted as fixed
-            fixed += floors[f.id]
-            continue
         if f.resizable:
             resizable += f.nbytes
         else:
             fixed += f.nbytes
-        if room is not None and resizable > 0:
+        if f.target_s is None:
+            continue
+        room = rate_bytes_per_s * (f.created_at + f.target_s - now) - in_flight_bytes
+        if room > 0 and resizable > 0:
             scale = min(scale, max(0.0, (room - fixed) / resizable))
     budgets = {}
     for f in frames:
-        if not f.resizable:
-            continue
-        budget = floors[f.id] if f.id in past else max(floors[f.id], int(scale * f.nbytes))
-        if budget < REPLAN_KEEP * f.nbytes:
+        budget = max(1, math.ceil(min_bpp * f.pixels / 8), int(scale * f.nbytes))
+        if f.resizable and budget < REPLAN_KEEP * f.nbytes:
             budgets[f.id] = budget
     return budgets

@@ -385,6 +385,10 @@ class Outbox:
             raise
         return n == 1
 
+    async def forget_source(self, id_: str) -> None:
+        """Drop a frame's kept upload: it goes as it is (a re-plan could not code it again)."""
+        await self._run(self._write_many, "UPDATE frames SET source = NULL WHERE id = ?", [(id_,)])
+
     def _write_many(self, sql: str, rows: list[tuple]) -> None:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")

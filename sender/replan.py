@@ -99,21 +99,22 @@ class Replanner(BackgroundTask):
         if kept is None or kept[1] not in svc.codecs:
             return 0
         data, mode, preview = kept
-        im = await anyio.to_thread.run_sync(load_image, data, svc.settings.max_side, limiter=svc.pixel_limiter)
         codec = svc.codecs[mode]
         try:
+            im = await anyio.to_thread.run_sync(load_image, data, svc.settings.max_side, limiter=svc.pixel_limiter)
             (result,) = await svc.encoder.encode_many([(codec, im.rgb, None, budget)], measure=preview, search="quick")
             if isinstance(result, BudgetTooSmall) and result.min_bytes:
                 budget = result.min_bytes
                 (result,) = await svc.encoder.encode_many([(codec, im.rgb, None, budget)], measure=preview,
                                                           search="quick")
+            if isinstance(result, BaseException):
+                raise result
         except EncoderBusy:
             return None
-        if isinstance(result, LatentwireError):
-            log.warning("re-plan of %s not coded (%s); it goes as it was", f.id, result)
+        except (LatentwireError, ValueError, RuntimeError, OSError) as exc:  # never again for this frame
+            log.warning("re-plan of %s failed (%s); it goes as it was", f.id, exc)
+            await svc.outbox.forget_source(f.id)
             return 0
-        if isinstance(result, BaseException):
-            raise result
         enc = result.encoded
         if enc.nbytes >= f.nbytes:
             return 0
