@@ -67,6 +67,11 @@ class Encoder(BackgroundTask):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentwire-encode")
         self.batches = 0  # encode calls made (a batch counts once): lets tests see batching happen
 
+    @property
+    def waiting(self) -> int:
+        """Jobs queued for the encoder thread, not yet taken."""
+        return self._queue.qsize()
+
     async def stop(self) -> None:
         await super().stop()
         while not self._queue.empty():

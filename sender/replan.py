@@ -8,9 +8,10 @@ kept with each quality=auto frame while it is queued (the outbox's ``source``), 
 code it again smaller.
 
 One asyncio task (started by the lifespan when a latency target is set) looks at the queue every
-``CHECK_EVERY_S`` and whenever ``notify()`` is called: with a measured or pinned rate, it takes the
-budgets ``replan`` gives and codes those frames again, oldest first, on the encoder thread (a
-place in its queue, like an upload; a full queue waits for the next look). A new stream replaces
+``CHECK_EVERY_S``: with a measured or pinned rate, it takes the budgets ``replan`` gives and codes
+those frames again, oldest first, on the encoder thread, and only while no upload waits for it:
+new uploads come first, and a sender whose encoder is its bottleneck would only fall further
+behind by coding frames twice (a full or busy encoder waits for the next look). A new stream replaces
 the old one only if it is smaller and the frame is still queued, on no POST's way and not possibly
 stored by the receiver (``Outbox.replace_stream``); otherwise it is dropped and the frame goes as
 it was. The record's budget then has reason ``replan`` and ``replanned_from`` (the bytes it had),
@@ -46,18 +47,10 @@ class Replanner(BackgroundTask):
 
     def __init__(self, services: Services) -> None:
         self.svc = services
-        self._wake = asyncio.Event()
-
-    def notify(self) -> None:
-        self._wake.set()
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), CHECK_EVERY_S)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await asyncio.sleep(CHECK_EVERY_S)
             try:
                 await self.check()
             except asyncio.CancelledError:
@@ -81,6 +74,8 @@ class Replanner(BackgroundTask):
         replaced, ahead = 0, in_flight
         for f in queue:
             if f.id in budgets:
+                if svc.encoder.waiting:  # uploads first: the next look goes on
+                    break
                 saved = await self._code_again(f, budgets[f.id], rate, source, now, ahead)
                 if saved is None:  # the encoder is busy: the next look goes on
                     break
