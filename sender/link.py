@@ -181,13 +181,19 @@ class LinkModel:
         return LinkState(goodput_bytes_per_s=rate, measured_bytes_per_s=measured, rtt_s=self._rtt,
                          source=source, samples=self.samples)  # type: ignore[arg-type]
 
+    def _in_flight_since(self, now: float | None) -> tuple[int, float]:
+        """Body bytes of the POSTs on their way, and seconds since the first of them started
+        (``now``: time.monotonic()); (0, 0.0) when none is."""
+        if not self._in_flight:
+            return 0, 0.0
+        elapsed = (time.monotonic() if now is None else now) - min(t for _, t in self._in_flight.values())
+        return sum(b for b, _ in self._in_flight.values()), elapsed
+
     def in_flight_bytes(self, rate_bytes_per_s: float, now: float | None = None) -> float:
         """Bytes of the POSTs on their way not yet through at ``rate_bytes_per_s``, as far as the
         time since the first of them started tells (``now``: time.monotonic())."""
-        if not self._in_flight:
-            return 0.0
-        elapsed = (time.monotonic() if now is None else now) - min(t for _, t in self._in_flight.values())
-        return max(0.0, sum(b for b, _ in self._in_flight.values()) - rate_bytes_per_s * max(0.0, elapsed))
+        nbytes, elapsed = self._in_flight_since(now)
+        return max(0.0, nbytes - rate_bytes_per_s * max(0.0, elapsed))
 
     def budget_rate(self, start_kbps: float, now: float | None = None) -> tuple[float, RateSource]:
         """Bytes per second for budgets, and where the number comes from; unless pinned, at most
@@ -197,9 +203,8 @@ class LinkModel:
             rate, source = start_kbps * 1000 / 8, "start"
         else:
             rate, source = state.goodput_bytes_per_s, state.source
-        if source != "pinned" and self._in_flight:
-            nbytes = sum(b for b, _ in self._in_flight.values())
-            elapsed = (time.monotonic() if now is None else now) - min(t for _, t in self._in_flight.values())
+        if source != "pinned":
+            nbytes, elapsed = self._in_flight_since(now)
             if elapsed > 0:
                 rate = min(rate, nbytes / elapsed)
         return rate, source  # type: ignore[return-value]
