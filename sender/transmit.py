@@ -22,7 +22,10 @@ answers only once it has decoded and stored a batch, and meanwhile the next batc
 
 A transient failure is the receiver's, not the frame's: the worker then pauses *all* sending
 until the retry time (backoff counts consecutive failures), so a receiver that is down gets one
-request per backoff period, not one per queued batch. With no frame due (or every POST slot taken),
+request per backoff period, not one per queued batch. POSTs that were already on their way when a
+failure was counted and then fail too are the same outage: their frames wait for the same pause,
+and the backoff does not grow again. After a failure one POST at a time probes the receiver; the
+other slots open again with its first delivery. With no frame due (or every POST slot taken),
 the worker sleeps until the next one is, or until ``notify()`` (an upload was queued) or a POST
 that ends wakes it.
 
@@ -43,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import random
 import time
 
@@ -78,6 +82,7 @@ class Deliverer(BackgroundTask):
         self._secret = settings.secret_bytes()
         self._wake = asyncio.Event()
         self._failures = 0  # consecutive transient failures
+        self._failed_at = -math.inf  # time.monotonic() when the last one was counted
         self._pause_until = 0.0
         self._posts: set[asyncio.Task] = set()  # the POSTs on their way (at most delivery_concurrency)
         self.link = LinkModel(settings.link_kbps)
@@ -114,7 +119,8 @@ class Deliverer(BackgroundTask):
             return
         self._wake.clear()  # before looking, so an upload queued (or a POST ended) meanwhile still wakes us
         timeout = None
-        if len(self._posts) < self.settings.delivery_concurrency:
+        slots = 1 if self._failures else self.settings.delivery_concurrency  # a failing receiver: one probe
+        if len(self._posts) < slots:
             frames = await self.outbox.due(time.time(), self.settings.delivery_batch_max, self._batch_bytes())
             if frames:
                 task = asyncio.create_task(self._post(frames), name="latentwire-delivery-post")
@@ -170,12 +176,12 @@ class Deliverer(BackgroundTask):
             # Not delivered, but a bound: the link moved less than the body in that time. Counting
             # it pulls the rate (and so batches and auto budgets) down when a link slows.
             self.link.observe(len(body), busy, rtt_s=elapsed)
-            await self._transient(ids, "timeout", f"no answer within {self.settings.request_timeout_s} s "
+            await self._transient(ids, t0, "timeout", f"no answer within {self.settings.request_timeout_s} s "
                                   f"({type(exc).__name__})")
             return
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS ...
             self.metrics.transmit_seconds.labels("connect").observe(time.monotonic() - t0)
-            await self._transient(ids, "connect", f"cannot reach {self.settings.frames_url} "
+            await self._transient(ids, t0, "connect", f"cannot reach {self.settings.frames_url} "
                                   f"({type(exc).__name__}: {exc})")
             return
         elapsed = time.monotonic() - t0
@@ -184,12 +190,12 @@ class Deliverer(BackgroundTask):
         status = response.status_code
         if status == 200:
             self.link.observe(len(body), busy, rtt_s=elapsed)
-            await self._delivered(ids, response)
+            await self._delivered(ids, response, t0)
         elif 400 <= status < 500 and status not in TRANSIENT_STATUSES:
             await self._permanent(frames, response)
         else:
             kind = f"http_{status}" if status in TRANSIENT_STATUSES else ("http_5xx" if status >= 500 else "bad_reply")
-            await self._transient(ids, kind, _error_from(response)["message"], error=_error_from(response),
+            await self._transient(ids, t0, kind, _error_from(response)["message"], error=_error_from(response),
                                   retry_after=_retry_after_s(response.headers.get("retry-after")))
 
     def _pack(self, frames: list[PendingFrame]) -> bytes:
@@ -197,7 +203,7 @@ class Deliverer(BackgroundTask):
                            self._secret)
 
     # ---- settling -------------------------------------------------------------------------
-    async def _delivered(self, ids: list[str], response: httpx.Response) -> None:
+    async def _delivered(self, ids: list[str], response: httpx.Response, started: float) -> None:
         results: dict[str, str] = {}
         try:
             for item in response.json()["results"]:
@@ -208,7 +214,7 @@ class Deliverer(BackgroundTask):
         await self._settle(results)
         missing = [i for i in ids if i not in results]
         if missing:
-            await self._transient(missing, "bad_reply",
+            await self._transient(missing, started, "bad_reply",
                                   "the receiver answered 200 but did not report these frames as stored")
 
     async def _settle(self, results: dict[str, str]) -> None:
@@ -234,14 +240,19 @@ class Deliverer(BackgroundTask):
         self.metrics.delivery_attempts.labels("failed").inc()
         self.metrics.frames.labels("failed").inc()
 
-    async def _transient(self, ids: list[str], kind: str, message: str, error: dict | None = None,
+    async def _transient(self, ids: list[str], started: float, kind: str, message: str, error: dict | None = None,
                          retry_after: float | None = None) -> None:
-        self._failures += 1
-        backoff = min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** (self._failures - 1))
-        delay = backoff * random.uniform(0.5, 1.0)  # jitter: many senders do not retry in step
+        """``started``: time.monotonic() when the failed POST was sent."""
+        now = time.time()
+        if started >= self._failed_at:  # sent after the last counted failure: the receiver failed again
+            self._failures += 1
+            self._failed_at = time.monotonic()
+            backoff = min(self.settings.retry_max_s, self.settings.retry_base_s * 2 ** (self._failures - 1))
+            delay = backoff * random.uniform(0.5, 1.0)  # jitter: many senders do not retry in step
+        else:  # on its way when that failure was counted: the same outage, the same pause
+            delay = max(0.0, self._pause_until - now)
         if retry_after is not None and retry_after > 0:
             delay = min(retry_after, MAX_RETRY_AFTER_S)
-        now = time.time()
         self._pause_until = now + delay
         error = dict(error or {"error": kind, "message": message})
         await self.outbox.schedule_retry(ids, error, now + delay)

@@ -172,6 +172,47 @@ def test_at_most_delivery_concurrency_posts_are_on_their_way_and_no_frame_twice(
     assert link["samples"] == 4
 
 
+def test_posts_that_fail_together_count_once_and_one_probe_goes_before_the_rest(tmp_path, tiny_models_dir):
+    """Two POSTs on their way when the receiver goes down fail together: the backoff counts one
+    failure (a first failure's pause is at most retry_base_s; counted twice it would be 1-2x that),
+    and after the pause a single POST probes the receiver; the second slot opens once it delivers."""
+    base = 2.5
+    gate = asyncio.Event()
+    posts: list[dict] = []  # each POST: start, end, whether another was on its way at its start
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        frames = unpack_frames(request.content, SECRET.encode())
+        post = {"start": time.monotonic(), "beside": sum(1 for p in posts if "end" not in p)}
+        posts.append(post)
+        try:
+            if len(posts) <= 2:  # the receiver dies under the first two
+                await gate.wait()
+                raise httpx.ConnectError("connection reset")
+            await asyncio.sleep(0.3)
+            return httpx.Response(200, json={"results": [{"id": f.id, "status": "stored"} for f in frames]})
+        finally:
+            post["end"] = time.monotonic()
+
+    with app_with(tmp_path, tiny_models_dir, httpx.MockTransport(receiver), delivery_concurrency=2,
+                  delivery_batch_max=1, retry_base_s=base, retry_max_s=60) as client:
+        ids = [upload(client, png(seed=40 + i))[0] for i in range(4)]
+        deadline = time.monotonic() + 10
+        while len(posts) < 2:
+            assert time.monotonic() < deadline, posts
+            time.sleep(0.02)
+        client.portal.call(gate.set)
+        done = [wait_status(client, i, "delivered", timeout_s=20) for i in ids]
+        metrics = client.get("/metrics").text
+    failed_at = max(posts[0]["end"], posts[1]["end"])
+    probe, after = posts[2], posts[3:]
+    assert posts[1]["beside"] == 1  # both slots were in use when the receiver died
+    assert probe["start"] - failed_at <= base + 0.25  # one failure's pause, not two failures'
+    assert probe["beside"] == 0 and all(p["start"] >= probe["end"] for p in after)  # the probe went alone
+    assert any(p["beside"] == 1 for p in after)  # then both slots again
+    assert sorted(d["attempts"] for d in done) == [1, 1, 2, 2]
+    assert 'latentwire_sender_delivery_errors_total{kind="connect"} 2.0' in metrics
+
+
 def test_restart_delivers_everything_exactly_once(tmp_path, tiny_models_dir):
     down = httpx.MockTransport(lambda request: (_ for _ in ()).throw(httpx.ConnectError("receiver down")))
     with app_with(tmp_path, tiny_models_dir, down) as client:
