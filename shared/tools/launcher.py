@@ -58,6 +58,11 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
+        self.spawn()
+        self.wait_ready(ready_timeout_s)
+
+    def spawn(self) -> None:
+        """Start the process and return at once (``wait_ready`` waits for its /readyz)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -65,7 +70,9 @@ class ServiceProcess:
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
-        wait_ready(self.url + "/readyz", self.proc, ready_timeout_s)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        wait_ready(self.url + "/readyz", self.proc, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: the crash case (nothing flushed, no shutdown hooks)."""
@@ -179,8 +186,12 @@ class ServicePair:
         )
 
     def start(self) -> "ServicePair":
-        self.receiver.start()
-        self.sender.start()
+        """Both processes start at once (each loads torch and its model meanwhile); this returns
+        when both answer /readyz."""
+        self.receiver.spawn()
+        self.sender.spawn()
+        self.receiver.wait_ready()
+        self.sender.wait_ready()
         return self
 
     def stop(self) -> None:

@@ -38,20 +38,28 @@ def started(pair: ServicePair):
         pair.stop()
 
 
+DENOISE_ENV = {"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
+               "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL}
+
+
+def tiny_pair(work_dir, models_dir, env: dict[str, str] | None = None) -> ServicePair:
+    """Receiver and sender on the tiny model (``env``: more settings), not started yet."""
+    return ServicePair(work_dir=work_dir, secret=secrets.token_hex(32), model=TINY_MODEL, models_dir=models_dir,
+                       extra_env=env or {})
+
+
 @pytest.fixture
 def services(tmp_path, tiny_models_dir):
-    with started(ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32),
-                             model=TINY_MODEL, models_dir=tiny_models_dir)) as pair:
+    with started(tiny_pair(tmp_path / "services", tiny_models_dir)) as pair:
         yield pair
 
 
-@pytest.fixture
-def denoise_services(tmp_path, tiny_models_dir):
-    """The pair with the tiny denoising model beside the tiny one, so mode=denoise is on."""
-    env = {"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
-           "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL}
-    with started(ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
-                             models_dir=tiny_models_dir, extra_env=env)) as pair:
+@pytest.fixture(scope="module")
+def module_services(tmp_path_factory, tiny_models_dir):
+    """One pair for all of a module's tests, with the tiny denoising model beside the tiny one
+    (mode=denoise on), for tests that need neither an empty store nor fresh processes: each
+    start costs seconds."""
+    with started(tiny_pair(tmp_path_factory.mktemp("services"), tiny_models_dir, DENOISE_ENV)) as pair:
         yield pair
 
 

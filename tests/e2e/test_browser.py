@@ -8,21 +8,20 @@ import re
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import png_bytes
 
-def test_live_gallery_updates_without_reload(services, browser):
+def test_live_gallery_updates_without_reload(module_services, browser):
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(services.receiver.url + "/")
+    page.goto(module_services.receiver.url + "/")
     page.wait_for_selector("#gallery", state="attached", timeout=15_000)
     # Mark this document: a reload would create a new one without the marker.
     page.evaluate("window.__latentwire_marker = 42")
     before = page.locator("#gallery [data-id]").count()
 
-    with httpx.Client(base_url=services.sender.url, timeout=60) as sender:
+    with httpx.Client(base_url=module_services.sender.url, timeout=60) as sender:
         r = sender.post("/v1/images", params={"quality": 0.5},
                         files={"file": ("live.png", png_bytes(96, 64, seed=5), "image/png")})
     assert r.status_code == 202, r.text
@@ -40,10 +39,10 @@ def test_live_gallery_updates_without_reload(services, browser):
     page.close()
 
 
-def test_sender_upload_page_shows_comparison(services, browser, tmp_path):
+def test_sender_upload_page_shows_comparison(module_services, browser, tmp_path):
     """The upload page posts a file and shows original, reconstruction and same-size JPEG."""
     page = browser.new_page()
-    page.goto(services.sender.url + "/")
+    page.goto(module_services.sender.url + "/")
     path = tmp_path / "upload.png"
     path.write_bytes(png_bytes(80, 60, seed=9))
     page.set_input_files("input[type=file]", str(path))
@@ -55,10 +54,10 @@ def test_sender_upload_page_shows_comparison(services, browser, tmp_path):
     page.close()
 
 
-def test_denoise_uploads_show_the_noise_estimate(tmp_path, denoise_services, browser):
+def test_denoise_uploads_show_the_noise_estimate(tmp_path, module_services, browser):
     """mode=denoise on the upload page: the card says what clean first decided (the random tiny
     denoiser's estimate is far above any limit, so it codes its reconstruction)."""
-    pair = denoise_services
+    pair = module_services
     page = browser.new_page()
     page.goto(pair.sender.url + "/")
     path = tmp_path / "noisy.png"
@@ -76,7 +75,7 @@ def test_denoise_uploads_show_the_noise_estimate(tmp_path, denoise_services, bro
     assert f"noise estimate {record['noise']:.1f} grey levels, coded its clean reconstruction" in text
 
 
-def test_a_budget_below_the_lowest_rate_shows_the_coded_size(services, browser, tmp_path, tiny_models_dir):
+def test_a_budget_below_the_lowest_rate_shows_the_coded_size(module_services, browser, tmp_path, tiny_models_dir):
     """Byte budget on the upload page, below what the full size needs: the card says the picture
     was coded smaller and is shown at its own size."""
     from shared.codec import Codec
@@ -90,7 +89,7 @@ def test_a_budget_below_the_lowest_rate_shows_the_coded_size(services, browser, 
     path = tmp_path / "budget.png"
     path.write_bytes(data)
     page = browser.new_page()
-    page.goto(services.sender.url + "/")
+    page.goto(module_services.sender.url + "/")
     page.check("input[name=rate][value=max_bytes]")
     page.fill("#max-bytes", str(budget))
     page.set_input_files("input[type=file]", str(path))
@@ -108,10 +107,10 @@ def test_a_budget_below_the_lowest_rate_shows_the_coded_size(services, browser, 
     assert shown == [192, 128]
 
 
-def test_api_docs_render_with_no_request_leaving_the_machine(services, browser):
+def test_api_docs_render_with_no_request_leaving_the_machine(module_services, browser):
     """Swagger UI of both services lists their operations, and every request the page made
     (script, style, schema, icon) went to the service itself."""
-    for service, operation in ((services.sender, "/v1/images"), (services.receiver, "/v1/frames")):
+    for service, operation in ((module_services.sender, "/v1/images"), (module_services.receiver, "/v1/frames")):
         page = browser.new_page()
         requested: list[str] = []
         errors: list[str] = []
@@ -162,7 +161,7 @@ def _photo_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def test_receiver_cards_show_mode_and_coded_size_without_overlapping_text(tiny_models_dir, denoise_services,
+def test_receiver_cards_show_mode_and_coded_size_without_overlapping_text(tiny_models_dir, module_services,
                                                                           browser):
     """A 1136x818 photo through the sender twice: at a quality (full size, mode standard) and in
     mode denoise with a byte budget below what the full size needs (coded smaller). Each card
@@ -173,7 +172,7 @@ def test_receiver_cards_show_mode_and_coded_size_without_overlapping_text(tiny_m
     from shared.images import load_image
     from tests.conftest import TINY_DENOISE_MODEL
 
-    pair = denoise_services
+    pair = module_services
     photo = _photo_png(1136, 818)
     denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
     budget = denoiser.encode(load_image(photo).rgb, quality=0.0).nbytes // 2  # the full size cannot fit

@@ -9,15 +9,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from shared.codec import Codec
 from shared.images import load_image
 from tests.conftest import TINY_MODEL
-from tests.e2e.conftest import png_bytes, receiver_ids, wait_until
+from tests.e2e.conftest import png_bytes, receiver_ids, started, tiny_pair, wait_until
 
 N_IMAGES = 300
 QUALITY = 0.3
+
+
+@pytest.fixture
+def services(tmp_path, tiny_models_dir):
+    """The pair, its sender's retry delay capped at 2 s: each kill makes the sender back off, and
+    the default cap (60 s) would spend the test waiting. What is asserted does not depend on it."""
+    env = {"LATENTWIRE_SENDER_RETRY_MAX_S": "2"}
+    with started(tiny_pair(tmp_path / "services", tiny_models_dir, env)) as pair:
+        yield pair
 
 
 def _upload_all(sender_url: str, uploads: list[bytes]) -> list[str]:

@@ -7,7 +7,6 @@ quality=1 uploads cross the link at the new rate, then one quality=auto upload i
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +15,7 @@ import httpx
 
 from shared.tools.launcher import ServicePair
 from shared.tools.link_emulator import LinkEmulator
-from tests.conftest import TINY_MODEL
-from tests.e2e.conftest import png_bytes, receiver_ids, started, wait_until
+from tests.e2e.conftest import png_bytes, receiver_ids, started, tiny_pair, wait_until
 
 FAST_KBPS, SLOW_KBPS = 64, 6
 TARGET_S = 0.15
@@ -28,9 +26,8 @@ def _through_link(tmp_path, models_dir, **env) -> Iterator[tuple[httpx.Client, L
     """Sender and receiver as processes, the sender's POSTs through a link emulator (FAST_KBPS, 10 ms
     each way); ``env``: sender settings (latency_target_s=2 -> LATENTWIRE_SENDER_LATENCY_TARGET_S).
     Yields a client of the sender, the emulator and the pair."""
-    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
-                       models_dir=models_dir,
-                       extra_env={f"LATENTWIRE_SENDER_{k.upper()}": str(v) for k, v in env.items()})
+    pair = tiny_pair(tmp_path / "services", models_dir,
+                     {f"LATENTWIRE_SENDER_{k.upper()}": str(v) for k, v in env.items()})
     link = LinkEmulator("127.0.0.1", pair.receiver.port, kbps=FAST_KBPS, delay_s=0.01)
     with link.running():  # binds its port: the sender's receiver URL is the emulator's
         args = pair.sender.args

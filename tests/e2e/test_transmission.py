@@ -20,10 +20,10 @@ def _stored(client: httpx.Client, image_id: str):
     return r.json() if r.status_code == 200 else None
 
 
-def test_upload_arrives_at_receiver_with_original_size(services):
+def test_upload_arrives_at_receiver_with_original_size(module_services):
     upload = png_bytes(75, 41, seed=3)
-    with httpx.Client(base_url=services.sender.url, timeout=60) as sender, \
-            httpx.Client(base_url=services.receiver.url, timeout=60) as receiver:
+    with httpx.Client(base_url=module_services.sender.url, timeout=60) as sender, \
+            httpx.Client(base_url=module_services.receiver.url, timeout=60) as receiver:
         r = sender.post("/v1/images", params={"quality": 0.7},
                         files={"file": ("gradient.png", upload, "image/png")})
         assert r.status_code == 202, r.text
@@ -42,13 +42,13 @@ def test_upload_arrives_at_receiver_with_original_size(services):
         assert status
 
 
-def test_receiver_pixels_equal_a_local_decode_of_the_same_stream(services, tiny_models_dir):
+def test_receiver_pixels_equal_a_local_decode_of_the_same_stream(module_services, tiny_models_dir):
     """What the receiver stores is exactly what this codec decodes: determinism end to end."""
     upload = png_bytes(64, 48, seed=11)
     codec = Codec.load(TINY_MODEL, tiny_models_dir)
     expected = codec.decode(codec.encode(load_image(upload).rgb, quality=0.4).data)
-    with httpx.Client(base_url=services.sender.url, timeout=60) as sender, \
-            httpx.Client(base_url=services.receiver.url, timeout=60) as receiver:
+    with httpx.Client(base_url=module_services.sender.url, timeout=60) as sender, \
+            httpx.Client(base_url=module_services.receiver.url, timeout=60) as receiver:
         (img,) = sender.post("/v1/images", params={"quality": 0.4}, content=upload,
                              headers={"content-type": "image/png"}).json()["images"]
         wait_until(lambda: _stored(receiver, img["id"]), 30, what="the frame to be stored")
@@ -56,7 +56,7 @@ def test_receiver_pixels_equal_a_local_decode_of_the_same_stream(services, tiny_
     assert hashlib.sha256(got.tobytes()).hexdigest() == hashlib.sha256(expected.tobytes()).hexdigest()
 
 
-def test_a_budget_below_the_full_sizes_lowest_rate_arrives_full_size(services, tiny_models_dir):
+def test_a_budget_below_the_full_sizes_lowest_rate_arrives_full_size(module_services, tiny_models_dir):
     """A byte budget the full size cannot meet crosses as a reduced-size (format version 3) stream,
     and the receiver stores exactly what this codec decodes from it, at the upload's size."""
     upload = png_bytes(192, 128, seed=12)
@@ -65,8 +65,8 @@ def test_a_budget_below_the_full_sizes_lowest_rate_arrives_full_size(services, t
     budget = codec.encode(rgb, quality=0.0).nbytes - 1
     enc = codec.encode(rgb, max_bytes=budget)
     assert enc.stream.version == 3
-    with httpx.Client(base_url=services.sender.url, timeout=60) as sender, \
-            httpx.Client(base_url=services.receiver.url, timeout=60) as receiver:
+    with httpx.Client(base_url=module_services.sender.url, timeout=60) as sender, \
+            httpx.Client(base_url=module_services.receiver.url, timeout=60) as receiver:
         (img,) = sender.post("/v1/images", params={"max_bytes": budget}, content=upload,
                              headers={"content-type": "image/png"}).json()["images"]
         assert img["bytes"] == enc.nbytes <= budget
@@ -77,22 +77,16 @@ def test_a_budget_below_the_full_sizes_lowest_rate_arrives_full_size(services, t
     assert np.array_equal(got, codec.decode(enc.data))
 
 
-def test_denoise_mode_frames_decode_with_the_denoising_model(tmp_path, tiny_models_dir):
+def test_denoise_mode_frames_decode_with_the_denoising_model(module_services, tiny_models_dir):
     """mode=denoise through real processes: the frame names the second model and the receiver,
     configured with it, stores exactly that model's decode."""
-    import secrets
-
-    from shared.tools.launcher import ServicePair
     from tests.conftest import TINY_DENOISE_MODEL
 
-    pair = ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
-                       models_dir=tiny_models_dir,
-                       extra_env={"LATENTWIRE_SENDER_DENOISE_MODEL": TINY_DENOISE_MODEL,
-                                  "LATENTWIRE_RECEIVER_DENOISE_MODEL": TINY_DENOISE_MODEL})
+    pair = module_services
     upload = png_bytes(64, 48, seed=12)
     denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
     expected = denoiser.decode(denoiser.encode(load_image(upload).rgb, quality=0.6).data)
-    with pair, httpx.Client(base_url=pair.sender.url, timeout=60) as sender, \
+    with httpx.Client(base_url=pair.sender.url, timeout=60) as sender, \
             httpx.Client(base_url=pair.receiver.url, timeout=60) as receiver:
         r = sender.post("/v1/images", params={"quality": 0.6, "mode": "denoise"}, content=upload,
                         headers={"content-type": "image/png"})

@@ -4,22 +4,18 @@ budget was chosen and why, and a max_bytes upload's card says whether its budget
 
 from __future__ import annotations
 
-import secrets
 
 import httpx
 import pytest
 
-from shared.tools.launcher import ServicePair
-from tests.conftest import TINY_MODEL
-from tests.e2e.conftest import png_bytes, started
+from tests.e2e.conftest import png_bytes, started, tiny_pair
 
 
 @pytest.fixture
 def auto_services(tmp_path, tiny_models_dir):
     """The pair with a 5 s latency target, so quality=auto is the page's default rate."""
-    with started(ServicePair(work_dir=tmp_path / "services", secret=secrets.token_hex(32), model=TINY_MODEL,
-                             models_dir=tiny_models_dir,
-                             extra_env={"LATENTWIRE_SENDER_LATENCY_TARGET_S": "5"})) as pair:
+    env = {"LATENTWIRE_SENDER_LATENCY_TARGET_S": "5"}
+    with started(tiny_pair(tmp_path / "services", tiny_models_dir, env)) as pair:
         yield pair
 
 
