@@ -14,6 +14,12 @@ hyper gains). The synthesis transform and the latent gains are frozen too, so th
 each quality is what it was and the loss is the rate alone: the mean over crops of log(bpp),
 i.e. every crop's relative saving counts alike, whatever its quality.
 
+A denoising model (its training config has ``noise_sigma_max`` > 0, e.g. lw-vr-denoise) codes noisy
+uploads, so its cache holds the latents of noisy images: each view gets Gaussian noise with sigma ~
+U[0, sigma_max] (0-255 scale, rounded to grey levels as an uploaded file is), drawn once per view
+from a generator seeded by the file name, so a rebuilt cache is the same. ``--noise`` overrides the
+model's own sigma_max (0: clean inputs).
+
 Validation: the exact -log2 P of the rounded symbols (``VariableRateHyperprior.estimate_bits``,
 the float64 coding path) on the held-out images (every 25th file by name, as ``latentwire
 train``), at ``VAL_QUALITIES``, reported against the starting model. ``best.pt`` keeps the lowest
@@ -23,11 +29,11 @@ with ``latentwire export``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
 import time
+import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,7 +41,7 @@ import numpy as np
 import torch
 
 from shared.checkpoint import load_model, safe_load
-from shared.network import InferenceTransform, NetworkConfig, VariableRateHyperprior
+from shared.network import InferenceTransform, VariableRateHyperprior
 from shared.tools.train import VAL_QUALITIES, list_images, load_rgb, split_holdout
 
 LATENT_ALIGN = 4  # h_a halves twice: latent crops are multiples of 4
@@ -51,6 +57,7 @@ class EntropyTrainConfig:
     context_width: int = 128
     context_checkerboard: bool = True
     context_only: bool = False  # freeze the hyperprior too
+    noise_sigma_max: float | None = None  # None -> the model's own training noise (0 for a clean codec)
     steps: int = 20_000
     time_budget_s: float = 0.0  # > 0: size `steps` to fit it, from the pace of the first steps
     batch_size: int = 16
@@ -66,11 +73,14 @@ class EntropyTrainConfig:
     seed: int = 0
 
 
-def build_cache(model: VariableRateHyperprior, files: list[Path], path: Path, mirror: bool, log=print) -> list[torch.Tensor]:
-    """y (float16, (M, h, w)) for every file (and its mirror image), computed once and kept."""
+def build_cache(model: VariableRateHyperprior, files: list[Path], path: Path, mirror: bool, log=print,
+                noise_sigma_max: float = 0.0) -> list[torch.Tensor]:
+    """y (float16, (M, h, w)) for every file (and its mirror image), computed once and kept; with
+    ``noise_sigma_max`` > 0, of each view with its own noise (``noisy_view``)."""
     if path.exists():
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("files") == [f.name for f in files] and cached.get("mirror") == mirror:
+        if (cached.get("files") == [f.name for f in files] and cached.get("mirror") == mirror
+                and cached.get("noise_sigma_max", 0.0) == noise_sigma_max):
             return cached["latents"]
     from shared.codec import PRECISIONS, resolve_precision
 
@@ -81,14 +91,26 @@ def build_cache(model: VariableRateHyperprior, files: list[Path], path: Path, mi
             x = load_rgb(f)[None].float() / 255.0  # (1, 3, H, W)
             H, W = (s - s % 64 for s in x.shape[-2:])
             x = x[..., :H, :W]
-            for view in ([x, x.flip(-1)] if mirror else [x]):
+            for k, view in enumerate([x, x.flip(-1)] if mirror else [x]):
+                if noise_sigma_max > 0:
+                    view = noisy_view(view, noise_sigma_max, f"{f.name}/{k}")
                 latents.append(g_a(view)[0].to(torch.float16).contiguous())
             if i % 100 == 0:
                 log(f"cache: {i}/{len(files)} images, {time.time() - t0:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"files": [f.name for f in files], "mirror": mirror, "latents": latents}, path.with_suffix(".tmp"))
+    torch.save({"files": [f.name for f in files], "mirror": mirror, "noise_sigma_max": noise_sigma_max,
+                "latents": latents}, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
     return latents
+
+
+def noisy_view(x: torch.Tensor, sigma_max: float, key: str) -> torch.Tensor:
+    """x (1, 3, H, W) in [0, 1] + Gaussian noise of sigma ~ U[0, sigma_max] (0-255 scale), rounded
+    to grey levels and clipped; the draws come from a generator seeded by ``key``."""
+    gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    sigma = float(torch.rand((), generator=gen)) * sigma_max
+    noisy = x * 255.0 + sigma * torch.randn(x.shape, generator=gen)
+    return noisy.round().clamp(0, 255) / 255.0
 
 
 def sample_batch(latents: list[torch.Tensor], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
@@ -145,11 +167,20 @@ def train_entropy(cfg: EntropyTrainConfig, resume: Path | None = None, log=print
         raise ValueError(f"{cfg.model} does not fit a context model: unexpected {unexpected}, missing "
                          f"{[k for k in missing if not k.startswith('context.')]}")
 
+    sigma_max = cfg.noise_sigma_max
+    if sigma_max is None:
+        sigma_max = float((meta.get("train_config") or {}).get("noise_sigma_max", 0.0))
+    if sigma_max < 0:
+        raise ValueError(f"noise sigma_max {sigma_max:g} must be >= 0 (0: clean inputs)")
+    if sigma_max > 0:
+        log(f"noisy inputs: sigma ~ U[0, {sigma_max:g}] per cached view")
     files = list_images(Path(cfg.data))
     train_files, val_files = split_holdout(files)
-    cache = Path(cfg.cache or f".data/latents-{meta['weights']}.pt")
-    train_latents = build_cache(model, train_files, cache, mirror=True, log=log)
-    val_latents = build_cache(model, val_files, cache.with_name(cache.stem + "-val.pt"), mirror=False, log=log)
+    suffix = f"-noise{sigma_max:g}" if sigma_max > 0 else ""
+    cache = Path(cfg.cache or f".data/latents-{meta['weights']}{suffix}.pt")
+    train_latents = build_cache(model, train_files, cache, mirror=True, log=log, noise_sigma_max=sigma_max)
+    val_latents = build_cache(model, val_files, cache.with_name(cache.stem + "-val.pt"), mirror=False, log=log,
+                              noise_sigma_max=sigma_max)
     train_latents = [y for y in train_latents if min(y.shape[-2:]) >= cfg.latent_crop]
 
     for p in model.parameters():
@@ -186,7 +217,8 @@ def train_entropy(cfg: EntropyTrainConfig, resume: Path | None = None, log=print
     def save(path: Path) -> None:
         payload = {
             "kind": "latentwire-training-checkpoint", "network": model.config.to_dict(),
-            "train_config": {**meta.get("train_config", {}), "entropy": asdict(cfg)},
+            "train_config": {**meta.get("train_config", {}), "entropy": {**asdict(cfg), "noise_sigma_max": sigma_max}},
+            **({"clean_first": meta["clean_first"]} if meta.get("clean_first") else {}),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
             "step": step, "steps": steps, "best": best, "start_bits": start_bits,
@@ -254,6 +286,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-checkerboard", action="store_true", help="one step per channel group (no spatial "
                                                                   "context within a group)")
     p.add_argument("--context-only", action="store_true", help="keep the hyperprior frozen too")
+    p.add_argument("--noise", type=float, default=None, metavar="SIGMA_MAX",
+                   help="cache latents of noisy inputs, sigma ~ U[0, SIGMA_MAX] (0-255 scale); default: the "
+                        "model's own training noise (a denoising model's), 0 for a clean codec")
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--time-budget-s", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -268,7 +303,7 @@ def _cmd(args) -> int:
     groups = tuple(int(g) for g in args.groups.split(","))
     cfg = EntropyTrainConfig(model=args.model, data=args.data, out=args.out, cache=args.cache,
                              context_groups=groups, context_width=args.width, context_only=args.context_only,
-                             context_checkerboard=not args.no_checkerboard,
+                             context_checkerboard=not args.no_checkerboard, noise_sigma_max=args.noise,
                              steps=args.steps, time_budget_s=args.time_budget_s, batch_size=args.batch_size,
                              latent_crop=args.latent_crop, lr=args.lr, val_every=args.val_every, seed=args.seed)
     path = train_entropy(cfg, args.resume, log=lambda m: print(m, flush=True))
