@@ -232,7 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         getattr(mod, func)(sub)
+    _plain_text(parser)
     return parser
+
+
+def _plain_text(parser: argparse.ArgumentParser) -> None:
+    """--help as plain text: descriptions taken from docstrings lose their ``literal`` marks."""
+    parser.description = parser.description and parser.description.replace("``", "")
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = action.help.replace("``", "")
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = choice.help and choice.help.replace("``", "")
+            for sub in action.choices.values():
+                _plain_text(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

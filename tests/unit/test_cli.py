@@ -83,3 +83,19 @@ def test_errors_are_one_line_and_exit_code_2(tmp_path, tiny_models_dir, capsys):
     assert main(["encode", str(DATA / "crop_97x71.png"), "--max-bytes", "10", "--model", TINY_MODEL,
                  "--models-dir", str(tiny_models_dir)]) == 2
     assert "BudgetTooSmall" in capsys.readouterr().err
+
+
+def test_help_is_plain_text_everywhere():
+    """No reStructuredText marks from the docstrings the descriptions come from, in any --help."""
+    import argparse
+
+    from shared.tools.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    texts = {"latentwire": parser.format_help(), **{name: p.format_help() for name, p in commands.choices.items()}}
+    assert len(texts) >= 12 and "receiver" in texts and "eval" in texts
+    assert {name: [line for line in text.splitlines() if "``" in line] for name, text in texts.items()
+            if "``" in text} == {}
+    assert "The latentwire command line" in texts["latentwire"]
+    assert "latentwire eval DIR: measured rate-distortion" in " ".join(texts["eval"].split())
