@@ -140,7 +140,7 @@ def test_the_shipped_denoiser_carries_its_clean_first_rule_in_its_file(denoisers
 
 @pytest.mark.parametrize("sigma, quality, min_gain_db", [(25.0, 0.4, 0.2), (50.0, 0.6, 0.3)])
 def test_clean_first_beats_one_pass_at_the_same_bytes(denoisers, kodim_rgb, sigma, quality, min_gain_db):
-    """Measured with lw-vr-denoise-36b060c8: +0.44 dB at sigma 25, q 0.4; +0.74 dB at sigma 50, q 0.6."""
+    """Clean first against the best single pass that fits the same bytes: closer to the clean image."""
     from shared.tools.evaluate import add_noise
 
     rule, one_pass = denoisers
@@ -179,8 +179,8 @@ def noisy_at_limit(denoisers, kodim_rgb):
 def test_a_budget_between_the_limits_streams_is_used_for_a_cleaner_picture(denoisers, kodim_rgb, noisy_at_limit):
     """At sigma 25 the reconstruction's stream at the limit and the upload's just past it differ
     twofold in size here; a budget halfway between (geometric mean) is filled with the
-    reconstruction's stream past the limit. Measured with lw-vr-denoise-36b060c8: 71 % of the budget
-    -> 100 %, +0.29 dB against the clean image."""
+    reconstruction's stream past the limit: nearly all of the budget used, and closer to the
+    clean image than the stream at the limit."""
     import numpy as np
 
     rule, one_pass = denoisers
@@ -200,9 +200,8 @@ def test_a_budget_between_the_limits_streams_is_used_for_a_cleaner_picture(denoi
 def test_qualities_across_the_limit_rise_in_rate_without_a_step(denoisers, kodim_rgb, noisy_at_limit):
     """Qualities past the limit spread over the rates between the reconstruction's stream at the
     limit and the upload's at quality 1, where the upload's stream just past the limit used to be
-    twice as big. Measured with lw-vr-denoise-36b060c8 (kodim23 half, sigma 25): at most 1.21
-    times the bytes from one quality to the next, PSNR against the clean image rising by 0.08 dB or
-    more each time."""
+    twice as big (kodim23 half, sigma 25): the bytes grow by less than 1.4 times from one quality to
+    the next, and the PSNR against the clean image rises each time."""
     import numpy as np
 
     rule, _ = denoisers
