@@ -48,12 +48,6 @@ def tiny_pair(work_dir, models_dir, env: dict[str, str] | None = None) -> Servic
                        extra_env=env or {})
 
 
-@pytest.fixture
-def services(tmp_path, tiny_models_dir):
-    with started(tiny_pair(tmp_path / "services", tiny_models_dir)) as pair:
-        yield pair
-
-
 @pytest.fixture(scope="module")
 def module_services(tmp_path_factory, tiny_models_dir):
     """One pair for all of a module's tests, with the tiny denoising model beside the tiny one
