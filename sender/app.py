@@ -5,8 +5,9 @@
 
 The lifespan loads the codecs (standard, and denoise when its model is installed), opens the outbox,
 starts the encoder thread, the delivery task and (with a latency target) the re-planner, and opens
-the app's one ``httpx.AsyncClient`` (to the receiver). Tests pass ``transport=`` (an ``httpx.MockTransport`` or ``httpx.ASGITransport``
-around a receiver app) to talk to a receiver in process. Errors become answers as on the receiver
+the app's one ``httpx.AsyncClient`` (to the receiver). Tests pass ``transport=`` (an
+``httpx.MockTransport`` or ``httpx.ASGITransport`` around a receiver app) to talk to a receiver in
+process. Errors become answers as on the receiver
 (shared/service/handlers.py: ``{"error", "message"}`` with the error's status, plus ``file`` and
 ``min_bytes`` where they apply, ``Retry-After`` on 503s); rejected uploads are counted in
 ``latentwire_sender_upload_errors_total``.

@@ -167,9 +167,9 @@ def train_entropy(cfg: EntropyTrainConfig, resume: Path | None = None, log=print
         raise ValueError(f"{cfg.model} does not fit a context model: unexpected {unexpected}, missing "
                          f"{[k for k in missing if not k.startswith('context.')]}")
 
+    if cfg.noise_sigma_max is None:  # the model's own: the file says what it was trained on
+        cfg = replace(cfg, noise_sigma_max=float((meta.get("train_config") or {}).get("noise_sigma_max", 0.0)))
     sigma_max = cfg.noise_sigma_max
-    if sigma_max is None:
-        sigma_max = float((meta.get("train_config") or {}).get("noise_sigma_max", 0.0))
     if sigma_max < 0:
         raise ValueError(f"noise sigma_max {sigma_max:g} must be >= 0 (0: clean inputs)")
     if sigma_max > 0:
@@ -217,7 +217,7 @@ def train_entropy(cfg: EntropyTrainConfig, resume: Path | None = None, log=print
     def save(path: Path) -> None:
         payload = {
             "kind": "latentwire-training-checkpoint", "network": model.config.to_dict(),
-            "train_config": {**meta.get("train_config", {}), "entropy": {**asdict(cfg), "noise_sigma_max": sigma_max}},
+            "train_config": {**meta.get("train_config", {}), "entropy": asdict(cfg)},
             **({"clean_first": meta["clean_first"]} if meta.get("clean_first") else {}),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),

@@ -538,7 +538,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
         raise ValueError(f"synthesis_blocks must be 0 or more, got {cfg.synthesis_blocks}")
     device = resolve_device(cfg.device)
     if device.type == "cpu":
-        torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset)
+        # The cores this process may use (taskset); platforms without affinity: every core.
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
