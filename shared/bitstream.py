@@ -288,7 +288,7 @@ def _fields_v2(obj: list, names: tuple[str, ...]) -> dict:
     if not all(_is_int(c) for c in crcs):
         raise NotABitstream("y_crc32 and z_crc32 must be integers")
     quality = f["quality"]
-    if _is_number(quality) and not math.isnan(quality) and coded_quality(quality) != quality:
+    if _is_number(quality) and not math.isnan(quality) and not _is_float32(quality):
         raise NotABitstream("quality must be a float32")
     coded_size = None
     if "coded_height" in f:
@@ -381,6 +381,14 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_float32(value: float) -> bool:
+    """Whether ``value`` is exactly a float32; a finite number beyond float32's range is not."""
+    try:
+        return coded_quality(value) == value
+    except OverflowError:
+        return False
 
 
 def _int_list(value, n: int, name: str) -> list[int]:

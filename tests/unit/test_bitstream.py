@@ -288,6 +288,7 @@ WRONG_V2 = [
     {"quality": -0.1},
     {"quality": math.nan},
     {"quality": 0.7},  # a float64 that is not a float32: the writer never stores one
+    {"quality": 3.4028235677973366e38},  # beyond float32's range (rounding it overflowed: the fuzzer's find)
     {"quality": "0.5"},
     {"quality": True},
     {"model": 7},
