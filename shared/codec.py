@@ -43,6 +43,7 @@ code.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -103,6 +104,8 @@ class Codec:
         self.precision = resolve_precision(precision, self.device)
         self.max_side = max_side
         self._lock = threading.Lock()
+        if self.device.type == "cpu":
+            keep_freed_buffers()
         # Entropy models, gains and h_s stay on the CPU (device policy); the transforms coding
         # uses move: h_a, and the InferenceTransform copies of g_a and g_s (see DEVICE POLICY).
         self.model.h_a.to(self.device, memory_format=torch.channels_last)
@@ -375,6 +378,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     native_bf16 = device.type == "cpu" and torch.backends.mkldnn.is_available() and bool(
         torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return "bf16" if native_bf16 else "fp32"
+
+
+@functools.cache
+def keep_freed_buffers() -> bool:
+    """Make glibc's malloc keep large freed blocks for reuse (once per process; False where the C
+    library is not glibc).
+
+    By default glibc serves each allocation above its mmap threshold (at most 32 MB) with fresh
+    pages from the kernel and returns them on free, so every full-resolution activation of g_s and
+    g_a faults in its pages again on every image. With the threshold raised, such buffers come from
+    the heap and the next image reuses them; the trim threshold keeps the heap from shrinking
+    between images. The cost is that the process keeps its peak heap."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def _to_rgb(x_hat: torch.Tensor, height: int, width: int) -> np.ndarray:

@@ -59,6 +59,18 @@ class AnchorConv(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight * self.mask.to(self.weight.dtype), self.bias, padding=2)
 
+    def at(self, x: Tensor, positions: Tensor) -> Tensor:
+        """The convolution at ``positions`` only (flat, row-major), as (B, out, n): the 12 taps the
+        mask keeps, gathered per position, times their weights (a quarter of the full form's
+        work when the positions are the non-anchors)."""
+        B, C, h, w = x.shape
+        taps = self.mask[0, 0].nonzero()  # (12, 2) of (row, col) in the 5x5 kernel
+        rows, cols = positions // w, positions % w
+        flat = (rows[None] + taps[:, :1]) * (w + 4) + cols[None] + taps[:, 1:]  # (12, n) in the padded map
+        gathered = F.pad(x, (2, 2, 2, 2)).flatten(2)[:, :, flat.flatten()]  # (B, C, 12 n)
+        weight = self.weight[:, :, taps[:, 0], taps[:, 1]]  # (out, C, 12)
+        return F.conv1d(gathered.reshape(B, C * len(taps), -1), weight.reshape(len(weight), -1, 1), self.bias)
+
 
 class GroupStep(nn.Module):
     """The network of one channel group (module docstring): both its phases share the features
@@ -81,9 +93,16 @@ class GroupStep(nn.Module):
             h = h + self.before(y_before)
         return F.leaky_relu(self.mix(F.leaky_relu(h, 0.2)), 0.2)
 
-    def params(self, features: Tensor, y_anchors: Tensor | None) -> tuple[Tensor, Tensor]:
+    def params(self, features: Tensor, y_anchors: Tensor | None,
+               positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(Δμ, Δσ) from the shared features and, for the non-anchors, this group's ŷ (whose
-        non-anchor positions the masked convolution never reads at a non-anchor output)."""
+        non-anchor positions the masked convolution never reads at a non-anchor output).
+
+        ``positions``: the flat positions (row-major) whose parameters are wanted; each comes out
+        as (B, channels, n) then, and only those positions are computed. None: every position,
+        each as (B, channels, h, w)."""
+        if positions is not None:
+            return self._params_at(features.flatten(2)[:, :, positions], y_anchors, positions)
         if self.anchors is not None:
             if y_anchors is None:
                 ctx = features.new_zeros(features.shape[0], self.anchors.out_channels, *features.shape[-2:])
@@ -91,6 +110,20 @@ class GroupStep(nn.Module):
                 ctx = self.anchors(y_anchors)
             features = torch.cat([features, ctx], 1)
         out = self.head(F.leaky_relu(self.join(features), 0.2))
+        return out.chunk(2, 1)
+
+    def _params_at(self, features: Tensor, y_anchors: Tensor | None, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """``params`` at ``positions`` from the features gathered there, (B, width, n): the 1x1
+        layers as 1-D convolutions over the positions (not ``@``, whose rounding depends on
+        whether autograd is on: the coder's numbers must not); an anchor step (no ŷ yet) leaves
+        out the join's context inputs, which would multiply zeros."""
+        width = features.shape[1]
+        join = self.join.weight.flatten(2)  # (width, width [+ width // 2], 1)
+        if y_anchors is None:
+            h = F.conv1d(features, join[:, :width], self.join.bias)
+        else:
+            h = F.conv1d(torch.cat([features, self.anchors.at(y_anchors, positions)], 1), join, self.join.bias)
+        out = F.conv1d(F.leaky_relu(h, 0.2), self.head.weight.flatten(2), self.head.bias)
         return out.chunk(2, 1)
 
 
@@ -123,6 +156,8 @@ class ContextModel(nn.Module):
         B, M, h, w = means.shape
         anchor = checkerboard(h, w, means.device, means.dtype)
         phases = ((0, anchor), (1, 1 - anchor)) if self.checkerboard else ((0, torch.ones_like(anchor)),)
+        # Each checkerboard phase's parameters are computed at its own positions only.
+        places = [mask.flatten().nonzero().squeeze(1) if self.checkerboard else None for _, mask in phases]
         q = quality.to(means.dtype).reshape(B, 1, 1, 1).expand(B, 1, h, w)
         hyper = torch.cat([means, scales, q], 1)
         out_means, out_scales, y_hat = [], [], []
@@ -133,8 +168,10 @@ class ContextModel(nn.Module):
             mu_k = torch.zeros_like(means[:, sl])
             sigma_k = torch.zeros_like(scales[:, sl])
             y_k = torch.zeros_like(means[:, sl])
-            for phase, mask in phases:
-                d_mu, d_sigma = step.params(feats, None if phase == 0 else y_k * anchor)
+            for (phase, mask), at in zip(phases, places):
+                d_mu, d_sigma = step.params(feats, None if phase == 0 else y_k * anchor, at)
+                if at is not None:
+                    d_mu, d_sigma = _spread(d_mu, at, h, w), _spread(d_sigma, at, h, w)
                 mu_p = means[:, sl] + d_mu
                 sigma_p = scales[:, sl] + d_sigma
                 y_p = quantize(sl, mask, mu_p, sigma_p, y[:, sl])
@@ -145,3 +182,9 @@ class ContextModel(nn.Module):
             out_scales.append(sigma_k)
             y_hat.append(y_k)
         return torch.cat(out_means, 1), torch.cat(out_scales, 1), torch.cat(y_hat, 1)
+
+
+def _spread(values: Tensor, positions: Tensor, h: int, w: int) -> Tensor:
+    """(B, C, n) values at flat ``positions`` -> (B, C, h, w), zero elsewhere."""
+    B, C, _ = values.shape
+    return values.new_zeros(B, C, h * w).index_copy(2, positions, values).reshape(B, C, h, w)

@@ -33,6 +33,53 @@ def test_anchor_conv_reads_only_anchors_at_non_anchor_positions():
     assert float((a - b)[~non_anchor].abs().max()) > 0.1  # anchors' outputs do see them
 
 
+def test_anchor_conv_at_positions_is_the_convolution_there():
+    torch.manual_seed(0)
+    conv = AnchorConv(4, 6).double()
+    x = torch.randn(2, 4, 7, 9, dtype=torch.float64) * checkerboard(7, 9, dtype=torch.float64)
+    non_anchors = (1 - checkerboard(7, 9, dtype=torch.int64)).flatten().nonzero().squeeze(1)
+
+    with torch.no_grad():
+        full, sparse = conv(x), conv.at(x, non_anchors)
+
+    assert sparse.shape == (2, 6, len(non_anchors)) == (2, 6, 31)
+    assert float((sparse - full.flatten(2)[:, :, non_anchors]).abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("anchors_known", [False, True])
+def test_parameters_at_positions_are_the_full_parameters_there(anchors_known):
+    torch.manual_seed(0)
+    model = ContextModel(12, (4, 8), width=16).double()
+    step = model.steps[1]
+    for p in step.parameters():  # the head starts at zero: give every layer a part
+        torch.nn.init.normal_(p, std=0.3)
+    features = step.features(torch.randn(1, 25, 6, 5, dtype=torch.float64), torch.randn(1, 4, 6, 5, dtype=torch.float64))
+    phase = checkerboard(6, 5, dtype=torch.int64) if not anchors_known else 1 - checkerboard(6, 5, dtype=torch.int64)
+    at = phase.flatten().nonzero().squeeze(1)
+    y_anchors = torch.randn(1, 8, 6, 5, dtype=torch.float64) * checkerboard(6, 5, dtype=torch.float64) if anchors_known else None
+
+    with torch.no_grad():
+        full = step.params(features, y_anchors)
+        sparse = step.params(features, y_anchors, at)
+
+    for f, s in zip(full, sparse):
+        assert s.shape == (1, 8, 15)
+        assert float((s - f.flatten(2)[:, :, at]).abs().max()) < 1e-12
+
+
+def test_coder_tables_are_cut_to_their_lengths_and_rebuilt_with_the_model_tables():
+    torch.manual_seed(0)
+    model = VariableRateHyperprior(NetworkConfig(**TINY_NETWORK, **TINY_CONTEXT)).eval()
+    model.update(force=True)
+    cdfs, lengths, offsets = model._cdfs()
+
+    assert [len(c) for c in cdfs] == lengths and len(offsets) == len(lengths) == 64
+    assert max(lengths) == model.gaussian_conditional._quantized_cdf.shape[1] > min(lengths)
+    assert model._cdfs()[0] is cdfs  # cached
+    model.gaussian_conditional.update_scale_table(torch.linspace(0.2, 8.0, 16), force=True)
+    assert len(model._cdfs()[1]) == 16
+
+
 def test_groups_must_cover_the_latent():
     with pytest.raises(ValueError, match="sum to M = 24"):
         ContextModel(24, (8, 8))

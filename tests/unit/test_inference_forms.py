@@ -48,6 +48,26 @@ def test_inference_transform_keeps_the_output_layer_in_float32(tiny_codec):
     assert float((out - ref).abs().max()) < 0.05  # bf16 keeps about 3 significant digits
 
 
+def test_float_conversion_of_a_channels_last_tensor_keeps_values_and_layout():
+    from shared.network import _float_channels_last
+
+    x = torch.randn(2, 5, 7, 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    got = _float_channels_last(x)
+
+    assert got.dtype == torch.float32 and got.shape == (2, 5, 7, 3)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, x.float())
+
+
+def test_a_cpu_codec_keeps_freed_buffers_where_the_c_library_is_glibc(tiny_codec):
+    import platform
+
+    from shared.codec import keep_freed_buffers
+
+    assert keep_freed_buffers() is (platform.libc_ver()[0] == "glibc")
+    assert keep_freed_buffers.cache_info().misses == 1  # set once per process
+
+
 def test_precision_is_resolved_and_reported(tiny_codec):
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
