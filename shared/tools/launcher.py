@@ -1,11 +1,19 @@
 """Start the receiver and sender as real processes on loopback ports, and stop them.
 
 Used by ``latentwire demo``, ``latentwire bench e2e`` / ``bench link`` and the end-to-end tests: each service is
-its own ``python -m shared.tools.cli ...`` process, talking real HTTP, with its own store on disk.
+its own process running ``latentwire receiver|sender ...``, talking real HTTP, with its own store on disk.
+
+Where the platform has it, each service process is forked from a server process that has already
+imported the services (``multiprocessing``'s forkserver, started on first use): importing torch and
+CompressAI costs seconds of CPU, once instead of at every start. The forked process is a process of
+its own as much as a fresh interpreter would be: its own session, environment, working directory
+and log file, killed and restarted like one.
 """
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
 import signal
 import socket
@@ -64,6 +72,13 @@ class ServiceProcess:
     def spawn(self) -> None:
         """Start the process and return at once (``wait_ready`` waits for its /readyz)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        context = _service_context()
+        if context is not None:
+            process = context.Process(target=_serve, args=(self.args, self.env, str(self.log_path), os.getcwd()),
+                                      name=self.name, daemon=True)
+            process.start()
+            self.proc = _Forked(process)
+            return
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.tools.cli", *self.args], env=self.env, stdout=log,
@@ -94,6 +109,67 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+SERVICE_MODULES = ["shared.tools.cli", "receiver.app", "sender.app"]  # what the forkserver imports once
+
+
+@functools.cache
+def _service_context():
+    """The forkserver context the services fork from, None where the platform has none."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(SERVICE_MODULES)
+    return context
+
+
+def _serve(args: list[str], env: dict[str, str], log_path: str, cwd: str) -> None:
+    """A forked service process: what ``Popen([python, -m, shared.tools.cli, *args], env=env,
+    cwd=cwd, stdout=log, stderr=log, start_new_session=True)`` would have started."""
+    os.setsid()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stdout.reconfigure(line_buffering=True)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    from shared.tools.cli import main
+
+    sys.exit(main(args))
+
+
+class _Forked:
+    """The calls this module makes on a ``subprocess.Popen``, for a forked ``multiprocessing.Process``."""
+
+    def __init__(self, process: multiprocessing.Process) -> None:
+        self._process = process
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode  # negative: the signal that ended it, as Popen's
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self._process.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(f"service {self._process.name}", timeout)
+        return self._process.exitcode
 
 
 def service_env(secret: str, extra: dict[str, str] | None = None) -> dict[str, str]:
