@@ -71,11 +71,11 @@ def run_demo(args) -> int:
                         return 1
                 time.sleep(0.2)
         print(f"\n{'image':<34} {'size':>9} {'quality':>7} {'file bytes':>10} {'wire bytes':>10} "
-              f"{'bpp':>6} {'smaller':>7} {'PSNR dB':>7}")
+              f"{'bpp':>6} {'smaller':>7} {'PSNR dB vs upload':>17}")
         for path, img in rows:
             print(f"{_label(path, img):<34} {img['width']}x{img['height']:<5} {img['quality']:>7.2f} "
                   f"{img['original_bytes']:>10} {img['bytes']:>10} {img['bpp']:>6.3f} "
-                  f"{img['ratio']:>6.1f}x {img['psnr']:>7.2f}")
+                  f"{img['ratio']:>6.1f}x {img['psnr']:>17.2f}")
         if noisy and not pending:
             _print_noisy(noisy, pair.receiver.url)
         if pending:
