@@ -225,8 +225,8 @@ class VariableRateHyperprior(CompressionModel):
     def _cdfs(self) -> tuple[list, list, list]:
         """The Gaussian tables as the rANS coder's calls take them: (CDFs, lengths, offsets), each
         CDF cut to its length, cached until ``update`` rebuilds the tables. The coder reads no
-        entry past a table's length, and its binding converts every entry passed on every call:
-        the padded tables cost 7x the conversion, once per step of the context model."""
+        entry past a table's length, and its binding converts every entry passed on every call
+        (once per step of the context model), padding included."""
         gc = self.gaussian_conditional
         tables = (gc._quantized_cdf, gc._cdf_length, gc._offset)
         versions = tuple(t._version for t in tables)
@@ -347,7 +347,7 @@ class VariableRateHyperprior(CompressionModel):
         decoder, cdfs = RansDecoder(), self._cdfs()
         decoder.set_stream(string)
 
-        def code(_, indexes):  # (array.array: a quarter of torch.tensor's time on a list this long)
+        def code(_, indexes):  # via array.array: torch.tensor converts a long list element by element
             symbols = array.array("i", decoder.decode_stream(indexes.tolist(), *cdfs))
             return torch.frombuffer(symbols, dtype=torch.int32) if symbols else torch.zeros(0, dtype=torch.int32)
 
