@@ -2,9 +2,9 @@
 
 Every stream is one msgpack object (bin for bytes, str for text) that begins with the magic
 bytes ``LWIC`` and then the format version, so a reader of any version can tell which layout
-follows. For a model with a context model (``shared/context.py``) this build writes version 4;
+follows. For a model with a context model (``shared/context.py``) this build writes version 5;
 for one without, version 2, and version 3 for a picture coded at a reduced resolution. It reads
-versions 1 to 4; any other version is refused with ``UnsupportedVersion``.
+versions 1 to 5; any other version is refused with ``UnsupportedVersion``.
 
 Version 2 is one msgpack array of 13 items, by position (71-74 bytes besides the two strings for
 a 768x512 image and the shipped model, where version 1 took 156-159), so every stream begins with
@@ -51,6 +51,21 @@ one codes nothing else: ``check_model`` refuses (``UnsupportedVersion``) a versi
 a model without a context model and a version 1-3 stream for a model with one. Receivers older than version 4 refuse
 these streams with ``UnsupportedVersion`` (a 4xx naming the versions they read).
 
+Version 5 codes what version 4 does (the same symbols, so the same pixels) in fewer bytes: z's
+symbols and then y's, in the context model's order, go into *one* rANS string (one coder state
+and tail instead of two), with one CRC, and the latent shapes are left out (they follow the size
+and the model). One msgpack array of 9 items, or 11 for a reduced resolution, beginning
+``\x99\xc4\x04LWIC\x05`` or ``\x9b\xc4\x04LWIC\x05``::
+
+     0-6  magic, version (5), model, weights, height, width, quality    as in version 2
+     7    data           bin   rANS-coded z, then y
+     8    crc32          int   zlib.crc32 of data
+     9-10 coded_height, coded_width                                     as in version 3, when reduced
+
+``Bitstream.y_shape`` and ``z_shape`` of a parsed version 5 stream hold None for the channels. A
+model with a context model writes version 5 and still reads version 4; a receiver older than
+version 5 refuses these streams with ``UnsupportedVersion`` (a 4xx naming the versions it reads).
+
 Version 1 (written until the compact layout; still read, e.g. ``tests/data/golden.lw`` and
 streams in old outboxes) is one msgpack map with these keys in this order, beginning with
 ``\\x8a\\xa5magic\\xc4\\x04LWIC``::
@@ -82,8 +97,7 @@ other (version 3: the coded size within the declared one, the latents following 
 each string's CRC, then each string's rANS framing. ``check_model`` (which ``Codec.parse``
 and ``Codec.decode`` apply next): model and weights (``ModelMismatch`` names both), size against
 the decoder's limit, latent channels. Only then is the entropy decoder run. Golden streams
-(``tests/data/golden.lw``, version 1, ``tests/data/golden-v2.lw`` and ``tests/data/golden-v3.lw``)
-pin the three layouts.
+(``tests/data/golden.lw``, version 1, and ``golden-v2.lw`` to ``golden-v5.lw``) pin the layouts.
 """
 
 from __future__ import annotations
@@ -107,8 +121,9 @@ from shared.errors import (
 MAGIC = b"LWIC"
 VERSION = 2  # what this build writes for a picture coded at its own size
 RESAMPLED_VERSION = 3  # ... and for one coded at a reduced resolution
-CONTEXT_VERSION = 4  # ... and for a model with a context model, at either size
-READ_VERSIONS = (1, 2, 3, 4)
+CONTEXT_VERSION = 5  # ... and for a model with a context model, at either size
+CONTEXT_VERSIONS = (4, 5)  # the versions a model with a context model codes (it writes 5, reads both)
+READ_VERSIONS = (1, 2, 3, 4, 5)
 # Largest possible stream: 4096x4096 at the top rate is well under 8 MB; anything bigger is not ours.
 MAX_STREAM_BYTES = 64 << 20
 WEIGHTS_BYTES = 8  # 16 hex digits, as shared.checkpoint.weights_hash writes them
@@ -116,7 +131,9 @@ _KEYS_V1 = ("magic", "version", "model", "weights", "size", "quality", "y_shape"
 FIELDS_V2 = ("magic", "version", "model", "weights", "height", "width", "quality", "y_shape", "z_shape",
              "y", "z", "y_crc32", "z_crc32")
 FIELDS_V3 = FIELDS_V2 + ("coded_height", "coded_width")
-_LAYOUTS = {1: "map", 2: "array", 3: "array", 4: "array"}
+FIELDS_V5 = ("magic", "version", "model", "weights", "height", "width", "quality", "data", "crc32")
+FIELDS_V5_RESIZED = FIELDS_V5 + ("coded_height", "coded_width")
+_LAYOUTS = {1: "map", 2: "array", 3: "array", 4: "array", 5: "array"}
 _HEX_WEIGHTS = re.compile(r"^[0-9a-f]{%d}$" % (2 * WEIGHTS_BYTES))
 # rANS framing (CompressAI's Rans64: 32-bit words, 8-byte final state in [RANS64_L, RANS64_L << 32)).
 RANS_WORD_BYTES = 4
@@ -138,9 +155,11 @@ class Bitstream:
     height: int
     width: int
     quality: float  # exactly the value the strings were coded with
-    y_shape: tuple[int, int, int]
-    z_shape: tuple[int, int, int]
-    strings: tuple[bytes, bytes]  # (y, z)
+    # [M, H/16, W/16] and [N, H/64, W/64]; a version 5 stream leaves the channels out (None): the
+    # weights name the model, which knows them.
+    y_shape: tuple
+    z_shape: tuple
+    strings: tuple[bytes, ...]  # (y, z); version 5: (z and y in one rANS string,)
     version: int = VERSION  # the layout ``to_bytes`` writes: the one it was parsed from, or VERSION
     # Version 3: (coded_height, coded_width), the reduced size the latents are for. None: height x width.
     coded_size: tuple[int, int] | None = None
@@ -154,23 +173,31 @@ class Bitstream:
         return self.width if self.coded_size is None else self.coded_size[1]
 
     def to_obj(self) -> list | dict:
-        """The msgpack object of this stream's version (a list for version 2, a map for 1)."""
-        y, z = (bytes(s) for s in self.strings)
+        """The msgpack object of this stream's version (a list from version 2 on, a map for 1)."""
         if self.version == 1:
+            y, z = (bytes(s) for s in self.strings)
             return {
                 "magic": MAGIC, "version": 1, "model": self.model, "weights": self.weights,
                 "size": [self.height, self.width], "quality": float(self.quality),
                 "y_shape": list(self.y_shape), "z_shape": list(self.z_shape),
                 "strings": [y, z], "crc32": [zlib.crc32(y), zlib.crc32(z)],
             }
-        if self.version not in (2, 3, CONTEXT_VERSION):
+        if self.version not in (2, 3, *CONTEXT_VERSIONS):
             raise ValueError(f"cannot write bitstream format version {self.version}")
-        if self.version != CONTEXT_VERSION and (self.version == 3) != (self.coded_size is not None):
+        if self.version not in CONTEXT_VERSIONS and (self.version == 3) != (self.coded_size is not None):
             raise ValueError("version 3 is for, and only for, a stream with a coded_size")
         if not _HEX_WEIGHTS.match(self.weights):
             raise ValueError(f"weights must be {2 * WEIGHTS_BYTES} lowercase hex digits, got {self.weights!r}")
         if coded_quality(self.quality) != self.quality:
             raise ValueError(f"quality {self.quality!r} is not a float32: code with coded_quality(q)")
+        if (len(self.strings) == 1) != (self.version == 5):
+            raise ValueError("a version 5 stream holds one string (z and y), any other version two (y, z)")
+        if self.version == 5:
+            data = bytes(self.strings[0])
+            fields = [MAGIC, 5, self.model, bytes.fromhex(self.weights), self.height, self.width,
+                      float(self.quality), data, zlib.crc32(data)]
+            return fields if self.coded_size is None else fields + list(self.coded_size)
+        y, z = (bytes(s) for s in self.strings)
         fields = [MAGIC, self.version, self.model, bytes.fromhex(self.weights), self.height, self.width,
                   float(self.quality), list(self.y_shape), list(self.z_shape), y, z,
                   zlib.crc32(y), zlib.crc32(z)]
@@ -182,8 +209,7 @@ class Bitstream:
 
     @property
     def payload_bytes(self) -> int:
-        """Bytes of entropy-coded data alone. The version 2 container adds 55-75 more, mostly
-        the model name, the weights hash and the CRCs (72 on average over Kodak, shipped model)."""
+        """Bytes of entropy-coded data alone; the container adds the rest (module docstring)."""
         return sum(len(s) for s in self.strings)
 
 
@@ -248,7 +274,9 @@ def parse(obj: dict | list) -> Bitstream:
                             f"this one is a msgpack {layout}")
     if version == 1:
         fields = _fields_v1(obj)
-    elif version == CONTEXT_VERSION:
+    elif version == 5:
+        fields = _fields_v5(obj)
+    elif version == 4:
         fields = _fields_v2(obj, FIELDS_V3 if len(obj) == len(FIELDS_V3) else FIELDS_V2)
     else:
         fields = _fields_v2(obj, FIELDS_V2 if version == 2 else FIELDS_V3)
@@ -278,15 +306,37 @@ def _fields_v2(obj: list, names: tuple[str, ...]) -> dict:
     if len(obj) != len(names):
         raise NotABitstream(f"a version {obj[1]} bitstream has {len(names)} fields, this one {len(obj)}")
     f = dict(zip(names, obj))
-    weights = f["weights"]
-    if not isinstance(weights, bytes) or len(weights) != WEIGHTS_BYTES:
-        raise NotABitstream(f"weights must be {WEIGHTS_BYTES} bytes")
-    height, width = _int_list([f["height"], f["width"]], 2, "height/width")
     strings, crcs = [f["y"], f["z"]], [f["y_crc32"], f["z_crc32"]]
     if not all(isinstance(s, bytes) for s in strings):
         raise NotABitstream("y and z must be byte strings")
     if not all(_is_int(c) for c in crcs):
         raise NotABitstream("y_crc32 and z_crc32 must be integers")
+    return dict(_header(f), y_shape=f["y_shape"], z_shape=f["z_shape"], strings=strings, crcs=crcs)
+
+
+def _fields_v5(obj: list) -> dict:
+    """Version 5's fields: one string (z, then y) and its CRC; the latent shapes follow the size."""
+    if len(obj) not in (len(FIELDS_V5), len(FIELDS_V5_RESIZED)):
+        raise NotABitstream(f"a version 5 bitstream has {len(FIELDS_V5)} fields ({len(FIELDS_V5_RESIZED)} "
+                            f"coded at a reduced size), this one {len(obj)}")
+    f = dict(zip(FIELDS_V5_RESIZED, obj))
+    if not isinstance(f["data"], bytes):
+        raise NotABitstream("data must be a byte string")
+    if not _is_int(f["crc32"]):
+        raise NotABitstream("crc32 must be an integer")
+    header = _header(f)
+    coded_h, coded_w = header["coded_size"] or (header["height"], header["width"])
+    pad_h, pad_w = -(-coded_h // 64) * 64, -(-coded_w // 64) * 64
+    return dict(header, y_shape=[None, pad_h // 16, pad_w // 16], z_shape=[None, pad_h // 64, pad_w // 64],
+                strings=[f["data"]], crcs=[f["crc32"]])
+
+
+def _header(f: dict) -> dict:
+    """The fields versions 2 to 5 share (model, weights, size, quality, coded size), by name."""
+    weights = f["weights"]
+    if not isinstance(weights, bytes) or len(weights) != WEIGHTS_BYTES:
+        raise NotABitstream(f"weights must be {WEIGHTS_BYTES} bytes")
+    height, width = _int_list([f["height"], f["width"]], 2, "height/width")
     quality = f["quality"]
     if _is_number(quality) and not math.isnan(quality) and not _is_float32(quality):
         raise NotABitstream("quality must be a float32")
@@ -294,7 +344,7 @@ def _fields_v2(obj: list, names: tuple[str, ...]) -> dict:
     if "coded_height" in f:
         coded_size = tuple(_int_list([f["coded_height"], f["coded_width"]], 2, "coded_height/coded_width"))
     return dict(model=f["model"], weights=weights.hex(), height=height, width=width, quality=quality,
-                y_shape=f["y_shape"], z_shape=f["z_shape"], strings=strings, crcs=crcs, coded_size=coded_size)
+                coded_size=coded_size)
 
 
 def _check(version: int, model, weights: str, height: int, width: int, quality, y_shape, z_shape,
@@ -302,8 +352,9 @@ def _check(version: int, model, weights: str, height: int, width: int, quality, 
     """The checks both versions share, in the order the module docstring gives."""
     if not isinstance(model, str):
         raise NotABitstream("model must be a string")
-    y_shape = _int_list(y_shape, 3, "y_shape")
-    z_shape = _int_list(z_shape, 3, "z_shape")
+    stated = version != 5  # version 5 leaves the channels out; its shapes follow the size
+    y_shape = _int_list(y_shape, 3, "y_shape") if stated else list(y_shape)
+    z_shape = _int_list(z_shape, 3, "z_shape") if stated else list(z_shape)
     if not _is_number(quality) or math.isnan(quality) or not (0.0 <= quality <= 1.0):
         raise NotABitstream("quality must be a number in [0, 1]")
     if height < 1 or width < 1:
@@ -319,16 +370,17 @@ def _check(version: int, model, weights: str, height: int, width: int, quality, 
             f"latent shapes y={y_shape} z={z_shape} do not match the "
             + (f"declared size {height}x{width}" if coded_size is None else f"coded size {coded_h}x{coded_w}")
         )
-    for name, s, c in zip(("y", "z"), strings, crcs):
+    names = ("y", "z") if stated else ("data",)
+    for name, s, c in zip(names, strings, crcs):
         if zlib.crc32(s) != c:
             raise CorruptBitstream(
                 f"CRC mismatch in the {name} string: the stream was damaged in transit or storage; "
                 "ask the sender to send it again"
             )
-    for name, s in zip(("y", "z"), strings):
+    for name, s in zip(names, strings):
         _check_rans_framing(name, s)
     return Bitstream(model=model, weights=weights, height=height, width=width, quality=float(quality),
-                     y_shape=tuple(y_shape), z_shape=tuple(z_shape), strings=(strings[0], strings[1]),
+                     y_shape=tuple(y_shape), z_shape=tuple(z_shape), strings=tuple(strings),
                      version=version, coded_size=coded_size)
 
 
@@ -349,23 +401,23 @@ def _check_rans_framing(name: str, s: bytes) -> None:
 def check_model(bs: Bitstream, model: str, weights: str, latent_channels: tuple[int, int],
                 max_side: int, context: bool = False) -> None:
     """Refuse a stream this decoder cannot decode: other model, other weights, a format the model
-    does not code (``context``: the model has a context model, so its streams are version 4),
-    too large."""
+    does not code (``context``: the model has a context model, so its streams are version 4 or
+    5), too large."""
     if bs.model != model or bs.weights != weights:
         raise ModelMismatch(
             f"stream made by model {bs.model}@{bs.weights}, this decoder serves {model}@{weights}: "
             "decode it with the matching checkpoint or re-encode with this one"
         )
-    if (bs.version == CONTEXT_VERSION) != context:
+    if (bs.version in CONTEXT_VERSIONS) != context:
         raise UnsupportedVersion(
             f"a version {bs.version} stream for {model}@{weights}, which codes only version "
-            f"{CONTEXT_VERSION if context else '1-3'} streams: the stream was not made by this model's encoder"
+            f"{'4-5' if context else '1-3'} streams: the stream was not made by this model's encoder"
         )
     if bs.height > max_side or bs.width > max_side:
         raise DimensionsTooLarge(
             f"stream declares {bs.height}x{bs.width} pixels; this decoder accepts at most {max_side}x{max_side}"
         )
-    if (bs.y_shape[0], bs.z_shape[0]) != latent_channels:
+    if bs.version != 5 and (bs.y_shape[0], bs.z_shape[0]) != latent_channels:
         raise NotABitstream(
             f"latent channels {bs.y_shape[0]}/{bs.z_shape[0]} do not match the model's {latent_channels}"
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,11 +53,15 @@ def weights_hash(state_dict: dict) -> str:
 
 
 def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
-                 metrics: dict | None = None, half_synthesis: bool = False) -> Path:
+                 metrics: dict | None = None, half_synthesis: bool = False,
+                 scale_levels: int | None = None) -> Path:
     """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated.
 
     ``source`` may also be the folder a lent GPU's run returns (shared/tools/device/train_on_device.py):
     ``meta.pt`` plus the weights split across ``weights_part*.pt``, joined here.
+
+    ``scale_levels`` sets the Gaussian coder's scale table size (``NetworkConfig.scale_levels``;
+    None keeps the source's): every stream of the file changes, its pixels do not.
 
     ``half_synthesis`` stores g_s's weights in float16 (loading widens them again): half the
     size of the decoder for a file that must stay small. Only the receiver's pixels can move, and
@@ -66,9 +71,12 @@ def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
     A denoising run's clean-first parameters are written beside the weights (``for_export``).
     """
     ckpt = join_parts(source) if Path(source).is_dir() else safe_load(source)
-    model = VariableRateHyperprior(NetworkConfig(**ckpt["network"]))
+    config = NetworkConfig(**ckpt["network"])
+    if scale_levels is not None:
+        config = replace(config, scale_levels=scale_levels)
+    model = VariableRateHyperprior(config)
     model.load_state_dict(ckpt["state_dict"])
-    model.update(force=True)  # entropy-coder CDF tables from the trained densities
+    model.update(force=True)  # entropy-coder CDF tables from the trained densities (and scale table)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half_synthesis:
         state = {k: v.half() if k.startswith("g_s.") and v.is_floating_point() else v for k, v in state.items()}

@@ -237,12 +237,17 @@ class Codec:
         # Code with exactly the value the stream stores (float32): the decoder derives the gains,
         # and so the entropy tables, from the stored value alone.
         coded_quality = bs.coded_quality(quality)
-        out = self.model.compress_latents(y, z, coded_quality)
+        version = self._stream_version(coded)
+        if version == bs.CONTEXT_VERSION:  # z and y in one string; the shapes follow the size
+            strings = tuple(self.model.compress_joint(y, z, coded_quality))
+            y_shape, z_shape = (None, *y.shape[2:]), (None, *z.shape[2:])
+        else:
+            out = self.model.compress_latents(y, z, coded_quality)
+            strings = (out["strings"][0][0], out["strings"][1][0])
+            y_shape, z_shape = tuple(y.shape[1:]), tuple(z.shape[1:])
         stream = bs.Bitstream(
             model=self.name, weights=self.weights, height=H, width=W, quality=coded_quality,
-            y_shape=tuple(y.shape[1:]), z_shape=tuple(z.shape[1:]),
-            strings=(out["strings"][0][0], out["strings"][1][0]),
-            version=self._stream_version(coded), coded_size=coded,
+            y_shape=y_shape, z_shape=z_shape, strings=strings, version=version, coded_size=coded,
         )
         return Encoded(data=stream.to_bytes(), stream=stream, quality=quality)
 
@@ -283,8 +288,11 @@ class Codec:
         return rgb if stream.coded_size is None else resize_rgb(rgb, (stream.height, stream.width))
 
     def _synthesis(self, stream: bs.Bitstream) -> torch.Tensor:
-        y_hat = self.model.decode_latents([[stream.strings[0]], [stream.strings[1]]], stream.z_shape[1:],
-                                          stream.quality)
+        if stream.version == 5:
+            y_hat = self.model.decode_joint([stream.strings[0]], stream.z_shape[1:], stream.quality)
+        else:
+            y_hat = self.model.decode_latents([[stream.strings[0]], [stream.strings[1]]], stream.z_shape[1:],
+                                              stream.quality)
         return self._pixels(y_hat)
 
     def _pixels(self, y_hat: torch.Tensor) -> torch.Tensor:

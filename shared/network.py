@@ -19,7 +19,8 @@ Dataflow (Minnen et al. 2018 without the autoregressive context model)::
 
 With ``context_groups`` set, a context model (``shared/context.py``) refines h_s's mean and scale
 step by step from what is already decoded (channel groups, each in checkerboard halves); y is
-then coded in that order, format version 4. The hyper-synthesis predicts the mean and scale of
+then coded in that order after z, in one rANS string (format version 5; version 4 coded z apart).
+The hyper-synthesis predicts the mean and scale of
 the *unscaled* latent; multiplying both by the gain turns them into the Gaussian of the scaled
 latent, so quantising ``y_s`` at unit step is quantising ``y`` with step ``1/g``.
 
@@ -67,6 +68,9 @@ class NetworkConfig:
     context_groups: tuple[int, ...] = ()
     context_width: int = 128
     context_checkerboard: bool = True  # each group in two checkerboard halves (shared/context.py)
+    # Entries of the Gaussian coder's scale table (log-spaced, CompressAI's range): each latent is
+    # coded with the table's next scale up, so more entries cost fewer bits (``update``).
+    scale_levels: int = 64
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "context_groups", tuple(self.context_groups))  # a list from a checkpoint
@@ -222,20 +226,21 @@ class VariableRateHyperprior(CompressionModel):
         means, scales, y_hat = context64.run(means, scales, q, y64, quantize)
         return means * g, g, scales * g, y_hat * g
 
-    def _cdfs(self) -> tuple[list, list, list]:
-        """The Gaussian tables as the rANS coder's calls take them: (CDFs, lengths, offsets), each
-        CDF cut to its length, cached until ``update`` rebuilds the tables. The coder reads no
+    def _cdfs(self, entropy_model=None) -> tuple[list, list, list]:
+        """An entropy model's tables (default the Gaussian's; the hyper-latent's for
+        ``self.entropy_bottleneck``) as the rANS coder's calls take them: (CDFs, lengths, offsets),
+        each CDF cut to its length, cached until ``update`` rebuilds the tables. The coder reads no
         entry past a table's length, and its binding converts every entry passed on every call
         (once per step of the context model), padding included."""
-        gc = self.gaussian_conditional
-        tables = (gc._quantized_cdf, gc._cdf_length, gc._offset)
+        em = self.gaussian_conditional if entropy_model is None else entropy_model
+        tables = (em._quantized_cdf, em._cdf_length, em._offset)
         versions = tuple(t._version for t in tables)
-        cached = getattr(gc, "_coder_tables", None)
+        cached = getattr(em, "_coder_tables", None)
         if cached is None or any(a is not b for a, b in zip(cached[0], tables)) or cached[1] != versions:
-            lengths = gc._cdf_length.reshape(-1).int().tolist()
-            cdfs = [row[:n] for row, n in zip(gc._quantized_cdf.tolist(), lengths)]
-            cached = (tables, versions, (cdfs, lengths, gc._offset.reshape(-1).int().tolist()))
-            object.__setattr__(gc, "_coder_tables", cached)
+            lengths = em._cdf_length.reshape(-1).int().tolist()
+            cdfs = [row[:n] for row, n in zip(em._quantized_cdf.tolist(), lengths)]
+            cached = (tables, versions, (cdfs, lengths, em._offset.reshape(-1).int().tolist()))
+            object.__setattr__(em, "_coder_tables", cached)
         return cached[2]
 
     def analysis(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -273,6 +278,61 @@ class VariableRateHyperprior(CompressionModel):
         self._context_walk(z_hat_s, quality, y, code)
         return encoder.flush()
 
+    @torch.no_grad()
+    def compress_joint(self, y: Tensor, z: Tensor, quality: float) -> list[bytes]:
+        """Format version 5 (a model with a context model): each image's z and then its y, step by
+        step in the context model's order, in one rANS string (one coder state and tail instead of
+        two). z is rounded and dequantised as ``_hat_latents`` does, so ``quantize_latents`` still
+        predicts the decode bit for bit."""
+        from compressai.ans import BufferedRansEncoder
+
+        if self.context is None:
+            raise ValueError("joint coding (format version 5) is for a model with a context model")
+        q = torch.full((y.shape[0],), float(quality), dtype=torch.float64)
+        z_symbols, z_hat_s = self._z_symbols(z, q)
+        z_cdfs, y_cdfs = self._cdfs(self.entropy_bottleneck), self._cdfs()
+        strings = []
+        for b in range(y.shape[0]):
+            encoder = BufferedRansEncoder()
+            encoder.encode_with_indexes(z_symbols[b].reshape(-1).tolist(), _channel_indexes(z.shape[1:]), *z_cdfs)
+
+            def code(symbols, indexes):
+                encoder.encode_with_indexes(symbols.to(torch.int32).tolist(), indexes.tolist(), *y_cdfs)
+                return symbols
+
+            self._context_walk(z_hat_s[b : b + 1], q[b : b + 1], y[b : b + 1], code)
+            strings.append(encoder.flush())
+        return strings
+
+    @torch.no_grad()
+    def decode_joint(self, strings: list[bytes], shape: tuple[int, int], quality: float) -> Tensor:
+        """Format version 5 strings (``compress_joint``) -> ŷ (B, M, h, w), float64 on the CPU;
+        ``shape``: z's (H/64, W/64)."""
+        from compressai.ans import RansDecoder
+
+        N = self.config.N
+        medians = self.entropy_bottleneck._get_medians().detach().cpu().reshape(1, N, 1, 1)
+        q = torch.full((len(strings),), float(quality), dtype=torch.float64)
+        z_cdfs = self._cdfs(self.entropy_bottleneck)
+        out = []
+        for b, string in enumerate(strings):
+            decoder = RansDecoder()
+            decoder.set_stream(string)
+            z_symbols = _int32(decoder.decode_stream(_channel_indexes((N, *shape)), *z_cdfs))
+            z_hat_s = (z_symbols.reshape(1, N, *shape).float() + medians).to(torch.float64).contiguous()
+            out.append(self._context_decode(decoder, z_hat_s, q[b : b + 1]))
+        return torch.cat(out)
+
+    def _z_symbols(self, z: Tensor, quality: Tensor) -> tuple[Tensor, Tensor]:
+        """(z's integer symbols round(z_s - median), int32; ẑ_s, float64 as the decoder gets it)."""
+        _, hg = self.gains(quality, dtype=torch.float64)
+        z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
+        medians = self.entropy_bottleneck._get_medians().detach().cpu()  # float32
+        symbols = torch.round(z_s - medians.to(torch.float64))
+        # Contiguous like the entropy decoder's output: h_s's float64 convolutions round differently
+        # on a channels_last input (by about 1e-13), and the means must match the decoder's exactly.
+        return symbols.to(torch.int32), (symbols.float() + medians).to(torch.float64).contiguous()
+
     def _hat_latents(self, y: Tensor, z: Tensor, quality: float) -> tuple[Tensor, ...]:
         """What the entropy decoder reconstructs for (y, z) coded at ``quality``, bit for bit, without
         running the coder: (z_hat_s, means_s, y gain, scales_s, y_hat_s), float64 on the CPU.
@@ -280,13 +340,7 @@ class VariableRateHyperprior(CompressionModel):
         float32 as ``EntropyBottleneck.decompress`` does."""
         B = y.shape[0]
         q = torch.full((B,), float(quality), dtype=torch.float64)
-        _, hg = self.gains(q, dtype=torch.float64)
-        z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
-        medians = self.entropy_bottleneck._get_medians().detach().cpu()  # (N, 1, 1) float32
-        z_hat_s = (torch.round(z_s - medians.to(torch.float64)).float() + medians).to(torch.float64)
-        # Contiguous like the entropy decoder's output: h_s's float64 convolutions round differently
-        # on a channels_last input (by about 1e-13), and the means must match the decoder's exactly.
-        z_hat_s = z_hat_s.contiguous()
+        _, z_hat_s = self._z_symbols(z, q)
         if self.context is not None:
             means_s, g, scales_s, y_hat_s = self._context_walk(z_hat_s, q, y, lambda symbols, *_: symbols)
             return z_hat_s, means_s, g, scales_s, y_hat_s
@@ -344,12 +398,16 @@ class VariableRateHyperprior(CompressionModel):
         """One image's ŷ (unscaled, float64) from its y string: ``_context_compress`` in reverse."""
         from compressai.ans import RansDecoder
 
-        decoder, cdfs = RansDecoder(), self._cdfs()
+        decoder = RansDecoder()
         decoder.set_stream(string)
+        return self._context_decode(decoder, z_hat_s, quality)
 
-        def code(_, indexes):  # via array.array: torch.tensor converts a long list element by element
-            symbols = array.array("i", decoder.decode_stream(indexes.tolist(), *cdfs))
-            return torch.frombuffer(symbols, dtype=torch.int32) if symbols else torch.zeros(0, dtype=torch.int32)
+    def _context_decode(self, decoder, z_hat_s: Tensor, quality: Tensor) -> Tensor:
+        """ŷ (unscaled, float64) of one image, decoded step by step from ``decoder``'s stream."""
+        cdfs = self._cdfs()
+
+        def code(_, indexes):
+            return _int32(decoder.decode_stream(indexes.tolist(), *cdfs))
 
         _, g, _, y_hat_s = self._context_walk(z_hat_s, quality, None, code)
         return y_hat_s / g
@@ -363,8 +421,23 @@ class VariableRateHyperprior(CompressionModel):
 
     def update(self, scale_table: Tensor | None = None, force: bool = False, **kwargs) -> bool:
         return super().update(
-            scale_table=get_scale_table() if scale_table is None else scale_table, force=force, **kwargs
+            scale_table=get_scale_table(levels=self.config.scale_levels) if scale_table is None else scale_table,
+            force=force, **kwargs
         )
+
+
+def _int32(symbols: list[int]) -> Tensor:
+    """Decoded symbols as an int32 tensor, via array.array: torch.tensor converts a long list
+    element by element."""
+    buf = array.array("i", symbols)
+    return torch.frombuffer(buf, dtype=torch.int32) if buf else torch.zeros(0, dtype=torch.int32)
+
+
+def _channel_indexes(shape: tuple[int, ...]) -> list[int]:
+    """The hyper-latent's table per symbol, for one image of (N, h, w) in row-major order: its channel,
+    as ``EntropyBottleneck`` codes it."""
+    N, h, w = shape
+    return torch.arange(N, dtype=torch.int32).repeat_interleave(h * w).tolist()
 
 
 def scale_indexes(conditional, scales: Tensor) -> Tensor:

@@ -169,13 +169,13 @@ def test_wrong_magic_is_not_a_bitstream(tiny_codec, data):
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("other", [0, 5, 127])  # 4 is read, and refused by models without a context model
+@pytest.mark.parametrize("other", [0, 6, 127])  # 4 and 5 are read, and refused by models without a context model
 def test_other_format_versions_are_unsupported(tiny_codec, data, version, other):
     mark = VERSION_MARK[version]
     damaged = data.replace(mark, mark[:-1] + bytes([other]), 1)
     assert damaged != data
 
-    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2, 3, 4"):
+    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2, 3, 4, 5"):
         tiny_codec.decode(damaged)
 
 
@@ -376,7 +376,9 @@ def test_the_writer_refuses_what_version_2_cannot_hold(tiny_stream):
         dataclasses.replace(tiny_stream.stream, quality=0.7).to_bytes()
     with pytest.raises(ValueError, match="hex digits"):
         dataclasses.replace(tiny_stream.stream, weights="xyz").to_bytes()
-    with pytest.raises(ValueError, match="format version 5"):
+    with pytest.raises(ValueError, match="format version 6"):
+        dataclasses.replace(tiny_stream.stream, version=6).to_bytes()
+    with pytest.raises(ValueError, match="version 5 stream holds one string"):
         dataclasses.replace(tiny_stream.stream, version=5).to_bytes()
     # Version 3 carries a coded size and only version 3 does: one layout per kind of stream.
     with pytest.raises(ValueError, match="version 3 is for, and only for, a stream with a coded_size"):

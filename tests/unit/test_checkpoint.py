@@ -212,3 +212,27 @@ def test_metadata_written_beside_the_weights_keeps_the_hash_and_reaches_the_code
     with pytest.raises(CheckpointError, match="touches its weights"):
         write_metadata(tiny_file, state_dict={})
     assert load_model(tiny_file)[1]["rate_curve"] == curve.to_meta()
+
+
+def test_a_finer_scale_table_keeps_every_pixel(tiny_models_dir, sample_rgb, tmp_path):
+    """``latentwire export --scale-levels 128``: each latent's scale rounds up to a closer table
+    entry, so the streams change (a model of its own) and every decoded pixel stays."""
+    import numpy as np
+
+    from shared.checkpoint import export_model
+    from shared.checkpoint import find_model
+    from shared.codec import Codec
+
+    source = find_model("lw-tiny-context", tiny_models_dir)
+    fine = export_model(source, "lw-tiny-context", tmp_path / "fine", scale_levels=128)
+    coarse = Codec.load(source, precision="fp32")
+    finer = Codec.load(fine, precision="fp32")
+    rgb = sample_rgb
+
+    assert finer.model.config.scale_levels == 128 and coarse.model.config.scale_levels == 64
+    assert finer.model.gaussian_conditional.scale_table.numel() == 128
+    assert finer.weights != coarse.weights
+    for q in (0.2, 0.8):
+        a, b = coarse.encode(rgb, quality=q), finer.encode(rgb, quality=q)
+        assert a.stream.strings != b.stream.strings
+        assert np.array_equal(coarse.decode(a.data), finer.decode(b.data))

@@ -86,29 +86,35 @@ def test_groups_must_cover_the_latent():
 
 
 @pytest.mark.slow
-def test_stream_round_trip_is_version_4_and_matches_the_direct_reconstruction(tiny_context_codec, sample_rgb):
+def test_stream_round_trip_is_version_5_and_matches_the_direct_reconstruction(tiny_context_codec, sample_rgb):
     model = tiny_context_codec.model
     x = torch.from_numpy(sample_rgb).permute(2, 0, 1)[None].float() / 255
     from shared.network import pad_to_multiple
 
-    y, z = model.analysis(pad_to_multiple(x))
+    y, z = model.analysis(pad_to_multiple(torch.cat([x, x.flip(-1)])))
     for q in (0.0, 0.5, 1.0):
-        out = model.compress_latents(y, z, q)
-        decoded = model.decode_latents(out["strings"], out["shape"], q)
+        expected = model.quantize_latents(y, z, q)
+        out = model.compress_latents(y, z, q)  # version 4: y and z apart
+        assert torch.equal(model.decode_latents(out["strings"], out["shape"], q), expected)
+        joint = model.compress_joint(y, z, q)  # version 5: one string per image
+        assert len(joint) == 2
+        decoded = model.decode_joint(joint, out["shape"], q)
         assert decoded.shape == y.shape
-        assert torch.equal(decoded, model.quantize_latents(y, z, q))
+        assert torch.equal(decoded, expected)
+        assert len(joint[0]) < len(out["strings"][0][0]) + len(out["strings"][1][0])
 
     enc = tiny_context_codec.encode(sample_rgb, quality=0.6)
-    assert enc.stream.version == bs.CONTEXT_VERSION
-    assert enc.data.startswith(b"\x9d\xc4\x04LWIC\x04")
+    assert enc.stream.version == bs.CONTEXT_VERSION == 5
+    assert enc.data.startswith(b"\x99\xc4\x04LWIC\x05")
     assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
 
 
-def test_reduced_size_stream_is_version_4_with_the_coded_size(tiny_context_codec, sample_rgb):
+def test_reduced_size_stream_is_version_5_with_the_coded_size(tiny_context_codec, sample_rgb):
     enc = tiny_context_codec.encode(sample_rgb, quality=0.6, scale=0.5)
 
-    assert (enc.stream.version, enc.stream.coded_size) == (4, (36, 48))
-    assert enc.data.startswith(b"\x9f\xc4\x04LWIC\x04")
+    assert (enc.stream.version, enc.stream.coded_size) == (5, (36, 48))
+    assert enc.data.startswith(b"\x9b\xc4\x04LWIC\x05")  # an array of 11 fields
+    assert enc.stream.z_shape == (None, 1, 1)  # 36x48 pads to 64x64
     assert bs.loads(enc.data).coded_size == (36, 48)
     assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
 
@@ -162,10 +168,11 @@ def test_latents_decode_the_same_under_any_thread_count_and_precision(tiny_conte
     enc = encoder.encode(kodim_crop, quality=0.4)
     y, z = encoder._analysis(kodim_crop)
     expected = codec.model.quantize_latents(y, z, enc.stream.quality)
-    strings = [[enc.stream.strings[0]], [enc.stream.strings[1]]]
+    assert enc.stream.version == 5
 
     for n in (1, 2, 3):
-        decoded = _under_threads(n, codec.model.decode_latents, strings, enc.stream.z_shape[1:], enc.stream.quality)
+        decoded = _under_threads(n, codec.model.decode_joint, list(enc.stream.strings), enc.stream.z_shape[1:],
+                                 enc.stream.quality)
         assert torch.equal(decoded, expected)
     streams = [_under_threads(n, encoder.encode, kodim_crop, 0.4).data for n in (1, 2, 3)]
     assert streams[0] == streams[1] == streams[2] == enc.data
@@ -173,20 +180,27 @@ def test_latents_decode_the_same_under_any_thread_count_and_precision(tiny_conte
     assert all(np.array_equal(pixels[0], p) for p in pixels[1:])
 
 
-def test_a_version_4_stream_for_a_model_without_context_is_refused(tiny_codec, tiny_stream):
-    forged = dataclasses.replace(tiny_stream.stream, version=bs.CONTEXT_VERSION).to_bytes()
+@pytest.mark.parametrize("version", bs.CONTEXT_VERSIONS)
+def test_a_context_stream_for_a_model_without_context_is_refused(tiny_codec, tiny_stream, version):
+    stream = tiny_stream.stream
+    strings = stream.strings if version == 4 else (stream.strings[0],)
+    forged = dataclasses.replace(stream, version=version, strings=strings).to_bytes()
 
-    with pytest.raises(UnsupportedVersion, match="codes only version 1-3 streams"):
+    with pytest.raises(UnsupportedVersion, match="codes only version 1-3 streams") as info:
         tiny_codec.decode(forged)
+    assert info.value.status == 400
 
 
 def test_an_older_format_stream_for_a_context_model_is_refused(tiny_context_codec, sample_rgb):
     """A version 2 stream naming a context model cannot have come from its encoder: a clear 4xx
     error, never pixels decoded with the wrong tables."""
     enc = tiny_context_codec.encode(sample_rgb, quality=0.5)
-    forged = dataclasses.replace(enc.stream, version=bs.VERSION).to_bytes()
+    config = tiny_context_codec.model.config
+    forged = dataclasses.replace(enc.stream, version=bs.VERSION, strings=enc.stream.strings * 2,
+                                 y_shape=(config.M, *enc.stream.y_shape[1:]),
+                                 z_shape=(config.N, *enc.stream.z_shape[1:])).to_bytes()
 
-    with pytest.raises(UnsupportedVersion, match="lw-tiny-context@.*codes only version 4 streams") as info:
+    with pytest.raises(UnsupportedVersion, match="lw-tiny-context@.*codes only version 4-5 streams") as info:
         tiny_context_codec.decode(forged)
     assert info.value.status == 400
 

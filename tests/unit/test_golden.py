@@ -10,14 +10,17 @@ size (36x48, ``scale=0.5``) at quality 0.7, a format version 3 stream, with the 
 decodes to (synthesis at 36x48, then Lanczos) in tests/data/golden-v3.png.
 tests/data/golden-v4.lw is the same crop at quality 0.7 coded by the tiny context model
 (``lw-tiny-context``: the tiny network with a context model, tests/conftest.py), a format
-version 4 stream, with its pixels in tests/data/golden-v4.png. Any change to a container, the entropy coder, the rate
-path or the synthesis shows up here as changed bytes or pixels.
+version 4 stream (y and z in two rANS strings, as that model's encoder wrote it until version 5),
+with its pixels in tests/data/golden-v4.png. tests/data/golden-v5.lw is what the tiny context
+model's encoder writes now for the same crop and quality: format version 5, z and y in one rANS
+string in a shorter container, decoding to the same pixels (tests/data/golden-v5.png). Any change to a
+container, the entropy coder, the rate path or the synthesis shows up here as changed bytes or pixels.
 
 The files are made and checked in float32 (``precision="fp32"``), the arithmetic every CPU has;
 the bf16 path that ``precision="auto"`` picks on CPUs with native bf16 must stay within a grey
 level of them.
 
-If such a change is intended, regenerate the eight files and commit them:
+If such a change is intended, regenerate the ten files and commit them:
 
     LATENTWIRE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_golden.py
 
@@ -46,16 +49,18 @@ GOLDEN = {
     2: (DATA / "golden-v2.lw", DATA / "golden-v2.png", 0.7),
     3: (DATA / "golden-v3.lw", DATA / "golden-v3.png", 0.7),
     4: (DATA / "golden-v4.lw", DATA / "golden-v4.png", 0.7),
+    5: (DATA / "golden-v5.lw", DATA / "golden-v5.png", 0.7),
 }
+VERSIONS = sorted(GOLDEN)
 GOLDEN_V3_SCALE = 0.5
 REGEN_HINT = "regenerate with LATENTWIRE_REGEN_GOLDEN=1 (see tests/unit/test_golden.py) and commit the files"
 
 
 def _model(version: int) -> str:
-    """The tiny model that made a golden version: the context model's for version 4."""
+    """The tiny model that made a golden version: the context model's for versions 4 and 5."""
     from tests.conftest import TINY_CONTEXT_MODEL, TINY_MODEL
 
-    return TINY_CONTEXT_MODEL if version == bs.CONTEXT_VERSION else TINY_MODEL
+    return TINY_CONTEXT_MODEL if version in bs.CONTEXT_VERSIONS else TINY_MODEL
 
 
 def _fp32(tiny_models_dir, version: int):
@@ -75,12 +80,25 @@ def fp32_context_codec(tiny_models_dir):
 
 
 def _encode_as(tiny_codec, sample_rgb, version: int) -> bytes:
-    if version == bs.CONTEXT_VERSION:  # the context model writes version 4 by itself
+    if version == bs.CONTEXT_VERSION:  # the context model writes version 5 by itself
         return tiny_codec.encode(sample_rgb, quality=GOLDEN[version][2]).data
+    if version == 4:  # y and z coded apart (compress_latents), as the version 4 encoder did
+        return _version_4(tiny_codec, sample_rgb, GOLDEN[4][2]).to_bytes()
     if version == 3:
         return tiny_codec.encode(sample_rgb, quality=GOLDEN[3][2], scale=GOLDEN_V3_SCALE).data
     stream = tiny_codec.encode(sample_rgb, quality=GOLDEN[version][2]).stream
     return dataclasses.replace(stream, version=version).to_bytes()
+
+
+def _version_4(codec, rgb: np.ndarray, quality: float) -> bs.Bitstream:
+    import torch
+
+    with torch.inference_mode():
+        y, z = codec._analysis(rgb)
+        out = codec.model.compress_latents(y, z, bs.coded_quality(quality))
+    return bs.Bitstream(model=codec.name, weights=codec.weights, height=rgb.shape[0], width=rgb.shape[1],
+                        quality=bs.coded_quality(quality), y_shape=tuple(y.shape[1:]), z_shape=tuple(z.shape[1:]),
+                        strings=(out["strings"][0][0], out["strings"][1][0]), version=4)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +120,7 @@ def golden(tiny_models_dir, sample_rgb) -> dict[int, tuple[bytes, np.ndarray]]:
     return {v: (lw.read_bytes(), load_image(png).rgb) for v, (lw, png, _) in GOLDEN.items()}
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_golden_stream_was_made_by_the_tiny_model(golden, tiny_models_dir, version):
     stream = bs.loads(golden[version][0])
     codec = _fp32(tiny_models_dir, version)
@@ -123,11 +141,21 @@ def test_encoding_reproduces_golden_v2_byte_for_byte(golden, fp32_codec, sample_
     assert data == golden[2][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
 
 
-def test_context_model_encoding_reproduces_golden_v4_byte_for_byte(golden, fp32_context_codec, sample_rgb):
-    data = fp32_context_codec.encode(sample_rgb, quality=GOLDEN[4][2]).data
+def test_context_model_encoding_reproduces_golden_v5_byte_for_byte(golden, fp32_context_codec, sample_rgb):
+    data = fp32_context_codec.encode(sample_rgb, quality=GOLDEN[5][2]).data
 
-    assert data.startswith(b"\x9d\xc4\x04LWIC\x04")
-    assert data == golden[4][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
+    assert data.startswith(b"\x99\xc4\x04LWIC\x05")  # an array of 9 fields
+    assert data == golden[5][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
+
+
+def test_version_5_is_version_4s_code_in_fewer_bytes(golden, fp32_context_codec, sample_rgb):
+    v4, v5 = golden[4][0], golden[5][0]
+
+    assert _version_4(fp32_context_codec, sample_rgb, GOLDEN[4][2]).to_bytes() == v4  # the old layout, still written
+    assert np.array_equal(golden[4][1], golden[5][1])  # the same pixels
+    # One CRC (5 bytes) and one coder state (8) fewer, besides the shapes and a string's padding.
+    assert len(v4) - len(v5) >= 5 + 8
+    assert bs.loads(v5).payload_bytes < bs.loads(v4).payload_bytes
 
 
 def test_encoding_at_half_size_reproduces_golden_v3_byte_for_byte(golden, fp32_codec, sample_rgb):
@@ -136,7 +164,7 @@ def test_encoding_at_half_size_reproduces_golden_v3_byte_for_byte(golden, fp32_c
     assert data == golden[3][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_decoding_golden_reproduces_its_png(golden, tiny_models_dir, version):
     data, pixels = golden[version]
 
@@ -147,7 +175,7 @@ def test_decoding_golden_reproduces_its_png(golden, tiny_models_dir, version):
     assert mismatched == 0, f"{mismatched} decoded values changed: if intended, {REGEN_HINT}"
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_bf16_decoding_of_golden_stays_within_a_grey_level(golden, tiny_models_dir, version):
     from shared.codec import Codec
 
