@@ -27,7 +27,7 @@ PRECISION: ``precision="auto"`` (the default) runs the bodies of g_a and g_s in 
 with native bf16 (AVX512-BF16 or AMX: ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), and in
 float32 elsewhere (other CPUs, CUDA). Output layers stay float32. On Kodak bf16 moves rate and
 PSNR by a fraction of a percent and of a dB while encode and decode take about half the time
-(figures in models/README.md, "Precision"; ``latentwire bench codec`` measures a machine). The
+(figures in models/README.md, "Streams on any machine"; ``latentwire bench codec`` measures a machine). The
 choice is per machine, like the device: a decoder with another precision still decodes every
 stream, with pixels that may differ by a grey level or two, so a sender's preview PSNR is exact
 when sender and receiver run the same precision.
