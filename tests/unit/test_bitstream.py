@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 
 import msgpack
 import pytest
@@ -446,3 +447,39 @@ def test_a_text_file_is_named_as_not_a_bitstream():
     for text in (b"hello world\n", b"hello world, this is a text file, not a code\n"):
         with pytest.raises(NotABitstream, match="not a latentwire bitstream: a .lw file starts with the LWIC magic"):
             bs.loads(text)
+
+
+@pytest.fixture(scope="module")
+def v5_stream(tiny_context_codec, sample_rgb):
+    return tiny_context_codec.encode(sample_rgb, quality=0.6)
+
+
+@pytest.mark.parametrize("damage, error, message", [
+    (lambda o: o[:8], NotABitstream, "version 5 bitstream has 9 fields"),
+    (lambda o: o + [1], NotABitstream, "9 fields \\(11 coded at a reduced size\\), this one 10"),
+    (lambda o: o[:7] + ["data", o[8]], NotABitstream, "data must be a byte string"),
+    (lambda o: o[:8] + [str(o[8])], NotABitstream, "crc32 must be an integer"),
+    (lambda o: o[:8] + [o[8] ^ 1], CorruptBitstream, "CRC mismatch in the data string"),
+    (lambda o: o[:7] + [o[7][:-4], zlib.crc32(o[7][:-4])], None, None),  # a shorter string still frames
+    (lambda o: o[:7] + [o[7][:6], zlib.crc32(o[7][:6])], CorruptBitstream, "the data string has 6 bytes"),
+    (lambda o: o[:3] + [o[3][:4]] + o[4:], NotABitstream, "weights must be 8 bytes"),
+    (lambda o: o + [80, 97], NotABitstream, "coded size 80x97 must be within"),
+])
+def test_version_5_fields_are_checked(v5_stream, damage, error, message):
+    obj = damage(msgpack.unpackb(v5_stream.data, raw=False))
+    data = msgpack.packb(obj, use_bin_type=True, use_single_float=True)
+    if error is None:
+        assert bs.loads(data).version == 5
+        return
+    with pytest.raises(error, match=message):
+        bs.loads(data)
+
+
+def test_version_5_parses_to_shapes_from_the_size(v5_stream):
+    stream = bs.loads(v5_stream.data)
+
+    assert stream == v5_stream.stream and stream.to_bytes() == v5_stream.data
+    assert (stream.y_shape, stream.z_shape) == ((None, 8, 8), (None, 2, 2))  # 71x97 pads to 128x128
+    assert len(stream.strings) == 1 and stream.payload_bytes == len(stream.strings[0])
+    # array, magic, version, name, weights, 71, 97, float32, bin16 header, uint32 CRC: 34 bytes and the name
+    assert v5_stream.nbytes - stream.payload_bytes == 34 + len(stream.model)
