@@ -249,6 +249,7 @@ class VariableRateHyperprior(CompressionModel):
         z = self.h_a(y)  # (B, N, H/64, W/64)
         return y, z
 
+    @torch.no_grad()
     def compress_latents(self, y: Tensor, z: Tensor, quality: float) -> dict:
         """Entropy-code analysed latents at one quality. Cheap, so rate control can repeat it."""
         B = y.shape[0]
@@ -379,6 +380,7 @@ class VariableRateHyperprior(CompressionModel):
         y, z = self.analysis(x)
         return self.compress_latents(y, z, quality)
 
+    @torch.no_grad()
     def decode_latents(self, strings: list, shape: tuple[int, int], quality: float) -> Tensor:
         """Entropy-decode [y_strings, z_strings] -> y_hat (B, M, h, w), float64 on the CPU."""
         y_strings, z_strings = strings
