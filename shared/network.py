@@ -270,14 +270,19 @@ class VariableRateHyperprior(CompressionModel):
         """One image's y as one rANS string, step by step in the context model's order."""
         from compressai.ans import BufferedRansEncoder
 
-        encoder, cdfs = BufferedRansEncoder(), self._cdfs()
+        encoder = BufferedRansEncoder()
+        self._context_encode(encoder, y, z_hat_s, quality)
+        return encoder.flush()
+
+    def _context_encode(self, encoder, y: Tensor, z_hat_s: Tensor, quality: Tensor) -> None:
+        """One image's y into ``encoder``, step by step in the context model's order."""
+        cdfs = self._cdfs()
 
         def code(symbols, indexes):
             encoder.encode_with_indexes(symbols.to(torch.int32).tolist(), indexes.tolist(), *cdfs)
             return symbols
 
         self._context_walk(z_hat_s, quality, y, code)
-        return encoder.flush()
 
     @torch.no_grad()
     def compress_joint(self, y: Tensor, z: Tensor, quality: float) -> list[bytes]:
@@ -291,17 +296,12 @@ class VariableRateHyperprior(CompressionModel):
             raise ValueError("joint coding (format version 5) is for a model with a context model")
         q = torch.full((y.shape[0],), float(quality), dtype=torch.float64)
         z_symbols, z_hat_s = self._z_symbols(z, q)
-        z_cdfs, y_cdfs = self._cdfs(self.entropy_bottleneck), self._cdfs()
+        z_cdfs, z_indexes = self._cdfs(self.entropy_bottleneck), _channel_indexes(z.shape[1:])
         strings = []
         for b in range(y.shape[0]):
             encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(z_symbols[b].reshape(-1).tolist(), _channel_indexes(z.shape[1:]), *z_cdfs)
-
-            def code(symbols, indexes):
-                encoder.encode_with_indexes(symbols.to(torch.int32).tolist(), indexes.tolist(), *y_cdfs)
-                return symbols
-
-            self._context_walk(z_hat_s[b : b + 1], q[b : b + 1], y[b : b + 1], code)
+            encoder.encode_with_indexes(z_symbols[b].reshape(-1).tolist(), z_indexes, *z_cdfs)
+            self._context_encode(encoder, y[b : b + 1], z_hat_s[b : b + 1], q[b : b + 1])
             strings.append(encoder.flush())
         return strings
 
@@ -312,16 +312,14 @@ class VariableRateHyperprior(CompressionModel):
         from compressai.ans import RansDecoder
 
         N = self.config.N
-        medians = self.entropy_bottleneck._get_medians().detach().cpu().reshape(1, N, 1, 1)
         q = torch.full((len(strings),), float(quality), dtype=torch.float64)
-        z_cdfs = self._cdfs(self.entropy_bottleneck)
+        z_cdfs, z_indexes = self._cdfs(self.entropy_bottleneck), _channel_indexes((N, *shape))
         out = []
         for b, string in enumerate(strings):
             decoder = RansDecoder()
             decoder.set_stream(string)
-            z_symbols = _int32(decoder.decode_stream(_channel_indexes((N, *shape)), *z_cdfs))
-            z_hat_s = (z_symbols.reshape(1, N, *shape).float() + medians).to(torch.float64).contiguous()
-            out.append(self._context_decode(decoder, z_hat_s, q[b : b + 1]))
+            z_symbols = _int32(decoder.decode_stream(z_indexes, *z_cdfs))
+            out.append(self._context_decode(decoder, self._z_hat(z_symbols.reshape(1, N, *shape)), q[b : b + 1]))
         return torch.cat(out)
 
     def _z_symbols(self, z: Tensor, quality: Tensor) -> tuple[Tensor, Tensor]:
@@ -329,10 +327,16 @@ class VariableRateHyperprior(CompressionModel):
         _, hg = self.gains(quality, dtype=torch.float64)
         z_s = z.detach().to("cpu", torch.float64) * hg.cpu()
         medians = self.entropy_bottleneck._get_medians().detach().cpu()  # float32
-        symbols = torch.round(z_s - medians.to(torch.float64))
-        # Contiguous like the entropy decoder's output: h_s's float64 convolutions round differently
-        # on a channels_last input (by about 1e-13), and the means must match the decoder's exactly.
-        return symbols.to(torch.int32), (symbols.float() + medians).to(torch.float64).contiguous()
+        symbols = torch.round(z_s - medians.to(torch.float64)).to(torch.int32)
+        return symbols, self._z_hat(symbols)
+
+    def _z_hat(self, symbols: Tensor) -> Tensor:
+        """ẑ_s, float64, from z's integer symbols (B, N, h, w): dequantised in the medians' float32 as
+        ``EntropyBottleneck.decompress`` does. Contiguous like the entropy decoder's output: h_s's
+        float64 convolutions round differently on a channels_last input (by about 1e-13), and the
+        means must match the decoder's exactly."""
+        medians = self.entropy_bottleneck._get_medians().detach().cpu()  # float32, (N, 1, 1)
+        return (symbols.float() + medians).to(torch.float64).contiguous()
 
     def _hat_latents(self, y: Tensor, z: Tensor, quality: float) -> tuple[Tensor, ...]:
         """What the entropy decoder reconstructs for (y, z) coded at ``quality``, bit for bit, without
