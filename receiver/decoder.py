@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 from starlette.concurrency import run_in_threadpool
 
+from shared import bitstream as bs
 from shared.codec import Codec
 from shared.errors import LatentwireError, ModelMismatch
 from shared.images import encode_png
@@ -38,7 +39,8 @@ log = logging.getLogger("latentwire.receiver")
 class Decoder:
     def __init__(self, codecs: list[Codec], store: Store, hub: EventHub, metrics: Metrics, secret: bytes, *,
                  max_frame_bytes: int, max_batch: int, queue_size: int) -> None:
-        self.codecs = {c.name: c for c in codecs}  # each frame names its model (standard or denoise)
+        self.codecs = {c.name: c for c in codecs}  # each frame names its model (standard or denoise) ...
+        self._by_weights = {c.weights: c for c in codecs}  # ... by name and weights, or (version 6) weights
         # The sender's mode of each model, for the gallery: the app passes the main model first,
         # then the denoising one (settings.denoise_model) when it is installed.
         self.modes = {c.name: "denoise" if k else "standard" for k, c in enumerate(codecs)}
@@ -79,11 +81,12 @@ class Decoder:
         return frames
 
     def codec_for(self, stream) -> Codec:
-        """The loaded codec the stream names; ModelMismatch (409) naming both sides otherwise."""
-        codec = self.codecs.get(stream.model)
+        """The loaded codec the stream names (by name, or by weights alone for a version 6 stream);
+        ModelMismatch (409) naming both sides otherwise."""
+        codec = self.codecs.get(stream.model) if stream.model else self._by_weights.get(stream.weights)
         if codec is None:
             served = ", ".join(f"{c.name}@{c.weights}" for c in self.codecs.values())
-            raise ModelMismatch(f"frame made by model {stream.model}@{stream.weights}, this receiver serves "
+            raise ModelMismatch(f"frame made by {bs.describe(stream)}, this receiver serves "
                                 f"{served}: install that model in the receiver's models folder, or send with "
                                 "a model it serves")
         return codec
@@ -124,8 +127,9 @@ class Decoder:
             self.metrics.frames.labels(result="duplicate").inc()
             return "duplicate"
         stream = frame.stream
+        codec = self.codec_for(stream)
         t0 = time.perf_counter()
-        rgb = self.codec_for(stream).decode(stream)  # (H, W, 3) uint8
+        rgb = codec.decode(stream)  # (H, W, 3) uint8
         decode_s = time.perf_counter() - t0
         png = encode_png(rgb)
         code = stream.to_bytes()
@@ -133,8 +137,8 @@ class Decoder:
         meta = {
             "id": frame.id, "width": stream.width, "height": stream.height,
             "stream_bytes": stream_bytes, "bpp": stream_bytes * 8 / (stream.width * stream.height),
-            "quality": stream.quality, "model": stream.model, "weights": stream.weights,
-            "sent_at": frame.sent_at, "decode_ms": round(decode_s * 1000.0, 3), "mode": self.modes[stream.model],
+            "quality": stream.quality, "model": codec.name, "weights": stream.weights,
+            "sent_at": frame.sent_at, "decode_ms": round(decode_s * 1000.0, 3), "mode": self.modes[codec.name],
             "coded_height": stream.coded_size[0] if stream.coded_size else None,
             "coded_width": stream.coded_size[1] if stream.coded_size else None,
         }

@@ -124,7 +124,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             broker = Broker(settings.broker_url, "latentwire-sender")
             broker.start()
             stack.push_async_callback(broker.close)
-            deliverer = BrokerDeliverer(outbox, broker, settings, metrics)
+            deliverer = BrokerDeliverer(outbox, broker, settings, metrics,
+                                        names={c.weights: c.name for c in codecs.values()})
         else:
             deliverer = Deliverer(outbox, client, settings, metrics)
         await outbox.retry_now(time.time())

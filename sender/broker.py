@@ -1,7 +1,9 @@
 """Cluster mode's delivery worker: frames go to NATS JetStream instead of a receiver's HTTP API.
 
 ``LATENTWIRE_SENDER_BROKER_URL=nats://host:4222`` replaces ``Deliverer``'s POST with one publish per
-frame to the stream ``LATENTWIRE_FRAMES`` (subject ``latentwire.frames.<model>``, header
+frame to the stream ``LATENTWIRE_FRAMES`` (subject ``latentwire.frames.<model>``: the model's name, or
+its weights for a stream of a model this sender no longer serves, since version 6 streams leave the
+name out; header
 ``Nats-Msg-Id`` = frame id; shared/jetstream.py). The body of each message is the signed frame
 exactly as ``POST /v1/frames`` would carry it. Everything else is ``Deliverer``'s: the outbox,
 batches, backoff, pausing, the link model (each acknowledged publish is a sample), superseding.
@@ -39,9 +41,11 @@ log = logging.getLogger("latentwire.sender.broker")
 class BrokerDeliverer(Deliverer):
     task_name = "latentwire-broker-delivery"
 
-    def __init__(self, outbox: Outbox, broker: Broker, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, outbox: Outbox, broker: Broker, settings: Settings, metrics: Metrics,
+                 names: dict[str, str] | None = None) -> None:
         super().__init__(outbox, None, settings, metrics)
         self.broker = broker
+        self._names = dict(names or {})  # weights -> model name, of the codecs this sender serves
 
     async def _send(self, frames: list[PendingFrame]) -> None:
         bodies = await asyncio.to_thread(self._pack_each, frames)
@@ -80,7 +84,7 @@ class BrokerDeliverer(Deliverer):
         for f in frames:
             stream = bs.loads(f.stream)
             body = pack_frames([Frame(id=f.id, sent_at=f.created_at, stream=stream)], self._secret)
-            out.append((f, stream.model, body))
+            out.append((f, stream.model or self._names.get(stream.weights, stream.weights), body))
         return out
 
     async def _too_large(self, frame: PendingFrame, size: int, limit: int) -> None:

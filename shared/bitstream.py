@@ -2,9 +2,9 @@
 
 Every stream is one msgpack object (bin for bytes, str for text) that begins with the magic
 bytes ``LWIC`` and then the format version, so a reader of any version can tell which layout
-follows. For a model with a context model (``shared/context.py``) this build writes version 5;
+follows. For a model with a context model (``shared/context.py``) this build writes version 6;
 for one without, version 2, and version 3 for a picture coded at a reduced resolution. It reads
-versions 1 to 5; any other version is refused with ``UnsupportedVersion``.
+versions 1 to 6; any other version is refused with ``UnsupportedVersion``.
 
 Version 2 is one msgpack array of 13 items, by position (71-74 bytes besides the two strings for
 a 768x512 image and the shipped model, where version 1 took 156-159), so every stream begins with
@@ -62,9 +62,23 @@ and the model). One msgpack array of 9 items, or 11 for a reduced resolution, be
      8    crc32          int   zlib.crc32 of data
      9-10 coded_height, coded_width                                     as in version 3, when reduced
 
-``Bitstream.y_shape`` and ``z_shape`` of a parsed version 5 stream hold None for the channels. A
-model with a context model writes version 5 and still reads version 4; a receiver older than
-version 5 refuses these streams with ``UnsupportedVersion`` (a 4xx naming the versions it reads).
+``Bitstream.y_shape`` and ``z_shape`` of a parsed version 5 stream hold None for the channels.
+
+Version 6 is version 5 without the model's name: the weights field already names one model
+exactly, so a decoder finds its model by the weights (a receiver among those it serves, the CLI
+among its models folder). 8 items, or 10 for a reduced resolution, beginning
+``\x98\xc4\x04LWIC\x06`` or ``\x9a\xc4\x04LWIC\x06``::
+
+     0-1  magic, version (6)
+     2    weights        bin 8
+     3-5  height, width, quality
+     6    data           bin   rANS-coded z, then y
+     7    crc32          int
+     8-9  coded_height, coded_width, when reduced
+
+A parsed version 6 stream's ``Bitstream.model`` is "" (the stream does not say it). A model with
+a context model writes version 6 and still reads versions 4 and 5; a receiver older than version 6
+refuses these streams with ``UnsupportedVersion`` (a 4xx naming the versions it reads).
 
 Version 1 (written until the compact layout; still read, e.g. ``tests/data/golden.lw`` and
 streams in old outboxes) is one msgpack map with these keys in this order, beginning with
@@ -97,7 +111,7 @@ other (version 3: the coded size within the declared one, the latents following 
 each string's CRC, then each string's rANS framing. ``check_model`` (which ``Codec.parse``
 and ``Codec.decode`` apply next): model and weights (``ModelMismatch`` names both), size against
 the decoder's limit, latent channels. Only then is the entropy decoder run. Golden streams
-(``tests/data/golden.lw``, version 1, and ``golden-v2.lw`` to ``golden-v5.lw``) pin the layouts.
+(``tests/data/golden.lw``, version 1, and ``golden-v2.lw`` to ``golden-v6.lw``) pin the layouts.
 """
 
 from __future__ import annotations
@@ -121,9 +135,10 @@ from shared.errors import (
 MAGIC = b"LWIC"
 VERSION = 2  # what this build writes for a picture coded at its own size
 RESAMPLED_VERSION = 3  # ... and for one coded at a reduced resolution
-CONTEXT_VERSION = 5  # ... and for a model with a context model, at either size
-CONTEXT_VERSIONS = (4, 5)  # the versions a model with a context model codes (it writes 5, reads both)
-READ_VERSIONS = (1, 2, 3, 4, 5)
+CONTEXT_VERSION = 6  # ... and for a model with a context model, at either size
+CONTEXT_VERSIONS = (4, 5, 6)  # the versions a model with a context model codes (it writes 6, reads all)
+JOINT_VERSIONS = (5, 6)  # z and y in one string, the latent shapes left out
+READ_VERSIONS = (1, 2, 3, 4, 5, 6)
 # Largest possible stream: 4096x4096 at the top rate is well under 8 MB; anything bigger is not ours.
 MAX_STREAM_BYTES = 64 << 20
 WEIGHTS_BYTES = 8  # 16 hex digits, as shared.checkpoint.weights_hash writes them
@@ -133,7 +148,9 @@ FIELDS_V2 = ("magic", "version", "model", "weights", "height", "width", "quality
 FIELDS_V3 = FIELDS_V2 + ("coded_height", "coded_width")
 FIELDS_V5 = ("magic", "version", "model", "weights", "height", "width", "quality", "data", "crc32")
 FIELDS_V5_RESIZED = FIELDS_V5 + ("coded_height", "coded_width")
-_LAYOUTS = {1: "map", 2: "array", 3: "array", 4: "array", 5: "array"}
+FIELDS_V6 = tuple(f for f in FIELDS_V5 if f != "model")
+FIELDS_V6_RESIZED = FIELDS_V6 + ("coded_height", "coded_width")
+_LAYOUTS = {1: "map", 2: "array", 3: "array", 4: "array", 5: "array", 6: "array"}
 _HEX_WEIGHTS = re.compile(r"^[0-9a-f]{%d}$" % (2 * WEIGHTS_BYTES))
 # rANS framing (CompressAI's Rans64: 32-bit words, 8-byte final state in [RANS64_L, RANS64_L << 32)).
 RANS_WORD_BYTES = 4
@@ -150,7 +167,7 @@ def coded_quality(quality: float) -> float:
 
 @dataclass(frozen=True)
 class Bitstream:
-    model: str
+    model: str  # "" for version 6, which leaves the name out (its weights name the model)
     weights: str  # 16 lowercase hex digits
     height: int
     width: int
@@ -159,7 +176,7 @@ class Bitstream:
     # weights name the model, which knows them.
     y_shape: tuple
     z_shape: tuple
-    strings: tuple[bytes, ...]  # (y, z); version 5: (z and y in one rANS string,)
+    strings: tuple[bytes, ...]  # (y, z); versions 5 and 6: (z and y in one rANS string,)
     version: int = VERSION  # the layout ``to_bytes`` writes: the one it was parsed from, or VERSION
     # Version 3: (coded_height, coded_width), the reduced size the latents are for. None: height x width.
     coded_size: tuple[int, int] | None = None
@@ -190,11 +207,12 @@ class Bitstream:
             raise ValueError(f"weights must be {2 * WEIGHTS_BYTES} lowercase hex digits, got {self.weights!r}")
         if coded_quality(self.quality) != self.quality:
             raise ValueError(f"quality {self.quality!r} is not a float32: code with coded_quality(q)")
-        if (len(self.strings) == 1) != (self.version == 5):
-            raise ValueError("a version 5 stream holds one string (z and y), any other version two (y, z)")
-        if self.version == 5:
+        if (len(self.strings) == 1) != (self.version in JOINT_VERSIONS):
+            raise ValueError("a version 5 or 6 stream holds one string (z and y), any other version two (y, z)")
+        if self.version in JOINT_VERSIONS:
             data = bytes(self.strings[0])
-            fields = [MAGIC, 5, self.model, bytes.fromhex(self.weights), self.height, self.width,
+            named = [self.model] if self.version == 5 else []
+            fields = [MAGIC, self.version, *named, bytes.fromhex(self.weights), self.height, self.width,
                       float(self.quality), data, zlib.crc32(data)]
             return fields if self.coded_size is None else fields + list(self.coded_size)
         y, z = (bytes(s) for s in self.strings)
@@ -274,8 +292,8 @@ def parse(obj: dict | list) -> Bitstream:
                             f"this one is a msgpack {layout}")
     if version == 1:
         fields = _fields_v1(obj)
-    elif version == 5:
-        fields = _fields_v5(obj)
+    elif version in JOINT_VERSIONS:
+        fields = _fields_joint(obj, version)
     elif version == 4:
         fields = _fields_v2(obj, FIELDS_V3 if len(obj) == len(FIELDS_V3) else FIELDS_V2)
     else:
@@ -314,12 +332,15 @@ def _fields_v2(obj: list, names: tuple[str, ...]) -> dict:
     return dict(_header(f), y_shape=f["y_shape"], z_shape=f["z_shape"], strings=strings, crcs=crcs)
 
 
-def _fields_v5(obj: list) -> dict:
-    """Version 5's fields: one string (z, then y) and its CRC; the latent shapes follow the size."""
-    if len(obj) not in (len(FIELDS_V5), len(FIELDS_V5_RESIZED)):
-        raise NotABitstream(f"a version 5 bitstream has {len(FIELDS_V5)} fields ({len(FIELDS_V5_RESIZED)} "
+def _fields_joint(obj: list, version: int) -> dict:
+    """Version 5's or 6's fields: one string (z, then y) and its CRC; the latent shapes follow the
+    size; version 6 names no model ("")."""
+    full, resized = (FIELDS_V5, FIELDS_V5_RESIZED) if version == 5 else (FIELDS_V6, FIELDS_V6_RESIZED)
+    if len(obj) not in (len(full), len(resized)):
+        raise NotABitstream(f"a version {version} bitstream has {len(full)} fields ({len(resized)} "
                             f"coded at a reduced size), this one {len(obj)}")
-    f = dict(zip(FIELDS_V5_RESIZED, obj))
+    f = dict(zip(resized, obj))
+    f.setdefault("model", "")
     if not isinstance(f["data"], bytes):
         raise NotABitstream("data must be a byte string")
     if not _is_int(f["crc32"]):
@@ -332,7 +353,7 @@ def _fields_v5(obj: list) -> dict:
 
 
 def _header(f: dict) -> dict:
-    """The fields versions 2 to 5 share (model, weights, size, quality, coded size), by name."""
+    """The fields versions 2 to 6 share (model, weights, size, quality, coded size), by name."""
     weights = f["weights"]
     if not isinstance(weights, bytes) or len(weights) != WEIGHTS_BYTES:
         raise NotABitstream(f"weights must be {WEIGHTS_BYTES} bytes")
@@ -352,7 +373,7 @@ def _check(version: int, model, weights: str, height: int, width: int, quality, 
     """The checks both versions share, in the order the module docstring gives."""
     if not isinstance(model, str):
         raise NotABitstream("model must be a string")
-    stated = version != 5  # version 5 leaves the channels out; its shapes follow the size
+    stated = version not in JOINT_VERSIONS  # versions 5 and 6 leave the channels out; the shapes follow the size
     y_shape = _int_list(y_shape, 3, "y_shape") if stated else list(y_shape)
     z_shape = _int_list(z_shape, 3, "z_shape") if stated else list(z_shape)
     if not _is_number(quality) or math.isnan(quality) or not (0.0 <= quality <= 1.0):
@@ -401,26 +422,32 @@ def _check_rans_framing(name: str, s: bytes) -> None:
 def check_model(bs: Bitstream, model: str, weights: str, latent_channels: tuple[int, int],
                 max_side: int, context: bool = False) -> None:
     """Refuse a stream this decoder cannot decode: other model, other weights, a format the model
-    does not code (``context``: the model has a context model, so its streams are version 4 or
-    5), too large."""
-    if bs.model != model or bs.weights != weights:
+    does not code (``context``: the model has a context model, so its streams are version 4 to
+    6), too large. A version 6 stream names no model: its weights alone must match."""
+    if (bs.model and bs.model != model) or bs.weights != weights:
         raise ModelMismatch(
-            f"stream made by model {bs.model}@{bs.weights}, this decoder serves {model}@{weights}: "
+            f"stream made by {describe(bs)}, this decoder serves {model}@{weights}: "
             "decode it with the matching checkpoint or re-encode with this one"
         )
     if (bs.version in CONTEXT_VERSIONS) != context:
         raise UnsupportedVersion(
             f"a version {bs.version} stream for {model}@{weights}, which codes only version "
-            f"{'4-5' if context else '1-3'} streams: the stream was not made by this model's encoder"
+            f"{'4-6' if context else '1-3'} streams: the stream was not made by this model's encoder"
         )
     if bs.height > max_side or bs.width > max_side:
         raise DimensionsTooLarge(
             f"stream declares {bs.height}x{bs.width} pixels; this decoder accepts at most {max_side}x{max_side}"
         )
-    if bs.version != 5 and (bs.y_shape[0], bs.z_shape[0]) != latent_channels:
+    if bs.version not in JOINT_VERSIONS and (bs.y_shape[0], bs.z_shape[0]) != latent_channels:
         raise NotABitstream(
             f"latent channels {bs.y_shape[0]}/{bs.z_shape[0]} do not match the model's {latent_channels}"
         )
+
+
+def describe(bs: Bitstream) -> str:
+    """How errors name the model a stream was made by: name@weights, or the weights alone for a
+    version 6 stream (which leaves the name out)."""
+    return f"model {bs.model}@{bs.weights}" if bs.model else f"the model with weights {bs.weights}"
 
 
 def loads(data: bytes, max_bytes: int = MAX_STREAM_BYTES) -> Bitstream:

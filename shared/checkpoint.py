@@ -132,6 +132,20 @@ def find_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) 
     return matches[0]
 
 
+def find_model_by_weights(weights: str, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
+    """The exported model in ``models_dir`` whose weights hash is ``weights`` (16 hex digits), as a
+    version 6 stream, which leaves the model's name out, identifies it: its file name ends in the
+    hash's first 8 digits (``load_model`` verifies the rest)."""
+    matches = sorted(models_dir.glob(f"*-{weights[:8]}.pt"))
+    if not matches:
+        available = ", ".join(sorted(m.name for m in models_dir.glob("*.pt"))) or "none"
+        raise CheckpointNotFound(f"no model with weights {weights} in {models_dir} (a file ending in "
+                                 f"-{weights[:8]}.pt); available: {available}")
+    if len(matches) > 1:
+        raise CheckpointError(f"several files for weights {weights}: {[m.name for m in matches]}; keep one")
+    return matches[0]
+
+
 def load_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) -> tuple[VariableRateHyperprior, dict]:
     """Load and verify an exported model. Returns (model in eval mode on CPU, metadata)."""
     path = find_model(name_or_path, models_dir)

@@ -245,8 +245,8 @@ class Codec:
             out = self.model.compress_latents(y, z, coded_quality)
             strings = (out["strings"][0][0], out["strings"][1][0])
             y_shape, z_shape = tuple(y.shape[1:]), tuple(z.shape[1:])
-        stream = bs.Bitstream(
-            model=self.name, weights=self.weights, height=H, width=W, quality=coded_quality,
+        stream = bs.Bitstream(  # version 6 leaves the name out: its weights name the model
+            model="" if version == 6 else self.name, weights=self.weights, height=H, width=W, quality=coded_quality,
             y_shape=y_shape, z_shape=z_shape, strings=strings, version=version, coded_size=coded,
         )
         return Encoded(data=stream.to_bytes(), stream=stream, quality=quality)
@@ -288,7 +288,7 @@ class Codec:
         return rgb if stream.coded_size is None else resize_rgb(rgb, (stream.height, stream.width))
 
     def _synthesis(self, stream: bs.Bitstream) -> torch.Tensor:
-        if stream.version == 5:
+        if stream.version in bs.JOINT_VERSIONS:
             y_hat = self.model.decode_joint([stream.strings[0]], stream.z_shape[1:], stream.quality)
         else:
             y_hat = self.model.decode_latents([[stream.strings[0]], [stream.strings[1]]], stream.z_shape[1:],

@@ -15,7 +15,10 @@ the checkerboard is He et al. 2021's checkerboard context alone.
 
 Each group's network outputs a correction (Δμ, Δσ) to the hyperprior's mean and scale of the
 *unscaled* latent; its last layer starts at zero, so an untrained context model codes exactly as
-the hyperprior alone did. Both are then multiplied by the gain, as in ``network.py``. The quality
+the hyperprior alone did. ``blocks`` > 0 deepens every group's network by that many residual
+blocks on each side of the join (``SpatialBlock`` on the shared features, a 3x3 reach over what
+is decoded; ``PointBlock`` after the join), each starting as the identity, so a trained model
+grown this way codes as before until its new blocks train. Both are then multiplied by the gain, as in ``network.py``. The quality
 is an input too, since the spacing of ŷ's values (1/gain) depends on it.
 
 Steps are 2 x len(groups) passes of small convolutions at 1/16 of the image side. For coding
@@ -28,6 +31,7 @@ Dataflow of one step (group k, phase p)::
     ŷ of groups < k ─► 3x3 ─┼─► LReLU ─► 1x1 ─► LReLU ─┐
     quality ────────► 1x1 ─┘                            ├─► 1x1 ─► LReLU ─► 1x1 ─► (Δμ_k, Δσ_k)
     ŷ_k anchors (p = 1 only) ─► masked 5x5 ─────────────┘
+    (with blocks: SpatialBlocks after the second LReLU, PointBlocks after the join's LReLU)
 """
 
 from __future__ import annotations
@@ -72,11 +76,46 @@ class AnchorConv(nn.Conv2d):
         return F.conv1d(gathered.reshape(B, C * len(taps), -1), weight.reshape(len(weight), -1, 1), self.bias)
 
 
+class SpatialBlock(nn.Module):
+    """x + 1x1(LReLU(3x3(x))), the 3x3 at half the width; the 1x1 starts at zero (the identity)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.reach = nn.Conv2d(width, width // 2, 3, padding=1)
+        self.back = nn.Conv2d(width // 2, width, 1)
+        nn.init.zeros_(self.back.weight)
+        nn.init.zeros_(self.back.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.back(F.leaky_relu(self.reach(x), 0.2))
+
+
+class PointBlock(nn.Module):
+    """x + 1x1(LReLU(1x1(x))), per position; the second 1x1 starts at zero (the identity)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(width, width, 1)
+        self.back = nn.Conv2d(width, width, 1)
+        nn.init.zeros_(self.back.weight)
+        nn.init.zeros_(self.back.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.back(F.leaky_relu(self.mix(x), 0.2))
+
+    def at(self, x: Tensor) -> Tensor:
+        """The same on (B, width, n) features gathered at n positions (1-D convolutions, as
+        ``GroupStep._params_at``)."""
+        h = F.leaky_relu(F.conv1d(x, self.mix.weight.flatten(2), self.mix.bias), 0.2)
+        return x + F.conv1d(h, self.back.weight.flatten(2), self.back.bias)
+
+
 class GroupStep(nn.Module):
     """The network of one channel group (module docstring): both its phases share the features
     of the hyperprior and the earlier groups; only the anchor context differs."""
 
-    def __init__(self, M: int, before: int, channels: int, width: int, checkerboard: bool = True) -> None:
+    def __init__(self, M: int, before: int, channels: int, width: int, checkerboard: bool = True,
+                 blocks: int = 0) -> None:
         super().__init__()
         self.hyper = nn.Conv2d(2 * M + 1, width, 1)  # (μ, σ) of every channel, and the quality
         self.before = nn.Conv2d(before, width, 3, padding=1) if before else None
@@ -84,6 +123,8 @@ class GroupStep(nn.Module):
         self.anchors = AnchorConv(channels, width // 2) if checkerboard else None
         self.join = nn.Conv2d(width + (width // 2 if checkerboard else 0), width, 1)
         self.head = nn.Conv2d(width, 2 * channels, 1)
+        self.spatial = nn.ModuleList(SpatialBlock(width) for _ in range(blocks))
+        self.pointwise = nn.ModuleList(PointBlock(width) for _ in range(blocks))
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -91,7 +132,10 @@ class GroupStep(nn.Module):
         h = self.hyper(hyper)
         if self.before is not None:
             h = h + self.before(y_before)
-        return F.leaky_relu(self.mix(F.leaky_relu(h, 0.2)), 0.2)
+        h = F.leaky_relu(self.mix(F.leaky_relu(h, 0.2)), 0.2)
+        for block in self.spatial:
+            h = block(h)
+        return h
 
     def params(self, features: Tensor, y_anchors: Tensor | None,
                positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -109,8 +153,10 @@ class GroupStep(nn.Module):
             else:
                 ctx = self.anchors(y_anchors)
             features = torch.cat([features, ctx], 1)
-        out = self.head(F.leaky_relu(self.join(features), 0.2))
-        return out.chunk(2, 1)
+        h = F.leaky_relu(self.join(features), 0.2)
+        for block in self.pointwise:
+            h = block(h)
+        return self.head(h).chunk(2, 1)
 
     def _params_at(self, features: Tensor, y_anchors: Tensor | None, positions: Tensor) -> tuple[Tensor, Tensor]:
         """``params`` at ``positions`` from the features gathered there, (B, width, n): the 1x1
@@ -123,7 +169,10 @@ class GroupStep(nn.Module):
             h = F.conv1d(features, join[:, :width], self.join.bias)
         else:
             h = F.conv1d(torch.cat([features, self.anchors.at(y_anchors, positions)], 1), join, self.join.bias)
-        out = F.conv1d(F.leaky_relu(h, 0.2), self.head.weight.flatten(2), self.head.bias)
+        h = F.leaky_relu(h, 0.2)
+        for block in self.pointwise:
+            h = block.at(h)
+        out = F.conv1d(h, self.head.weight.flatten(2), self.head.bias)
         return out.chunk(2, 1)
 
 
@@ -132,7 +181,7 @@ class ContextModel(nn.Module):
     each (group slice, phase mask) and the function that gives its parameters."""
 
     def __init__(self, M: int, groups: tuple[int, ...] = DEFAULT_GROUPS, width: int = 128,
-                 checkerboard: bool = True) -> None:
+                 checkerboard: bool = True, blocks: int = 0) -> None:
         super().__init__()
         if sum(groups) != M or any(c <= 0 for c in groups):
             raise ValueError(f"context groups {groups} must be positive and sum to M = {M}")
@@ -140,7 +189,7 @@ class ContextModel(nn.Module):
         self.checkerboard = checkerboard
         self.starts = [sum(groups[:k]) for k in range(len(groups))]
         self.steps = nn.ModuleList(
-            GroupStep(M, start, c, width, checkerboard) for start, c in zip(self.starts, self.groups)
+            GroupStep(M, start, c, width, checkerboard, blocks) for start, c in zip(self.starts, self.groups)
         )
 
     def run(self, means: Tensor, scales: Tensor, quality: Tensor, y: Tensor, quantize) -> tuple[Tensor, Tensor, Tensor]:

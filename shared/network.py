@@ -19,7 +19,7 @@ Dataflow (Minnen et al. 2018 without the autoregressive context model)::
 
 With ``context_groups`` set, a context model (``shared/context.py``) refines h_s's mean and scale
 step by step from what is already decoded (channel groups, each in checkerboard halves); y is
-then coded in that order after z, in one rANS string (format version 5; version 4 coded z apart).
+then coded in that order after z, in one rANS string (format versions 5 and 6; version 4 coded z apart).
 The hyper-synthesis predicts the mean and scale of
 the *unscaled* latent; multiplying both by the gain turns them into the Gaussian of the scaled
 latent, so quantising ``y_s`` at unit step is quantising ``y`` with step ``1/g``.
@@ -68,6 +68,7 @@ class NetworkConfig:
     context_groups: tuple[int, ...] = ()
     context_width: int = 128
     context_checkerboard: bool = True  # each group in two checkerboard halves (shared/context.py)
+    context_blocks: int = 0  # residual blocks on each side of every group's join (shared/context.py)
     # Entries of the Gaussian coder's scale table (log-spaced, CompressAI's range): each latent is
     # coded with the table's next scale up, so more entries cost fewer bits (``update``).
     scale_levels: int = 64
@@ -106,8 +107,8 @@ class VariableRateHyperprior(CompressionModel):
         init = torch.linspace(math.log(0.3), math.log(3.3), K)
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M))  # (K, M)
         self.log_hyper_gain = nn.Parameter(torch.zeros(K, N))  # (K, N)
-        self.context = (ContextModel(M, config.context_groups, config.context_width, config.context_checkerboard)
-                        if config.context_groups else None)
+        self.context = (ContextModel(M, config.context_groups, config.context_width, config.context_checkerboard,
+                                     config.context_blocks) if config.context_groups else None)
 
     # ---- rate selection -------------------------------------------------------------------
     def lmbda(self, quality: Tensor) -> Tensor:
@@ -286,14 +287,14 @@ class VariableRateHyperprior(CompressionModel):
 
     @torch.no_grad()
     def compress_joint(self, y: Tensor, z: Tensor, quality: float) -> list[bytes]:
-        """Format version 5 (a model with a context model): each image's z and then its y, step by
+        """Format versions 5 and 6 (a model with a context model): each image's z and then its y, step by
         step in the context model's order, in one rANS string (one coder state and tail instead of
         two). z is rounded and dequantised as ``_hat_latents`` does, so ``quantize_latents`` still
         predicts the decode bit for bit."""
         from compressai.ans import BufferedRansEncoder
 
         if self.context is None:
-            raise ValueError("joint coding (format version 5) is for a model with a context model")
+            raise ValueError("joint coding (format versions 5 and 6) is for a model with a context model")
         q = torch.full((y.shape[0],), float(quality), dtype=torch.float64)
         z_symbols, z_hat_s = self._z_symbols(z, q)
         z_cdfs, z_indexes = self._cdfs(self.entropy_bottleneck), _channel_indexes(z.shape[1:])
@@ -307,7 +308,7 @@ class VariableRateHyperprior(CompressionModel):
 
     @torch.no_grad()
     def decode_joint(self, strings: list[bytes], shape: tuple[int, int], quality: float) -> Tensor:
-        """Format version 5 strings (``compress_joint``) -> ŷ (B, M, h, w), float64 on the CPU;
+        """Format version 5 and 6 strings (``compress_joint``) -> ŷ (B, M, h, w), float64 on the CPU;
         ``shape``: z's (H/64, W/64)."""
         from compressai.ans import RansDecoder
 

@@ -56,6 +56,9 @@ def _add_train(sub) -> None:
                    help="weigh crops and qualities as the mean PSNR and the BD-rate do: each crop's "
                         "distortion as its log MSE, each quality's loss over its rate, both priced at the "
                         "resumed model's held-out figures (needs --resume)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep a moving average of the trained weights (e.g. 0.999: about the last 1 000 steps); "
+                        "validation and best.pt use the average")
     p.add_argument("--synthesis-blocks", type=int, default=None, metavar="K",
                    help="residual refinement blocks per g_s stage (default: the resumed model's, else 0); "
                         "more than --resume has grows its decoder, the new blocks starting as the identity")
@@ -81,7 +84,7 @@ def _cmd_train(args) -> int:
         seed=args.seed, bf16=not args.no_bf16, compile=args.compile, device=args.device, noise_sigma_max=args.noise,
         noise_jpeg_prob=args.noise_jpeg_prob, noise_balance=not args.no_noise_balance,
         lmbda_min=args.lmbda_min, lmbda_max=args.lmbda_max, decoder_only=args.decoder_only,
-        synthesis_blocks=args.synthesis_blocks, bd_objective=args.bd_objective,
+        synthesis_blocks=args.synthesis_blocks, bd_objective=args.bd_objective, ema_decay=args.ema,
     )
     train(cfg, args.resume, new_segment=args.new_segment)
     return 0
@@ -164,8 +167,14 @@ def _cmd_decode(args) -> int:
     from shared import bitstream
 
     data = args.stream.read_bytes()
-    if args.model is None:  # the stream names the model that made it (e.g. lw-vr-denoise)
-        args.model = bitstream.loads(data).model
+    if args.model is None:  # the stream names the model that made it (e.g. lw-vr-denoise) ...
+        stream = bitstream.loads(data)
+        if stream.model:
+            args.model = stream.model
+        else:  # ... or, version 6, its weights do
+            from shared.checkpoint import DEFAULT_MODELS_DIR, find_model_by_weights
+
+            args.model = str(find_model_by_weights(stream.weights, args.models_dir or DEFAULT_MODELS_DIR))
     codec = _load_codec(args)
     rgb = codec.decode(data)
     out = args.output or args.stream.with_suffix(".png")

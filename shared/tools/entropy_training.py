@@ -56,6 +56,7 @@ class EntropyTrainConfig:
     context_groups: tuple[int, ...] = (16, 16, 32, 64, 64)
     context_width: int = 128
     context_checkerboard: bool = True
+    context_blocks: int | None = None  # None: the model's own (0 without a context model)
     context_only: bool = False  # freeze the hyperprior too
     noise_sigma_max: float | None = None  # None -> the model's own training noise (0 for a clean codec)
     steps: int = 20_000
@@ -159,8 +160,9 @@ def train_entropy(cfg: EntropyTrainConfig, resume: Path | None = None, log=print
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     base, meta = load_model(cfg.model)
+    blocks = base.config.context_blocks if cfg.context_blocks is None else cfg.context_blocks
     config = replace(base.config, context_groups=tuple(cfg.context_groups), context_width=cfg.context_width,
-                     context_checkerboard=cfg.context_checkerboard)
+                     context_checkerboard=cfg.context_checkerboard, context_blocks=blocks)
     model = VariableRateHyperprior(config)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("context.") for k in missing):
@@ -285,6 +287,8 @@ def add_parser(sub) -> None:
     p.add_argument("--width", type=int, default=128, help="context network width")
     p.add_argument("--no-checkerboard", action="store_true", help="one step per channel group (no spatial "
                                                                   "context within a group)")
+    p.add_argument("--blocks", type=int, default=None, help="residual blocks on each side of every context "
+                   "group's join, new ones starting as the identity (default: the model's own)")
     p.add_argument("--context-only", action="store_true", help="keep the hyperprior frozen too")
     p.add_argument("--noise", type=float, default=None, metavar="SIGMA_MAX",
                    help="cache latents of noisy inputs, sigma ~ U[0, SIGMA_MAX] (0-255 scale); default: the "
@@ -303,7 +307,8 @@ def _cmd(args) -> int:
     groups = tuple(int(g) for g in args.groups.split(","))
     cfg = EntropyTrainConfig(model=args.model, data=args.data, out=args.out, cache=args.cache,
                              context_groups=groups, context_width=args.width, context_only=args.context_only,
-                             context_checkerboard=not args.no_checkerboard, noise_sigma_max=args.noise,
+                             context_checkerboard=not args.no_checkerboard, context_blocks=args.blocks,
+                             noise_sigma_max=args.noise,
                              steps=args.steps, time_budget_s=args.time_budget_s, batch_size=args.batch_size,
                              latent_crop=args.latent_crop, lr=args.lr, val_every=args.val_every, seed=args.seed)
     path = train_entropy(cfg, args.resume, log=lambda m: print(m, flush=True))

@@ -50,6 +50,7 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class TrainConfig:
     lmbda_min: float | None = None  # None: the network's (checkpoint's) own
     lmbda_max: float | None = None
     bd_objective: bool = False  # log-MSE distortion, each quality's loss over its rate (module docstring)
+    ema_decay: float = 0.0  # > 0: validate and keep the running average of the trained weights (WeightAverage)
     # --bd-objective's references: {"bpp": [...], "mse": [...]} at VAL_QUALITIES, measured when a segment starts
     reference: dict | None = None
     holdout_every: int = HOLDOUT_EVERY  # a subset of the folder (device/make_subset.py) keeps its held-out images
@@ -350,6 +352,54 @@ def _objective(run: dict) -> tuple:
             rate_range, bool(run.get("decoder_only", False)), bool(run.get("bd_objective", False)))
 
 
+class WeightAverage:
+    """An exponential moving average of the trained parameters (Polyak averaging): a fine-tuning
+    run at a constant-ish learning rate wanders around its minimum, and the average of where it
+    wandered sits nearer the bottom than any one step. ``update`` after each optimiser step;
+    ``applied()`` swaps the average into the model (to validate or save it) and back."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the weight average's decay must lie in (0, 1), got {decay}: e.g. 0.999 averages "
+                             "over about the last 1 000 steps")
+        self.decay = decay
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".quantiles")]
+        params = dict(model.named_parameters())
+        self.params = [params[n] for n in self.names]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for p, s in zip(self.params, self.shadow):
+            held = p.detach().clone()
+            p.copy_(s)
+            s.copy_(held)
+
+    @contextmanager
+    def applied(self):
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    def state(self) -> dict:
+        return {n: s.detach().cpu().clone() for n, s in zip(self.names, self.shadow)}
+
+    def restore(self, state: dict) -> bool:
+        """Take a saved average if it covers the same parameters; False (left as is) otherwise."""
+        if sorted(state) != sorted(self.names):
+            return False
+        with torch.no_grad():
+            for n, s in zip(self.names, self.shadow):
+                s.copy_(state[n])
+        return True
+
+
 def save_training_checkpoint(path: Path, model, optimizer, aux_optimizer, state: dict, cfg: TrainConfig) -> None:
     payload = {
         "kind": "latentwire-training-checkpoint",
@@ -576,17 +626,24 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
         log("--bd-objective references: held-out bpp " + " ".join(f"{r:.3f}" for r in cfg.reference["bpp"])
             + ", MSE " + " ".join(f"{m:.2e}" for m in cfg.reference["mse"]))
 
-    def save(name: str) -> None:
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if average is not None:
+        kept = ckpt is not None and seg.continuing and "weight_average" in ckpt and average.restore(ckpt["weight_average"])
+        log(f"weight average (decay {cfg.ema_decay}) {'continued' if kept else 'starts at the weights'}: "
+            "validated and kept in best.pt")
+
+    def save(name: str, with_average: bool = True) -> None:
+        extra = {"weight_average": average.state()} if average is not None and with_average else {}
         save_training_checkpoint(out_dir / name, model, optimizer, aux_optimizer,
                                  {"step": seg.step, "run_start": seg.run_start, "best_val": seg.best_val,
-                                  **streams.state()}, cfg)
+                                  **streams.state(), **extra}, cfg)
 
     autocast_dtype = torch.bfloat16 if cfg.bf16 else None
     t_start = time.monotonic()  # the time budget includes compiling
     forward = compile_forward(model, cfg.batch_size, cfg.crop, device, autocast_dtype, log) if cfg.compile else model
     pacer = Pacer(cfg, seg, t_start, log)
     last_save = time.monotonic()
-    ema, skipped = None, 0
+    shown, skipped = None, 0
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps, initial=seg.step - seg.run_start, desc="train", file=sys.stdout,
@@ -604,19 +661,23 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
                 raise FloatingPointError("more than 50 non-finite losses: lower --lr or disable --bf16")
             continue
         seg.step += 1
+        if average is not None:
+            average.update()
         bar.update(1)
         if seg.step % 20 == 0:
             vals = {k: v.item() for k, v in losses.items() if k != "mse"}
-            ema = vals if ema is None else {k: 0.9 * ema[k] + 0.1 * vals[k] for k in vals}
-            bar.set_postfix(loss=f"{ema['loss']:.3f}", bpp=f"{ema['bpp']:.3f}", psnr=f"{ema['psnr']:.2f}",
+            shown = vals if shown is None else {k: 0.9 * shown[k] + 0.1 * vals[k] for k in vals}
+            bar.set_postfix(loss=f"{shown['loss']:.3f}", bpp=f"{shown['bpp']:.3f}", psnr=f"{shown['psnr']:.2f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.1e}")
         if pacer.after_step():
             bar.total = cfg.steps
 
         is_last = seg.step == pacer.end
         if seg.step % cfg.val_every == 0 or is_last:
-            if validate_and_log(model, val_images, device, cfg, seg, out_dir, t_start, log):
-                save("best.pt")
+            # With a weight average, the average is what is validated and what best.pt keeps.
+            with average.applied() if average is not None else nullcontext():
+                if validate_and_log(model, val_images, device, cfg, seg, out_dir, t_start, log):
+                    save("best.pt", with_average=False)  # its weights are the average
         if is_last or time.monotonic() - last_save > cfg.checkpoint_every_s:
             save("last.pt")
             last_save = time.monotonic()

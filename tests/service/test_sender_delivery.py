@@ -346,3 +346,30 @@ def test_an_outbox_of_a_newer_schema_is_refused_untouched(tmp_path, tiny_models_
     assert db.execute("PRAGMA user_version").fetchone()[0] == 6
     assert "noise" not in [row[1] for row in db.execute("PRAGMA table_info(frames)")]
     db.close()
+
+
+def test_the_broker_names_a_version_6_frames_subject_by_its_model(tmp_path, tiny_models_dir, sample_rgb):
+    """Version 6 streams leave the model's name out: the broker's subject takes it from the codecs
+    this sender serves (by weights), or the weights for a frame of a model it no longer serves."""
+    import dataclasses
+
+    from sender.broker import BrokerDeliverer
+    from sender.metrics import Metrics
+    from sender.outbox import Outbox, PendingFrame
+    from shared.codec import Codec
+    from tests.conftest import TINY_CONTEXT_MODEL
+
+    context = Codec.load(TINY_CONTEXT_MODEL, tiny_models_dir)
+    stream = context.encode(sample_rgb, quality=0.5).stream
+    old = dataclasses.replace(stream, weights="0123456789abcdef")
+    plain = Codec.load(TINY_MODEL, tiny_models_dir).encode(sample_rgb, quality=0.5).stream
+    settings = make_settings(tmp_path / "data", tiny_models_dir)
+    deliverer = BrokerDeliverer(Outbox(tmp_path / "outbox.sqlite"), None, settings, Metrics(),
+                                names={context.weights: context.name})
+    frames = [PendingFrame(id=f"{k:032x}", created_at=1.0, stream=s.to_bytes(), attempts=0)
+              for k, s in enumerate((stream, old, plain))]
+
+    packed = deliverer._pack_each(frames)
+
+    assert [model for _, model, _ in packed] == [TINY_CONTEXT_MODEL, "0123456789abcdef", TINY_MODEL]
+    assert [unpack_frames(body, SECRET.encode())[0].stream for _, _, body in packed] == [stream, old, plain]

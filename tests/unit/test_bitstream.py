@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import zlib
 
 import msgpack
+import numpy as np
 import pytest
 
 from shared import bitstream as bs
@@ -170,13 +172,13 @@ def test_wrong_magic_is_not_a_bitstream(tiny_codec, data):
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("other", [0, 6, 127])  # 4 and 5 are read, and refused by models without a context model
+@pytest.mark.parametrize("other", [0, 7, 127])  # 4 to 6 are read, and refused by models without a context model
 def test_other_format_versions_are_unsupported(tiny_codec, data, version, other):
     mark = VERSION_MARK[version]
     damaged = data.replace(mark, mark[:-1] + bytes([other]), 1)
     assert damaged != data
 
-    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2, 3, 4, 5"):
+    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2, 3, 4, 5, 6"):
         tiny_codec.decode(damaged)
 
 
@@ -377,10 +379,11 @@ def test_the_writer_refuses_what_version_2_cannot_hold(tiny_stream):
         dataclasses.replace(tiny_stream.stream, quality=0.7).to_bytes()
     with pytest.raises(ValueError, match="hex digits"):
         dataclasses.replace(tiny_stream.stream, weights="xyz").to_bytes()
-    with pytest.raises(ValueError, match="format version 6"):
-        dataclasses.replace(tiny_stream.stream, version=6).to_bytes()
-    with pytest.raises(ValueError, match="version 5 stream holds one string"):
-        dataclasses.replace(tiny_stream.stream, version=5).to_bytes()
+    with pytest.raises(ValueError, match="format version 7"):
+        dataclasses.replace(tiny_stream.stream, version=7).to_bytes()
+    for joint in (5, 6):
+        with pytest.raises(ValueError, match="version 5 or 6 stream holds one string"):
+            dataclasses.replace(tiny_stream.stream, version=joint).to_bytes()
     # Version 3 carries a coded size and only version 3 does: one layout per kind of stream.
     with pytest.raises(ValueError, match="version 3 is for, and only for, a stream with a coded_size"):
         dataclasses.replace(tiny_stream.stream, version=3).to_bytes()
@@ -450,8 +453,15 @@ def test_a_text_file_is_named_as_not_a_bitstream():
 
 
 @pytest.fixture(scope="module")
-def v5_stream(tiny_context_codec, sample_rgb):
+def v6_stream(tiny_context_codec, sample_rgb):
     return tiny_context_codec.encode(sample_rgb, quality=0.6)
+
+
+@pytest.fixture(scope="module")
+def v5_stream(tiny_context_codec, v6_stream):
+    """The same code in version 5's layout (with the model's name), as the encoder wrote it until version 6."""
+    stream = dataclasses.replace(v6_stream.stream, version=5, model=tiny_context_codec.name)
+    return types.SimpleNamespace(stream=stream, data=stream.to_bytes(), nbytes=len(stream.to_bytes()))
 
 
 @pytest.mark.parametrize("damage, error, message", [
@@ -483,3 +493,33 @@ def test_version_5_parses_to_shapes_from_the_size(v5_stream):
     assert len(stream.strings) == 1 and stream.payload_bytes == len(stream.strings[0])
     # array, magic, version, name, weights, 71, 97, float32, bin16 header, uint32 CRC: 34 bytes and the name
     assert v5_stream.nbytes - stream.payload_bytes == 34 + len(stream.model)
+
+
+@pytest.mark.parametrize("damage, error, message", [
+    (lambda o: o[:7], NotABitstream, "version 6 bitstream has 8 fields"),
+    (lambda o: o + [1], NotABitstream, "8 fields \\(10 coded at a reduced size\\), this one 9"),
+    (lambda o: o[:6] + ["data", o[7]], NotABitstream, "data must be a byte string"),
+    (lambda o: o[:7] + [o[7] ^ 1], CorruptBitstream, "CRC mismatch in the data string"),
+    (lambda o: o[:2] + ["lw-tiny-context"] + o[2:], NotABitstream, "version 6 bitstream has 8 fields"),
+    (lambda o: o[:2] + [o[2][:4]] + o[3:], NotABitstream, "weights must be 8 bytes"),
+    (lambda o: o + [80, 97], NotABitstream, "coded size 80x97 must be within"),
+])
+def test_version_6_fields_are_checked(v6_stream, damage, error, message):
+    obj = damage(msgpack.unpackb(v6_stream.data, raw=False))
+    with pytest.raises(error, match=message):
+        bs.loads(msgpack.packb(obj, use_bin_type=True, use_single_float=True))
+
+
+def test_version_6_names_its_model_by_the_weights_alone(tiny_context_codec, tiny_codec, v5_stream, v6_stream):
+    stream = bs.loads(v6_stream.data)
+
+    assert stream.version == 6 and stream.model == "" and stream == v6_stream.stream
+    assert stream.to_bytes() == v6_stream.data and v6_stream.data.startswith(b"\x98\xc4\x04LWIC\x06")
+    # array, magic, version, weights, 71, 97, float32, bin16 header, uint32 CRC: 34 bytes less the name's header
+    assert v6_stream.nbytes - stream.payload_bytes == 33
+    assert v5_stream.nbytes - v6_stream.nbytes == 1 + len(tiny_context_codec.name)
+    assert np.array_equal(tiny_context_codec.decode(v6_stream.data), tiny_context_codec.decode(v5_stream.data))
+    with pytest.raises(ModelMismatch, match=f"the model with weights {stream.weights}, this decoder serves "
+                                            f"{tiny_codec.name}@{tiny_codec.weights}") as info:
+        tiny_codec.decode(v6_stream.data)
+    assert info.value.status == 409

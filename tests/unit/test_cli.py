@@ -66,6 +66,21 @@ def test_decode_uses_the_model_the_stream_names(tmp_path, tiny_models_dir, sampl
         assert np.array_equal(np.asarray(im.convert("RGB")), denoiser.decode(lw.read_bytes()))
 
 
+def test_decode_finds_a_version_6_streams_model_by_its_weights(tmp_path, tiny_models_dir, sample_rgb, capsys):
+    from tests.conftest import TINY_CONTEXT_MODEL
+
+    context = Codec.load(TINY_CONTEXT_MODEL, tiny_models_dir)
+    lw = tmp_path / "c.lw"
+    lw.write_bytes(context.encode(sample_rgb, quality=0.4).data)
+    assert main(["decode", str(lw), "--models-dir", str(tiny_models_dir)]) == 0
+    with Image.open(tmp_path / "c.png") as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), context.decode(lw.read_bytes()))
+    capsys.readouterr()
+    assert main(["decode", str(lw), "--models-dir", str(tmp_path)]) == 2  # no model with those weights here
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no model with weights {context.weights}" in err[0]
+
+
 def test_errors_are_one_line_and_exit_code_2(tmp_path, tiny_models_dir, capsys):
     lw = tmp_path / "a.lw"
     lw.write_bytes(Codec.load(TINY_DENOISE_MODEL, tiny_models_dir).encode(np.zeros((8, 8, 3), np.uint8),

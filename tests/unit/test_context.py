@@ -46,10 +46,10 @@ def test_anchor_conv_at_positions_is_the_convolution_there():
     assert float((sparse - full.flatten(2)[:, :, non_anchors]).abs().max()) < 1e-12
 
 
-@pytest.mark.parametrize("anchors_known", [False, True])
-def test_parameters_at_positions_are_the_full_parameters_there(anchors_known):
+@pytest.mark.parametrize("anchors_known, blocks", [(False, 0), (True, 0), (False, 2), (True, 2)])
+def test_parameters_at_positions_are_the_full_parameters_there(anchors_known, blocks):
     torch.manual_seed(0)
-    model = ContextModel(12, (4, 8), width=16).double()
+    model = ContextModel(12, (4, 8), width=16, blocks=blocks).double()
     step = model.steps[1]
     for p in step.parameters():  # the head starts at zero: give every layer a part
         torch.nn.init.normal_(p, std=0.3)
@@ -86,7 +86,7 @@ def test_groups_must_cover_the_latent():
 
 
 @pytest.mark.slow
-def test_stream_round_trip_is_version_5_and_matches_the_direct_reconstruction(tiny_context_codec, sample_rgb):
+def test_stream_round_trip_is_version_6_and_matches_the_direct_reconstruction(tiny_context_codec, sample_rgb):
     model = tiny_context_codec.model
     x = torch.from_numpy(sample_rgb).permute(2, 0, 1)[None].float() / 255
     from shared.network import pad_to_multiple
@@ -96,7 +96,7 @@ def test_stream_round_trip_is_version_5_and_matches_the_direct_reconstruction(ti
         expected = model.quantize_latents(y, z, q)
         out = model.compress_latents(y, z, q)  # version 4: y and z apart
         assert torch.equal(model.decode_latents(out["strings"], out["shape"], q), expected)
-        joint = model.compress_joint(y, z, q)  # version 5: one string per image
+        joint = model.compress_joint(y, z, q)  # versions 5 and 6: one string per image
         assert len(joint) == 2
         decoded = model.decode_joint(joint, out["shape"], q)
         assert decoded.shape == y.shape
@@ -104,16 +104,16 @@ def test_stream_round_trip_is_version_5_and_matches_the_direct_reconstruction(ti
         assert len(joint[0]) < len(out["strings"][0][0]) + len(out["strings"][1][0])
 
     enc = tiny_context_codec.encode(sample_rgb, quality=0.6)
-    assert enc.stream.version == bs.CONTEXT_VERSION == 5
-    assert enc.data.startswith(b"\x99\xc4\x04LWIC\x05")
+    assert enc.stream.version == bs.CONTEXT_VERSION == 6
+    assert enc.data.startswith(b"\x98\xc4\x04LWIC\x06")
     assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
 
 
-def test_reduced_size_stream_is_version_5_with_the_coded_size(tiny_context_codec, sample_rgb):
+def test_reduced_size_stream_is_version_6_with_the_coded_size(tiny_context_codec, sample_rgb):
     enc = tiny_context_codec.encode(sample_rgb, quality=0.6, scale=0.5)
 
-    assert (enc.stream.version, enc.stream.coded_size) == (5, (36, 48))
-    assert enc.data.startswith(b"\x9b\xc4\x04LWIC\x05")  # an array of 11 fields
+    assert (enc.stream.version, enc.stream.coded_size) == (6, (36, 48))
+    assert enc.data.startswith(b"\x9a\xc4\x04LWIC\x06")  # an array of 10 fields
     assert enc.stream.z_shape == (None, 1, 1)  # 36x48 pads to 64x64
     assert bs.loads(enc.data).coded_size == (36, 48)
     assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
@@ -168,7 +168,7 @@ def test_latents_decode_the_same_under_any_thread_count_and_precision(tiny_conte
     enc = encoder.encode(kodim_crop, quality=0.4)
     y, z = encoder._analysis(kodim_crop)
     expected = codec.model.quantize_latents(y, z, enc.stream.quality)
-    assert enc.stream.version == 5
+    assert enc.stream.version == 6
 
     for n in (1, 2, 3):
         decoded = _under_threads(n, codec.model.decode_joint, list(enc.stream.strings), enc.stream.z_shape[1:],
@@ -196,11 +196,12 @@ def test_an_older_format_stream_for_a_context_model_is_refused(tiny_context_code
     error, never pixels decoded with the wrong tables."""
     enc = tiny_context_codec.encode(sample_rgb, quality=0.5)
     config = tiny_context_codec.model.config
-    forged = dataclasses.replace(enc.stream, version=bs.VERSION, strings=enc.stream.strings * 2,
+    forged = dataclasses.replace(enc.stream, version=bs.VERSION, model=tiny_context_codec.name,
+                                 strings=enc.stream.strings * 2,
                                  y_shape=(config.M, *enc.stream.y_shape[1:]),
                                  z_shape=(config.N, *enc.stream.z_shape[1:])).to_bytes()
 
-    with pytest.raises(UnsupportedVersion, match="lw-tiny-context@.*codes only version 4-5 streams") as info:
+    with pytest.raises(UnsupportedVersion, match="lw-tiny-context@.*codes only version 4-6 streams") as info:
         tiny_context_codec.decode(forged)
     assert info.value.status == 400
 
@@ -240,3 +241,27 @@ def test_other_variants_code_what_they_decode(groups, checkerboard, kodim_crop):
     assert sum(calls) == y.numel()
     assert torch.equal(model.decode_latents(out["strings"], out["shape"], 0.5), model.quantize_latents(y, z, 0.5))
     assert (model.context.steps[0].anchors is not None) == checkerboard
+
+
+def test_blocks_grown_onto_a_trained_context_model_code_as_before_until_they_train(tiny_context_codec, kodim_crop):
+    """A context model deepened by residual blocks (``context_blocks``) loads the trained weights
+    and, its new blocks starting as the identity, gives the same tables, so the same stream; once
+    a block's weights move, the tables move."""
+    from dataclasses import replace
+
+    trained = tiny_context_codec.model
+    grown = VariableRateHyperprior(replace(trained.config, context_blocks=1)).eval()
+    missing, unexpected = grown.load_state_dict(trained.state_dict(), strict=False)
+    assert not unexpected and missing and all(".spatial.0." in k or ".pointwise.0." in k for k in missing)
+    assert len(missing) == 8 * len(trained.config.context_groups)  # 4 convolutions x (weight, bias) per group
+    grown.update(force=True)
+    x = torch.from_numpy(kodim_crop).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        y = trained.g_a(x)
+        z = trained.h_a(y)
+        before = trained.estimate_bits(y, z, 0.5)
+        assert grown.estimate_bits(y, z, 0.5) == before
+        for step in grown.context.steps:
+            torch.nn.init.normal_(step.pointwise[0].back.weight, std=0.05)
+            torch.nn.init.normal_(step.spatial[0].back.weight, std=0.05)
+        assert grown.estimate_bits(y, z, 0.5) != before

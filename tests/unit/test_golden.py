@@ -11,16 +11,18 @@ decodes to (synthesis at 36x48, then Lanczos) in tests/data/golden-v3.png.
 tests/data/golden-v4.lw is the same crop at quality 0.7 coded by the tiny context model
 (``lw-tiny-context``: the tiny network with a context model, tests/conftest.py), a format
 version 4 stream (y and z in two rANS strings, as that model's encoder wrote it until version 5),
-with its pixels in tests/data/golden-v4.png. tests/data/golden-v5.lw is what the tiny context
-model's encoder writes now for the same crop and quality: format version 5, z and y in one rANS
-string in a shorter container, decoding to the same pixels (tests/data/golden-v5.png). Any change to a
-container, the entropy coder, the rate path or the synthesis shows up here as changed bytes or pixels.
+with its pixels in tests/data/golden-v4.png. tests/data/golden-v5.lw is the same code in format
+version 5 (z and y in one rANS string in a shorter container, as that encoder wrote it until
+version 6), decoding to the same pixels (tests/data/golden-v5.png). tests/data/golden-v6.lw is what
+the tiny context model's encoder writes now: version 5's fields without the model's name, the same
+pixels (tests/data/golden-v6.png). Any change to a container, the entropy coder, the rate path or
+the synthesis shows up here as changed bytes or pixels.
 
 The files are made and checked in float32 (``precision="fp32"``), the arithmetic every CPU has;
 the bf16 path that ``precision="auto"`` picks on CPUs with native bf16 must stay within a grey
 level of them.
 
-If such a change is intended, regenerate the ten files and commit them:
+If such a change is intended, regenerate the twelve files and commit them:
 
     LATENTWIRE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_golden.py
 
@@ -50,6 +52,7 @@ GOLDEN = {
     3: (DATA / "golden-v3.lw", DATA / "golden-v3.png", 0.7),
     4: (DATA / "golden-v4.lw", DATA / "golden-v4.png", 0.7),
     5: (DATA / "golden-v5.lw", DATA / "golden-v5.png", 0.7),
+    6: (DATA / "golden-v6.lw", DATA / "golden-v6.png", 0.7),
 }
 VERSIONS = sorted(GOLDEN)
 GOLDEN_V3_SCALE = 0.5
@@ -57,7 +60,7 @@ REGEN_HINT = "regenerate with LATENTWIRE_REGEN_GOLDEN=1 (see tests/unit/test_gol
 
 
 def _model(version: int) -> str:
-    """The tiny model that made a golden version: the context model's for versions 4 and 5."""
+    """The tiny model that made a golden version: the context model's for versions 4 to 6."""
     from tests.conftest import TINY_CONTEXT_MODEL, TINY_MODEL
 
     return TINY_CONTEXT_MODEL if version in bs.CONTEXT_VERSIONS else TINY_MODEL
@@ -80,8 +83,11 @@ def fp32_context_codec(tiny_models_dir):
 
 
 def _encode_as(tiny_codec, sample_rgb, version: int) -> bytes:
-    if version == bs.CONTEXT_VERSION:  # the context model writes version 5 by itself
+    if version == bs.CONTEXT_VERSION:  # the context model writes version 6 by itself
         return tiny_codec.encode(sample_rgb, quality=GOLDEN[version][2]).data
+    if version == 5:  # the same code with the model's name, as the version 5 encoder wrote it
+        stream = tiny_codec.encode(sample_rgb, quality=GOLDEN[5][2]).stream
+        return dataclasses.replace(stream, version=5, model=tiny_codec.name).to_bytes()
     if version == 4:  # y and z coded apart (compress_latents), as the version 4 encoder did
         return _version_4(tiny_codec, sample_rgb, GOLDEN[4][2]).to_bytes()
     if version == 3:
@@ -125,7 +131,7 @@ def test_golden_stream_was_made_by_the_tiny_model(golden, tiny_models_dir, versi
     stream = bs.loads(golden[version][0])
     codec = _fp32(tiny_models_dir, version)
 
-    assert (stream.model, stream.weights) == (codec.name, codec.weights), (
+    assert (stream.model, stream.weights) == (codec.name if version != 6 else "", codec.weights), (
         "the tiny test model's weights changed (torch's RNG or the network): " + REGEN_HINT
     )
     assert stream.version == version
@@ -141,11 +147,21 @@ def test_encoding_reproduces_golden_v2_byte_for_byte(golden, fp32_codec, sample_
     assert data == golden[2][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
 
 
-def test_context_model_encoding_reproduces_golden_v5_byte_for_byte(golden, fp32_context_codec, sample_rgb):
-    data = fp32_context_codec.encode(sample_rgb, quality=GOLDEN[5][2]).data
+def test_context_model_encoding_reproduces_golden_v6_byte_for_byte(golden, fp32_context_codec, sample_rgb):
+    data = fp32_context_codec.encode(sample_rgb, quality=GOLDEN[6][2]).data
 
-    assert data.startswith(b"\x99\xc4\x04LWIC\x05")  # an array of 9 fields
-    assert data == golden[5][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
+    assert data.startswith(b"\x98\xc4\x04LWIC\x06")  # an array of 8 fields
+    assert data == golden[6][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
+    assert _encode_as(fp32_context_codec, sample_rgb, 5) == golden[5][0]  # the version 5 layout, still written
+
+
+def test_version_6_is_version_5_without_the_models_name(golden, fp32_context_codec):
+    v5, v6 = bs.loads(golden[5][0]), bs.loads(golden[6][0])
+
+    assert v6.strings == v5.strings and v6.quality == v5.quality and v6.weights == v5.weights
+    assert np.array_equal(golden[5][1], golden[6][1])  # the same pixels
+    name = fp32_context_codec.name
+    assert len(golden[5][0]) - len(golden[6][0]) == 1 + len(name)  # a msgpack fixstr: one byte + the name
 
 
 def test_version_5_is_version_4s_code_in_fewer_bytes(golden, fp32_context_codec, sample_rgb):

@@ -410,3 +410,51 @@ def test_synthesis_blocks_grow_the_decoder_of_a_resumed_model_and_the_streams_st
     with pytest.raises(ValueError, match="0 or more"):
         train(_config(image_dir, tmp_path / "negative", synthesis_blocks=-1), log=lambda *a: None)
     assert not (tmp_path / "negative").exists()
+
+
+def test_the_weight_average_moves_by_its_decay_and_swaps_in_and_back():
+    from shared.tools.train import WeightAverage
+
+    layer = torch.nn.Linear(3, 2)
+    torch.nn.init.constant_(layer.weight, 1.0)
+    torch.nn.init.constant_(layer.bias, 0.0)
+    average = WeightAverage(layer, 0.75)
+    with torch.no_grad():
+        layer.weight.fill_(5.0)
+        layer.bias.fill_(-4.0)
+    average.update()
+    assert torch.allclose(average.shadow[average.names.index("weight")], torch.full((2, 3), 2.0))  # 0.75·1 + 0.25·5
+    assert torch.allclose(average.shadow[average.names.index("bias")], torch.full((2,), -1.0))
+    with average.applied():
+        assert torch.allclose(layer.weight, torch.full((2, 3), 2.0))
+    assert torch.allclose(layer.weight, torch.full((2, 3), 5.0)) and torch.allclose(layer.bias, torch.full((2,), -4.0))
+    assert average.restore({"weight": torch.zeros(2, 3), "bias": torch.ones(2)})
+    assert not average.restore({"weight": torch.zeros(2, 3)})  # another parameter set: left as it was
+    assert torch.equal(average.shadow[average.names.index("bias")], torch.ones(2))
+    for decay in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="decay"):
+            WeightAverage(layer, decay)
+
+
+def test_with_a_weight_average_best_pt_keeps_the_average_and_last_pt_both(image_dir, tiny_models_dir, tmp_path):
+    """--ema: the held-out figures and best.pt are the average's; last.pt has the raw weights (to go
+    on from) and the average, which an interrupted segment continues."""
+    from shared.checkpoint import find_model
+
+    original = find_model("lw-tiny", tiny_models_dir)
+    start = torch.load(original, weights_only=True)["state_dict"]
+    out = tmp_path / "avg"
+    train(_config(image_dir, out, steps=2, lr=1e-2, decoder_only=True, ema_decay=0.5), resume=original,
+          log=lambda *a: None)
+    last = torch.load(out / "last.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
+    average = last["weight_average"]
+    assert average and all(k.startswith("g_s.") for k in average)  # only what trains is averaged
+    assert "weight_average" not in best
+    key = "g_s.0.weight" if "g_s.0.weight" in average else sorted(average)[0]
+    assert torch.equal(best["state_dict"][key], average[key])  # one validation, at the end: the average kept
+    raw, first = last["state_dict"][key], start[key].float()
+    assert not torch.equal(raw, average[key])
+    # decay 0.5 over two steps: the average lies strictly between the start and the raw weights
+    assert 0 < (average[key] - first).norm() < (raw - first).norm()
+    assert torch.equal(best["state_dict"]["g_a.0.weight"], start["g_a.0.weight"].to(best["state_dict"]["g_a.0.weight"].dtype))
