@@ -54,7 +54,7 @@ def weights_hash(state_dict: dict) -> str:
 
 def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
                  metrics: dict | None = None, half_synthesis: bool = False,
-                 scale_levels: int | None = None) -> Path:
+                 scale_levels: int | None = None, synthesis_from: Path | None = None) -> Path:
     """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated.
 
     ``source`` may also be the folder a lent GPU's run returns (shared/tools/device/train_on_device.py):
@@ -68,9 +68,15 @@ def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
     by little (g_s runs in bfloat16 on most CPUs anyway); every bitstream is the same, since
     nothing the sender computes or the entropy coder uses is touched.
 
+    ``synthesis_from``: a checkpoint whose g_s replaces the source's, e.g. a ``--decoder-only`` run
+    beside a ``train-entropy`` run of the same model. Its analysis transform must be the source's
+    (that g_s was trained on those latents), or ``CheckpointError``; the streams are the source's.
+
     A denoising run's clean-first parameters are written beside the weights (``for_export``).
     """
     ckpt = join_parts(source) if Path(source).is_dir() else safe_load(source)
+    if synthesis_from is not None:
+        ckpt = {**ckpt, "state_dict": _with_synthesis_of(ckpt, synthesis_from)}
     config = NetworkConfig(**ckpt["network"])
     if scale_levels is not None:
         config = replace(config, scale_levels=scale_levels)
@@ -99,6 +105,21 @@ def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+def _with_synthesis_of(ckpt: dict, other_path: Path) -> dict:
+    """``ckpt``'s weights with the g_s of the checkpoint at ``other_path`` (see ``export_model``)."""
+    other = join_parts(other_path) if Path(other_path).is_dir() else safe_load(other_path)
+    mine, theirs = ckpt["state_dict"], other["state_dict"]
+    if int(ckpt["network"].get("synthesis_blocks", 0)) != int(other["network"].get("synthesis_blocks", 0)):
+        raise CheckpointError(f"{other_path}'s g_s has another shape (synthesis_blocks "
+                              f"{other['network'].get('synthesis_blocks', 0)} against "
+                              f"{ckpt['network'].get('synthesis_blocks', 0)})")
+    for key in (k for k in mine if k.startswith("g_a.")):
+        if key not in theirs or not torch.equal(mine[key].float(), theirs[key].float()):
+            raise CheckpointError(f"{other_path} has another analysis transform ({key} differs): its g_s was "
+                                  "trained on other latents; take g_s only from a run of the same encoder")
+    return {k: (theirs[k].to(v.dtype) if k.startswith("g_s.") else v) for k, v in mine.items()}
 
 
 def write_metadata(path: Path, **fields) -> None:

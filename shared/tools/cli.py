@@ -117,6 +117,9 @@ def _add_codec_tools(sub) -> None:
     p.add_argument("--scale-levels", type=int, default=None,
                    help="entries of the Gaussian coder's scale table (default: the checkpoint's; more "
                         "entries code each latent with a closer scale: smaller streams, the same pixels)")
+    p.add_argument("--synthesis-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="take g_s from this checkpoint (e.g. a --decoder-only run of the same model beside a "
+                        "train-entropy run): its g_a must be the source's")
     p.add_argument("--curve-images", type=Path, default=None,
                    help="photos to measure the model's rate curve on (default: the sample images)")
     p.set_defaults(func=_cmd_export)
@@ -206,7 +209,7 @@ def _cmd_export(args) -> int:
     name = args.name or DEFAULT_MODEL
     models_dir = args.models_dir or DEFAULT_MODELS_DIR
     path = export_model(args.checkpoint, name, models_dir, half_synthesis=args.half_synthesis,
-                        scale_levels=args.scale_levels)
+                        scale_levels=args.scale_levels, synthesis_from=args.synthesis_from)
     curve = _rate_curve(path, args.curve_images or SAMPLES)
     write_metadata(path, rate_curve=None if curve is None else curve.to_meta())
     if args.replace:

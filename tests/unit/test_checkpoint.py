@@ -236,3 +236,31 @@ def test_a_finer_scale_table_keeps_every_pixel(tiny_models_dir, sample_rgb, tmp_
         a, b = coarse.encode(rgb, quality=q), finer.encode(rgb, quality=q)
         assert a.stream.strings != b.stream.strings
         assert np.array_equal(coarse.decode(a.data), finer.decode(b.data))
+
+
+def test_synthesis_from_another_run_of_the_same_encoder_replaces_g_s_alone(tiny_file, tmp_path):
+    """``latentwire export --synthesis-from``: the source's weights with another checkpoint's g_s
+    (a decoder-only run beside an entropy run); refused when that g_s was trained on another g_a."""
+    from shared.checkpoint import export_model
+
+    source = torch.load(tiny_file, weights_only=True)
+    decoder_run = {**source, "state_dict": {k: (v + 0.01 if k.startswith("g_s.") and v.is_floating_point() else v)
+                                            for k, v in source["state_dict"].items()}}
+    torch.save(decoder_run, tmp_path / "dec.pt")
+
+    merged = export_model(tiny_file, "lw-tiny", tmp_path / "out", synthesis_from=tmp_path / "dec.pt")
+    state = torch.load(merged, weights_only=True)["state_dict"]
+    for key, value in state.items():
+        expected = decoder_run["state_dict"][key] if key.startswith("g_s.") else source["state_dict"][key]
+        assert torch.equal(value, expected), key
+    assert any(not torch.equal(state[k], source["state_dict"][k]) for k in state if k.startswith("g_s."))
+
+    other_encoder = {**source, "state_dict": {k: (v * 1.5 if k == "g_a.0.weight" else v)
+                                              for k, v in source["state_dict"].items()}}
+    torch.save(other_encoder, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="another analysis transform \\(g_a.0.weight differs\\)"):
+        export_model(tiny_file, "lw-tiny", tmp_path / "no", synthesis_from=tmp_path / "other.pt")
+    grown = {**source, "network": {**source["network"], "synthesis_blocks": 2}}
+    torch.save(grown, tmp_path / "grown.pt")
+    with pytest.raises(CheckpointError, match="another shape"):
+        export_model(tiny_file, "lw-tiny", tmp_path / "no", synthesis_from=tmp_path / "grown.pt")
