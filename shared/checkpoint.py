@@ -54,7 +54,8 @@ def weights_hash(state_dict: dict) -> str:
 
 def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
                  metrics: dict | None = None, half_synthesis: bool = False,
-                 scale_levels: int | None = None, synthesis_from: Path | None = None) -> Path:
+                 scale_levels: int | None = None, synthesis_from: Path | None = None,
+                 half_analysis: bool = False) -> Path:
     """Training checkpoint (or exported model) -> ``models_dir/<name>-<hash8>.pt``, tables updated.
 
     ``source`` may also be the folder a lent GPU's run returns (shared/tools/device/train_on_device.py):
@@ -67,6 +68,11 @@ def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
     size of the decoder for a file that must stay small. Only the receiver's pixels can move, and
     by little (g_s runs in bfloat16 on most CPUs anyway); every bitstream is the same, since
     nothing the sender computes or the entropy coder uses is touched.
+
+    ``half_analysis`` does the same for g_a: the sender's latents move by float16's rounding of
+    its weights (less than the bfloat16 arithmetic that ``precision=auto`` already uses), so
+    streams change by a few bytes; sender and receiver still agree bit for bit, since the
+    receiver never runs g_a.
 
     ``synthesis_from``: a checkpoint whose g_s replaces the source's, e.g. a ``--decoder-only`` run
     beside a ``train-entropy`` run of the same model. Its analysis transform must be the source's
@@ -84,8 +90,9 @@ def export_model(source: Path, name: str, models_dir: Path = DEFAULT_MODELS_DIR,
     model.load_state_dict(ckpt["state_dict"])
     model.update(force=True)  # entropy-coder CDF tables from the trained densities (and scale table)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if half_synthesis:
-        state = {k: v.half() if k.startswith("g_s.") and v.is_floating_point() else v for k, v in state.items()}
+    halved = tuple(prefix for prefix, wanted in (("g_s.", half_synthesis), ("g_a.", half_analysis)) if wanted)
+    if halved:
+        state = {k: v.half() if k.startswith(halved) and v.is_floating_point() else v for k, v in state.items()}
     digest = weights_hash(state)
     payload = {
         "format": FORMAT,

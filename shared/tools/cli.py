@@ -114,6 +114,9 @@ def _add_codec_tools(sub) -> None:
     p.add_argument("--replace", action="store_true", help="delete older files of the same model name")
     p.add_argument("--half-synthesis", action="store_true",
                    help="store the decoder's (g_s) weights in float16: a smaller file, the same bitstreams")
+    p.add_argument("--half-analysis", action="store_true",
+                   help="store the encoder's (g_a) weights in float16: a smaller file, streams that differ by a "
+                        "few bytes")
     p.add_argument("--scale-levels", type=int, default=None,
                    help="entries of the Gaussian coder's scale table (default: the checkpoint's; more "
                         "entries code each latent with a closer scale: smaller streams, the same pixels)")
@@ -209,7 +212,8 @@ def _cmd_export(args) -> int:
     name = args.name or DEFAULT_MODEL
     models_dir = args.models_dir or DEFAULT_MODELS_DIR
     path = export_model(args.checkpoint, name, models_dir, half_synthesis=args.half_synthesis,
-                        scale_levels=args.scale_levels, synthesis_from=args.synthesis_from)
+                        scale_levels=args.scale_levels, synthesis_from=args.synthesis_from,
+                        half_analysis=args.half_analysis)
     curve = _rate_curve(path, args.curve_images or SAMPLES)
     write_metadata(path, rate_curve=None if curve is None else curve.to_meta())
     if args.replace:

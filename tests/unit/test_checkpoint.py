@@ -264,3 +264,24 @@ def test_synthesis_from_another_run_of_the_same_encoder_replaces_g_s_alone(tiny_
     torch.save(grown, tmp_path / "grown.pt")
     with pytest.raises(CheckpointError, match="another shape"):
         export_model(tiny_file, "lw-tiny", tmp_path / "no", synthesis_from=tmp_path / "grown.pt")
+
+
+def test_half_analysis_export_halves_the_encoder_and_streams_move_by_little(tiny_file, tmp_path, sample_rgb):
+    """``latentwire export --half-analysis``: g_a in float16 on disk; the latents move by its
+    rounding, so a stream's bytes and pixels move by little, and whatever it sends decodes alike."""
+    from shared.checkpoint import export_model
+    from shared.codec import Codec
+    from shared.images import psnr
+
+    half = export_model(tiny_file, "lw-tiny", tmp_path / "half", half_analysis=True, half_synthesis=True)
+    stored = torch.load(half, weights_only=True)["state_dict"]
+    halved = {k for k, v in stored.items() if v.dtype == torch.float16}
+    assert halved == {k for k, v in stored.items() if k.startswith(("g_a.", "g_s.")) and v.is_floating_point()}
+    assert any(k.startswith("g_a.") for k in halved)
+    assert half.stat().st_size < tiny_file.stat().st_size
+
+    full, small = Codec.load(tiny_file, precision="fp32"), Codec.load(half, precision="fp32")
+    for quality in (0.0, 0.5, 1.0):
+        a, b = full.encode(sample_rgb, quality=quality), small.encode(sample_rgb, quality=quality)
+        assert abs(b.nbytes - a.nbytes) <= max(8, 0.05 * a.nbytes)
+        assert psnr(full.decode(a.data), small.decode(b.data)) > 35
