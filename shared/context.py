@@ -15,11 +15,13 @@ the checkerboard is He et al. 2021's checkerboard context alone.
 
 Each group's network outputs a correction (Δμ, Δσ) to the hyperprior's mean and scale of the
 *unscaled* latent; its last layer starts at zero, so an untrained context model codes exactly as
-the hyperprior alone did. ``blocks`` > 0 deepens every group's network by that many residual
-blocks on each side of the join (``SpatialBlock`` on the shared features, a 3x3 reach over what
-is decoded; ``PointBlock`` after the join), each starting as the identity, so a trained model
-grown this way codes as before until its new blocks train. Both are then multiplied by the gain, as in ``network.py``. The quality
+the hyperprior alone did. Both are then multiplied by the gain, as in ``network.py``. The quality
 is an input too, since the spacing of ŷ's values (1/gain) depends on it.
+
+``blocks`` > 0 deepens every group's network by that many residual blocks on each side of the
+join (``SpatialBlock`` on the shared features, a 3x3 reach over what is decoded; ``PointBlock``
+after the join), each starting as the identity, so a trained model grown this way codes as
+before until its new blocks train.
 
 Steps are 2 x len(groups) passes of small convolutions at 1/16 of the image side. For coding
 they run on the CPU in float64 on both sides (the device policy in ``codec.py``): the corrected

@@ -628,7 +628,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, log=print, new_segment: 
 
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if average is not None:
-        kept = ckpt is not None and seg.continuing and "weight_average" in ckpt and average.restore(ckpt["weight_average"])
+        kept = (ckpt is not None and seg.continuing and "weight_average" in ckpt
+                and average.restore(ckpt["weight_average"]))
         log(f"weight average (decay {cfg.ema_decay}) {'continued' if kept else 'starts at the weights'}: "
             "validated and kept in best.pt")
 
