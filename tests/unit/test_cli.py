@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,13 +59,17 @@ def test_a_budget_below_the_full_sizes_lowest_rate_is_coded_smaller_and_decodes_
         assert im.size == (97, 71)
 
 
+def _decode_without_naming_the_model(codec, rgb, lw: Path, models_dir: Path) -> None:
+    """``latentwire decode`` of ``codec``'s stream with no --model gives ``codec``'s own pixels."""
+    lw.write_bytes(codec.encode(rgb, quality=0.4).data)
+    assert main(["decode", str(lw), "--models-dir", str(models_dir)]) == 0
+    with Image.open(lw.with_suffix(".png")) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), codec.decode(lw.read_bytes()))
+
+
 def test_decode_uses_the_model_the_stream_names(tmp_path, tiny_models_dir, sample_rgb):
-    denoiser = Codec.load(TINY_DENOISE_MODEL, tiny_models_dir)
-    lw = tmp_path / "d.lw"
-    lw.write_bytes(denoiser.encode(sample_rgb, quality=0.4).data)
-    assert main(["decode", str(lw), "--models-dir", str(tiny_models_dir)]) == 0
-    with Image.open(tmp_path / "d.png") as im:
-        assert np.array_equal(np.asarray(im.convert("RGB")), denoiser.decode(lw.read_bytes()))
+    _decode_without_naming_the_model(Codec.load(TINY_DENOISE_MODEL, tiny_models_dir), sample_rgb,
+                                     tmp_path / "d.lw", tiny_models_dir)
 
 
 def test_decode_finds_a_version_6_streams_model_by_its_weights(tmp_path, tiny_models_dir, sample_rgb, capsys):
@@ -71,10 +77,7 @@ def test_decode_finds_a_version_6_streams_model_by_its_weights(tmp_path, tiny_mo
 
     context = Codec.load(TINY_CONTEXT_MODEL, tiny_models_dir)
     lw = tmp_path / "c.lw"
-    lw.write_bytes(context.encode(sample_rgb, quality=0.4).data)
-    assert main(["decode", str(lw), "--models-dir", str(tiny_models_dir)]) == 0
-    with Image.open(tmp_path / "c.png") as im:
-        assert np.array_equal(np.asarray(im.convert("RGB")), context.decode(lw.read_bytes()))
+    _decode_without_naming_the_model(context, sample_rgb, lw, tiny_models_dir)
     capsys.readouterr()
     assert main(["decode", str(lw), "--models-dir", str(tmp_path)]) == 2  # no model with those weights here
     err = capsys.readouterr().err.strip().splitlines()
