@@ -130,8 +130,10 @@ class GroupStep(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def features(self, hyper: Tensor, y_before: Tensor | None) -> Tensor:
-        h = self.hyper(hyper)
+    def features(self, h: Tensor, y_before: Tensor | None) -> Tensor:
+        """The features both phases share, from ``h``, this group's ``hyper`` projection of the
+        hyperprior (``ContextModel.hyper_features`` gives every group's at once), and ŷ of the
+        groups before it."""
         if self.before is not None:
             h = h + self.before(y_before)
         h = F.leaky_relu(self.mix(F.leaky_relu(h, 0.2)), 0.2)
@@ -194,6 +196,14 @@ class ContextModel(nn.Module):
             GroupStep(M, start, c, width, checkerboard, blocks) for start, c in zip(self.starts, self.groups)
         )
 
+    def hyper_features(self, hyper: Tensor) -> list[Tensor]:
+        """Every group's ``hyper`` projection of (μ, σ, quality) (B, 2M + 1, h, w), as one
+        convolution with the groups' weights stacked: each output is the same sum as in the group's
+        own convolution, and one wide product runs faster on the CPU in float64 than five narrow ones."""
+        weight = torch.cat([step.hyper.weight for step in self.steps])
+        bias = torch.cat([step.hyper.bias for step in self.steps])
+        return list(F.conv2d(hyper, weight, bias).split([step.hyper.out_channels for step in self.steps], 1))
+
     def run(self, means: Tensor, scales: Tensor, quality: Tensor, y: Tensor, quantize) -> tuple[Tensor, Tensor, Tensor]:
         """Walk the decoding order over the unscaled latent.
 
@@ -212,9 +222,9 @@ class ContextModel(nn.Module):
         q = quality.to(means.dtype).reshape(B, 1, 1, 1).expand(B, 1, h, w)
         hyper = torch.cat([means, scales, q], 1)
         out_means, out_scales, y_hat = [], [], []
-        for start, c, step in zip(self.starts, self.groups, self.steps):
+        for start, c, step, h_k in zip(self.starts, self.groups, self.steps, self.hyper_features(hyper)):
             before = torch.cat(y_hat, 1) if y_hat else None
-            feats = step.features(hyper, before)
+            feats = step.features(h_k, before)
             sl = slice(start, start + c)
             mu_k = torch.zeros_like(means[:, sl])
             sigma_k = torch.zeros_like(scales[:, sl])

@@ -53,7 +53,8 @@ def test_parameters_at_positions_are_the_full_parameters_there(anchors_known, bl
     step = model.steps[1]
     for p in step.parameters():  # the head starts at zero: give every layer a part
         torch.nn.init.normal_(p, std=0.3)
-    features = step.features(torch.randn(1, 25, 6, 5, dtype=torch.float64), torch.randn(1, 4, 6, 5, dtype=torch.float64))
+    features = step.features(step.hyper(torch.randn(1, 25, 6, 5, dtype=torch.float64)),
+                             torch.randn(1, 4, 6, 5, dtype=torch.float64))
     phase = checkerboard(6, 5, dtype=torch.int64) if not anchors_known else 1 - checkerboard(6, 5, dtype=torch.int64)
     at = phase.flatten().nonzero().squeeze(1)
     y_anchors = torch.randn(1, 8, 6, 5, dtype=torch.float64) * checkerboard(6, 5, dtype=torch.float64) if anchors_known else None
@@ -265,3 +266,17 @@ def test_blocks_grown_onto_a_trained_context_model_code_as_before_until_they_tra
             torch.nn.init.normal_(step.pointwise[0].back.weight, std=0.05)
             torch.nn.init.normal_(step.spatial[0].back.weight, std=0.05)
         assert grown.estimate_bits(y, z, 0.5) != before
+
+
+def test_stacked_hyper_projection_matches_each_group_own():
+    """``hyper_features`` (one convolution for all groups) gives each group what its own ``hyper``
+    layer gives, at the shipped model's shape (M 192, five groups of width 128) in float64."""
+    torch.manual_seed(0)
+    model = ContextModel(192).double()
+    hyper = torch.randn(1, 2 * 192 + 1, 32, 48, dtype=torch.float64)
+    with torch.no_grad():
+        stacked = model.hyper_features(hyper)
+        own = [step.hyper(hyper) for step in model.steps]
+    assert [t.shape for t in stacked] == [(1, 128, 32, 48)] * 5
+    for a, b in zip(stacked, own):
+        assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
