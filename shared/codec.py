@@ -57,7 +57,7 @@ from shared.checkpoint import DEFAULT_MODELS_DIR, load_model, weights_hash
 from shared.clean_first import CleanFirst, noise_estimate, rule_of
 from shared.errors import CorruptBitstream, QualityOutOfRange
 from shared.images import DEFAULT_MAX_SIDE, psnr
-from shared.network import DOWNSAMPLE, InferenceTransform, VariableRateHyperprior, pad_to_multiple
+from shared.network import DOWNSAMPLE, InferenceTransform, VariableRateHyperprior, latent_extent, pad_to_multiple
 from shared.rate_control import QUICK_TOLERANCE, RateCurve, fit_budget
 from shared.resolution import coded_size, fit_any_size, resize_rgb
 
@@ -227,7 +227,7 @@ class Codec:
 
     def _reconstruct(self, y: torch.Tensor, z: torch.Tensor, quality: float, shape: tuple) -> np.ndarray:
         """What a receiver would show for (y, z) coded at ``quality``, without the entropy coder."""
-        y_hat = self.model.quantize_latents(y, z, bs.coded_quality(quality))
+        y_hat = self.model.quantize_latents(y, z, bs.coded_quality(quality), latent_extent(*shape[:2]))
         return _to_rgb(self._pixels(y_hat), shape[0], shape[1])
 
     def _code(self, shape: tuple, y: torch.Tensor, z: torch.Tensor, quality: float,
@@ -238,11 +238,12 @@ class Codec:
         # and so the entropy tables, from the stored value alone.
         coded_quality = bs.coded_quality(quality)
         version = self._stream_version(coded)
+        extent = latent_extent(*(coded or (H, W)))  # past it, padding: coded as its means
         if version == bs.CONTEXT_VERSION:  # z and y in one string; the shapes follow the size
-            strings = tuple(self.model.compress_joint(y, z, coded_quality))
+            strings = tuple(self.model.compress_joint(y, z, coded_quality, extent))
             y_shape, z_shape = (None, *y.shape[2:]), (None, *z.shape[2:])
         else:
-            out = self.model.compress_latents(y, z, coded_quality)
+            out = self.model.compress_latents(y, z, coded_quality, extent)
             strings = (out["strings"][0][0], out["strings"][1][0])
             y_shape, z_shape = tuple(y.shape[1:]), tuple(z.shape[1:])
         stream = bs.Bitstream(  # version 6 leaves the name out: its weights name the model
@@ -333,7 +334,8 @@ class _PictureCoder:
         return self._streams[q]
 
     def predict(self, q: float) -> float:
-        return self.codec.model.predict_bytes(*self.latents(), bs.coded_quality(q))
+        return self.codec.model.predict_bytes(*self.latents(), bs.coded_quality(q),
+                                              latent_extent(*(self.coded or self.shape[:2])))
 
 
 def load_optional(name_or_path: str, models_dir: Path = DEFAULT_MODELS_DIR, device: str = "cpu",

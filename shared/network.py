@@ -24,6 +24,11 @@ The hyper-synthesis predicts the mean and scale of
 the *unscaled* latent; multiplying both by the gain turns them into the Gaussian of the scaled
 latent, so quantising ``y_s`` at unit step is quantising ``y`` with step ``1/g``.
 
+A picture whose sides are not multiples of 64 is replicate-padded to them; y's positions past
+the picture (``latent_extent``) carry no pixel the receiver shows, so the encoder codes each of
+their elements as its predicted mean (symbol 0, the likeliest, in the context model's order):
+cheap, and nothing the decoder needs to know about.
+
 Contract (as in CompressAI): ``forward`` is for training (x_hat + likelihoods), ``compress``
 returns strings + shapes, ``decompress`` returns x_hat. The entropy-parameter path
 (``z_hat -> h_s -> means, scale indexes``) runs on the CPU in float64 in both directions, so a
@@ -50,6 +55,8 @@ from shared.context import ContextModel
 
 # The synthesis and analysis transforms downsample four times by 2; the hyper transforms twice more.
 DOWNSAMPLE = 64
+# y's stride: one latent position per 16x16 pixels.
+LATENT_STRIDE = 16
 
 
 @dataclass(frozen=True)
@@ -199,15 +206,18 @@ class VariableRateHyperprior(CompressionModel):
         scales, means = h_s64(z_hat).chunk(2, 1)
         return means, scales, g
 
-    def _context_walk(self, z_hat_s: Tensor, quality: Tensor, y: Tensor | None, code) -> tuple[Tensor, ...]:
+    def _context_walk(self, z_hat_s: Tensor, quality: Tensor, y: Tensor | None, code,
+                      extent: tuple[int, int] | None = None) -> tuple[Tensor, ...]:
         """The context model's decoding order (``shared/context.py``) in float64 on the CPU, for one
         image. ``code(symbols_or_None, indexes)`` gets each step's scale indexes and returns
         its integer symbols: the encoder passes round(y_s - μ_s) on and returns them, the decoder
-        ignores them (``y`` is None) and returns what it decodes. Returns (means_s, g, scales_s,
-        ŷ_s) of the whole latent, float64."""
+        ignores them (``y`` is None) and returns what it decodes. The encoder codes 0 past
+        ``extent`` (``compress_latents``). Returns (means_s, g, scales_s, ŷ_s) of the whole latent,
+        float64."""
         means, scales, g = self._hyper_parameters(z_hat_s, quality)
         context64 = _float64_copy(self.context)
         y64 = torch.zeros_like(means) if y is None else y.detach().to("cpu", torch.float64)
+        past = None if y is None else _past(extent, means.shape[-2:])
 
         def quantize(sl, mask, mu, sigma, y_k):
             # Only this step's positions (row-major), gathered as (B, C_k, n): symbols in the order
@@ -217,7 +227,10 @@ class VariableRateHyperprior(CompressionModel):
             g_k = g[:, sl].reshape(B, C, 1)
             mu_s = mu.flatten(2)[:, :, at] * g_k
             sigma_s = sigma.flatten(2)[:, :, at] * g_k
-            symbols = None if y is None else torch.round(y_k.flatten(2)[:, :, at] * g_k - mu_s).reshape(-1)
+            symbols = None
+            if y is not None:
+                symbols = torch.round(y_k.flatten(2)[:, :, at] * g_k - mu_s)
+                symbols = (symbols if past is None else symbols.masked_fill(past.flatten()[at], 0.0)).reshape(-1)
             decoded = code(symbols, scale_indexes(self.gaussian_conditional, sigma_s).reshape(-1))
             y_hat = torch.zeros_like(mu).flatten(2)
             y_hat[:, :, at] = (decoded.to(torch.float64).reshape(B, C, -1) + mu_s) / g_k
@@ -251,8 +264,10 @@ class VariableRateHyperprior(CompressionModel):
         return y, z
 
     @torch.no_grad()
-    def compress_latents(self, y: Tensor, z: Tensor, quality: float) -> dict:
-        """Entropy-code analysed latents at one quality. Cheap, so rate control can repeat it."""
+    def compress_latents(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> dict:
+        """Entropy-code analysed latents at one quality. Cheap, so rate control can repeat it.
+        ``extent``: y's (rows, columns) that hold the picture (``latent_extent``); past them every
+        element is coded as its mean. None: the whole latent is picture."""
         B = y.shape[0]
         q = torch.full((B,), float(quality), dtype=torch.float64)
         _, hg = self.gains(q, dtype=torch.float64)
@@ -260,22 +275,24 @@ class VariableRateHyperprior(CompressionModel):
         z_strings = self.entropy_bottleneck.compress(z_s)
         z_hat_s = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:]).to(torch.float64)
         if self.context is not None:
-            y_strings = [self._context_compress(y[b : b + 1], z_hat_s[b : b + 1], q[b : b + 1]) for b in range(B)]
+            y_strings = [self._context_compress(y[b : b + 1], z_hat_s[b : b + 1], q[b : b + 1], extent)
+                         for b in range(B)]
             return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
         indexes, means_s, g, _ = self.entropy_parameters(z_hat_s, q)
-        y_s = y.detach().to("cpu", torch.float64) * g
+        y_s = _means_past(extent, y.detach().to("cpu", torch.float64) * g, means_s)
         y_strings = self.gaussian_conditional.compress(y_s, indexes, means=means_s)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
 
-    def _context_compress(self, y: Tensor, z_hat_s: Tensor, quality: Tensor) -> bytes:
+    def _context_compress(self, y: Tensor, z_hat_s: Tensor, quality: Tensor, extent: tuple[int, int] | None) -> bytes:
         """One image's y as one rANS string, step by step in the context model's order."""
         from compressai.ans import BufferedRansEncoder
 
         encoder = BufferedRansEncoder()
-        self._context_encode(encoder, y, z_hat_s, quality)
+        self._context_encode(encoder, y, z_hat_s, quality, extent)
         return encoder.flush()
 
-    def _context_encode(self, encoder, y: Tensor, z_hat_s: Tensor, quality: Tensor) -> None:
+    def _context_encode(self, encoder, y: Tensor, z_hat_s: Tensor, quality: Tensor,
+                        extent: tuple[int, int] | None) -> None:
         """One image's y into ``encoder``, step by step in the context model's order."""
         cdfs = self._cdfs()
 
@@ -283,14 +300,14 @@ class VariableRateHyperprior(CompressionModel):
             encoder.encode_with_indexes(symbols.to(torch.int32).tolist(), indexes.tolist(), *cdfs)
             return symbols
 
-        self._context_walk(z_hat_s, quality, y, code)
+        self._context_walk(z_hat_s, quality, y, code, extent)
 
     @torch.no_grad()
-    def compress_joint(self, y: Tensor, z: Tensor, quality: float) -> list[bytes]:
+    def compress_joint(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> list[bytes]:
         """Format versions 5 and 6 (a model with a context model): each image's z and then its y, step by
         step in the context model's order, in one rANS string (one coder state and tail instead of
         two). z is rounded and dequantised as ``_hat_latents`` does, so ``quantize_latents`` still
-        predicts the decode bit for bit."""
+        predicts the decode bit for bit. ``extent``: as ``compress_latents``."""
         from compressai.ans import BufferedRansEncoder
 
         if self.context is None:
@@ -302,7 +319,7 @@ class VariableRateHyperprior(CompressionModel):
         for b in range(y.shape[0]):
             encoder = BufferedRansEncoder()
             encoder.encode_with_indexes(z_symbols[b].reshape(-1).tolist(), z_indexes, *z_cdfs)
-            self._context_encode(encoder, y[b : b + 1], z_hat_s[b : b + 1], q[b : b + 1])
+            self._context_encode(encoder, y[b : b + 1], z_hat_s[b : b + 1], q[b : b + 1], extent)
             strings.append(encoder.flush())
         return strings
 
@@ -339,7 +356,8 @@ class VariableRateHyperprior(CompressionModel):
         medians = self.entropy_bottleneck._get_medians().detach().cpu()  # float32, (N, 1, 1)
         return (symbols.float() + medians).to(torch.float64).contiguous()
 
-    def _hat_latents(self, y: Tensor, z: Tensor, quality: float) -> tuple[Tensor, ...]:
+    def _hat_latents(self, y: Tensor, z: Tensor, quality: float,
+                     extent: tuple[int, int] | None = None) -> tuple[Tensor, ...]:
         """What the entropy decoder reconstructs for (y, z) coded at ``quality``, bit for bit, without
         running the coder: (z_hat_s, means_s, y gain, scales_s, y_hat_s), float64 on the CPU.
         Mirrors CompressAI's rounding: symbols round(v - mean); z_hat is dequantised in the medians'
@@ -348,37 +366,39 @@ class VariableRateHyperprior(CompressionModel):
         q = torch.full((B,), float(quality), dtype=torch.float64)
         _, z_hat_s = self._z_symbols(z, q)
         if self.context is not None:
-            means_s, g, scales_s, y_hat_s = self._context_walk(z_hat_s, q, y, lambda symbols, *_: symbols)
+            means_s, g, scales_s, y_hat_s = self._context_walk(z_hat_s, q, y, lambda symbols, *_: symbols, extent)
             return z_hat_s, means_s, g, scales_s, y_hat_s
         _, means_s, g, scales_s = self.entropy_parameters(z_hat_s, q)
-        y_hat_s = torch.round(y.detach().to("cpu", torch.float64) * g - means_s) + means_s
+        y_hat_s = torch.round(_means_past(extent, y.detach().to("cpu", torch.float64) * g, means_s) - means_s) + means_s
         return z_hat_s, means_s, g, scales_s, y_hat_s
 
     @torch.no_grad()
-    def estimate_bits(self, y: Tensor, z: Tensor, quality: float) -> float:
+    def estimate_bits(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> float:
         """The entropy models' own estimate, -log2 P(symbols), of what ``compress_latents``
-        codes for the same (y, z, quality): the yardstick for the coder's overhead."""
-        z_hat_s, means_s, _, scales_s, y_hat_s = self._hat_latents(y, z, quality)
+        codes for the same (y, z, quality, extent): the yardstick for the coder's overhead."""
+        z_hat_s, means_s, _, scales_s, y_hat_s = self._hat_latents(y, z, quality, extent)
         _, z_lik = self.entropy_bottleneck(z_hat_s.float(), training=False)
         y_lik = self.gaussian_conditional._likelihood(y_hat_s, scales_s, means_s)
         y_lik = self.gaussian_conditional.likelihood_lower_bound(y_lik)
         return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik.double()).sum()))
 
     @torch.no_grad()
-    def predict_bytes(self, y: Tensor, z: Tensor, quality: float) -> float:
+    def predict_bytes(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> float:
         """A quick float32 estimate of the bytes ``compress_latents`` gives (the training forward's
-        likelihoods): cheaper than coding, and under the real strings by the coder's overhead,
-        which a quick budget search corrects (shared/rate_control.py)."""
+        likelihoods, y's within ``extent``): cheaper than coding, and under the real strings by the
+        coder's overhead and the few bits of the means past ``extent``, which a quick budget search
+        corrects (shared/rate_control.py)."""
         q = torch.full((y.shape[0],), float(quality))
         _, likelihoods = self.latent_forward(y.float(), z.float(), q)
-        return float(-(torch.log2(likelihoods["y"]).sum() + torch.log2(likelihoods["z"]).sum())) / 8
+        y_lik = likelihoods["y"] if extent is None else likelihoods["y"][..., : extent[0], : extent[1]]
+        return float(-(torch.log2(y_lik).sum() + torch.log2(likelihoods["z"]).sum())) / 8
 
     @torch.no_grad()
-    def quantize_latents(self, y: Tensor, z: Tensor, quality: float) -> Tensor:
+    def quantize_latents(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> Tensor:
         """The y_hat that coding (y, z) at ``quality`` and decoding the strings gives (float64, CPU),
         bit for bit, without the entropy coder: for a sender that wants the reconstruction only
         (shared/clean_first.py)."""
-        _, _, g, _, y_hat_s = self._hat_latents(y, z, quality)
+        _, _, g, _, y_hat_s = self._hat_latents(y, z, quality, extent)
         return y_hat_s / g
 
     def compress(self, x: Tensor, quality: float) -> dict:
@@ -438,6 +458,28 @@ def _int32(symbols: list[int]) -> Tensor:
     element by element."""
     buf = array.array("i", symbols)
     return torch.frombuffer(buf, dtype=torch.int32) if buf else torch.zeros(0, dtype=torch.int32)
+
+
+def latent_extent(height: int, width: int) -> tuple[int, int]:
+    """y's (rows, columns) that hold pixels of a height x width picture; the rest of its latent,
+    up to the padded size's, is padding."""
+    return -(-height // LATENT_STRIDE), -(-width // LATENT_STRIDE)
+
+
+def _past(extent: tuple[int, int] | None, shape: tuple[int, int]) -> Tensor | None:
+    """(h, w) bool, True at the positions past ``extent``; None when there are none."""
+    h, w = shape
+    if extent is None or (extent[0] >= h and extent[1] >= w):
+        return None
+    past = torch.ones(h, w, dtype=torch.bool)
+    past[: extent[0], : extent[1]] = False
+    return past
+
+
+def _means_past(extent: tuple[int, int] | None, y_s: Tensor, means_s: Tensor) -> Tensor:
+    """y_s with its elements past ``extent`` replaced by their means (coded as symbol 0)."""
+    past = _past(extent, y_s.shape[-2:])
+    return y_s if past is None else torch.where(past, means_s, y_s)
 
 
 def _channel_indexes(shape: tuple[int, ...]) -> list[int]:

@@ -122,6 +122,7 @@ def _cmd_overhead(args) -> int:
     import torch
 
     from shared.images import load_image
+    from shared.network import latent_extent
     from shared.tools.cli import _load_codec
 
     codec = _load_codec(args)
@@ -138,7 +139,7 @@ def _cmd_overhead(args) -> int:
             with torch.inference_mode():
                 y, z = codec._analysis(rgb)
                 enc = codec._code(rgb.shape, y, z, q)
-                est = codec.model.estimate_bits(y, z, q) / 8
+                est = codec.model.estimate_bits(y, z, q, latent_extent(*rgb.shape[:2])) / 8
             est_total += est
             coded_total += enc.stream.payload_bytes
             container_total += enc.nbytes

@@ -14,6 +14,7 @@ import torch
 from shared import bitstream as bs
 from shared.codec import Codec
 from shared.errors import ImageTooLarge
+from shared.network import latent_extent
 
 # Begins every stream: msgpack array of 13 items, 4-byte bin "LWIC", version 2.
 CONTAINER_PREFIX = b"\x9d\xc4\x04LWIC\x02"
@@ -100,7 +101,7 @@ def test_quality_is_stored_as_float32_and_coded_with_the_stored_value(tiny_codec
     assert b"\xca" + np.float32(0.7).tobytes()[::-1] in enc.data  # msgpack float32, big-endian
     with torch.inference_mode():
         y, z = tiny_codec._analysis(sample_rgb)
-        out = tiny_codec.model.compress_latents(y, z, stored)
+        out = tiny_codec.model.compress_latents(y, z, stored, latent_extent(71, 97))
     assert (out["strings"][0][0], out["strings"][1][0]) == enc.stream.strings
 
 
@@ -174,3 +175,36 @@ def test_scale_indexes_are_compressais_build_indexes_bit_for_bit(tiny_codec):
     assert ours.dtype == torch.int32
     assert torch.equal(ours, gc.build_indexes(scales))
     assert int(ours.min()) == 0 and int(ours.max()) == len(table) - 1
+
+
+@pytest.mark.parametrize("fixture", ["tiny_codec", "tiny_context_codec"])
+def test_padding_past_the_picture_is_coded_as_its_means(request, fixture, sample_rgb):
+    """Past the picture's latent extent (its replicate padding) every element is coded as its mean,
+    symbol 0: fewer bits, and the decoder, told nothing, gets what the encoder predicts."""
+    model = request.getfixturevalue(fixture).model
+    codec = request.getfixturevalue(fixture)
+    extent = latent_extent(71, 97)
+    past = torch.ones(8, 8, dtype=torch.bool)
+    past[:5, :7] = False
+    with torch.inference_mode():
+        y, z = codec._analysis(sample_rgb)  # 71x97, padded to 128x128: y is 8x8
+        y = y * 8  # so that the padding's elements do not round to their means by themselves
+        _, means, _, _, y_hat = model._hat_latents(y, z, 1.0, extent)
+        _, means_all, _, _, y_hat_all = model._hat_latents(y, z, 1.0)
+        bits, bits_all = model.estimate_bits(y, z, 1.0, extent), model.estimate_bits(y, z, 1.0)
+        out = model.compress_latents(y, z, 1.0, extent)
+        decoded = model.decode_latents(out["strings"], out["shape"], 1.0)
+        expected = model.quantize_latents(y, z, 1.0, extent)
+
+    assert extent == (5, 7) and y.shape[-2:] == (8, 8)
+    assert torch.equal(y_hat[..., past], means[..., past])
+    assert not torch.equal(y_hat_all[..., past], means_all[..., past])
+    assert bits < bits_all - 80  # at least 10 bytes fewer
+    assert torch.equal(decoded, expected)
+    if model.context is None:  # without a context model the picture's own elements do not change
+        assert torch.equal(y_hat[..., ~past], y_hat_all[..., ~past])
+    else:
+        with torch.inference_mode():
+            joint = model.compress_joint(y, z, 1.0, extent)
+            assert torch.equal(model.decode_joint(joint, out["shape"], 1.0), expected)
+            assert len(joint[0]) < len(model.compress_joint(y, z, 1.0)[0])

@@ -16,7 +16,8 @@ version 5 (z and y in one rANS string in a shorter container, as that encoder wr
 version 6), decoding to the same pixels (tests/data/golden-v5.png). tests/data/golden-v6.lw is what
 the tiny context model's encoder writes now: version 5's fields without the model's name, the same
 pixels (tests/data/golden-v6.png). Any change to a container, the entropy coder, the rate path or
-the synthesis shows up here as changed bytes or pixels.
+the synthesis shows up here as changed bytes or pixels. Past 5 x 7 of the crop's 8 x 8 latent
+positions is padding, which the encoder codes as its means; the version 4 to 6 files carry that code.
 
 The files are made and checked in float32 (``precision="fp32"``), the arithmetic every CPU has;
 the bf16 path that ``precision="auto"`` picks on CPUs with native bf16 must stay within a grey
@@ -99,9 +100,11 @@ def _encode_as(tiny_codec, sample_rgb, version: int) -> bytes:
 def _version_4(codec, rgb: np.ndarray, quality: float) -> bs.Bitstream:
     import torch
 
+    from shared.network import latent_extent
+
     with torch.inference_mode():
         y, z = codec._analysis(rgb)
-        out = codec.model.compress_latents(y, z, bs.coded_quality(quality))
+        out = codec.model.compress_latents(y, z, bs.coded_quality(quality), latent_extent(*rgb.shape[:2]))
     return bs.Bitstream(model=codec.name, weights=codec.weights, height=rgb.shape[0], width=rgb.shape[1],
                         quality=bs.coded_quality(quality), y_shape=tuple(y.shape[1:]), z_shape=tuple(z.shape[1:]),
                         strings=(out["strings"][0][0], out["strings"][1][0]), version=4)
