@@ -40,7 +40,7 @@ class Decoder:
     def __init__(self, codecs: list[Codec], store: Store, hub: EventHub, metrics: Metrics, secret: bytes, *,
                  max_frame_bytes: int, max_batch: int, queue_size: int) -> None:
         self.codecs = {c.name: c for c in codecs}  # each frame names its model (standard or denoise) ...
-        self._by_weights = {c.weights: c for c in codecs}  # ... by name and weights, or (version 6) weights
+        self._by_weights = {c.weights: c for c in codecs}  # ... by name and weights, or (versions 6, 7) weights
         # The sender's mode of each model, for the gallery: the app passes the main model first,
         # then the denoising one (settings.denoise_model) when it is installed.
         self.modes = {c.name: "denoise" if k else "standard" for k, c in enumerate(codecs)}
@@ -81,7 +81,7 @@ class Decoder:
         return frames
 
     def codec_for(self, stream) -> Codec:
-        """The loaded codec the stream names (by name, or by weights alone for a version 6 stream);
+        """The loaded codec the stream names (by name, or by weights alone for a version 6 or 7 stream);
         ModelMismatch (409) naming both sides otherwise."""
         codec = self.codecs.get(stream.model) if stream.model else self._by_weights.get(stream.weights)
         if codec is None:

@@ -2,8 +2,8 @@
 
 ``LATENTWIRE_SENDER_BROKER_URL=nats://host:4222`` replaces ``Deliverer``'s POST with one publish per
 frame to the stream ``LATENTWIRE_FRAMES`` (subject ``latentwire.frames.<model>``: the model's name, or
-its weights for a stream of a model this sender no longer serves, since version 6 streams leave the
-name out; header
+its weights for a stream of a model this sender no longer serves, since version 6 and 7 streams leave
+the name out; header
 ``Nats-Msg-Id`` = frame id; shared/jetstream.py). The body of each message is the signed frame
 exactly as ``POST /v1/frames`` would carry it. Everything else is ``Deliverer``'s: the outbox,
 batches, backoff, pausing, the link model (each acknowledged publish is a sample), superseding.

@@ -2,9 +2,9 @@
 
 Every stream is one msgpack object (bin for bytes, str for text) that begins with the magic
 bytes ``LWIC`` and then the format version, so a reader of any version can tell which layout
-follows. For a model with a context model (``shared/context.py``) this build writes version 6;
+follows. For a model with a context model (``shared/context.py``) this build writes version 7;
 for one without, version 2, and version 3 for a picture coded at a reduced resolution. It reads
-versions 1 to 6; any other version is refused with ``UnsupportedVersion``.
+versions 1 to 7; any other version is refused with ``UnsupportedVersion``.
 
 Version 2 is one msgpack array of 13 items, by position (71-74 bytes besides the two strings for
 a 768x512 image and the shipped model, where version 1 took 156-159), so every stream begins with
@@ -76,9 +76,17 @@ among its models folder). 8 items, or 10 for a reduced resolution, beginning
      7    crc32          int
      8-9  coded_height, coded_width, when reduced
 
-A parsed version 6 stream's ``Bitstream.model`` is "" (the stream does not say it). A model with
-a context model writes version 6 and still reads versions 4 and 5; a receiver older than version 6
-refuses these streams with ``UnsupportedVersion`` (a 4xx naming the versions it reads).
+A parsed version 6 stream's ``Bitstream.model`` is "" (the stream does not say it).
+
+Version 7 has version 6's fields (beginning ``\x98\xc4\x04LWIC\x07`` or ``\x9a\xc4\x04LWIC\x07``);
+its y leaves out the latent positions past the picture. A picture whose sides are not multiples of
+64 is coded padded to them; y's rows and columns past ``latent_extent(coded_height, coded_width)``
+(one position per 16 pixels, rounded up) hold padding alone, which the receiver crops. Version 6
+codes their elements as their means (symbol 0, a few bits each); version 7 codes nothing there and
+the decoder takes the means, so its pixels are version 6's for the same latents.
+
+A model with a context model writes version 7 and still reads versions 4 to 6; a receiver older
+than version 7 refuses these streams with ``UnsupportedVersion`` (a 4xx naming the versions it reads).
 
 Version 1 (written until the compact layout; still read, e.g. ``tests/data/golden.lw`` and
 streams in old outboxes) is one msgpack map with these keys in this order, beginning with
@@ -111,7 +119,7 @@ other (version 3: the coded size within the declared one, the latents following 
 each string's CRC, then each string's rANS framing. ``check_model`` (which ``Codec.parse``
 and ``Codec.decode`` apply next): model and weights (``ModelMismatch`` names both), size against
 the decoder's limit, latent channels. Only then is the entropy decoder run. Golden streams
-(``tests/data/golden.lw``, version 1, and ``golden-v2.lw`` to ``golden-v6.lw``) pin the layouts.
+(``tests/data/golden.lw``, version 1, and ``golden-v2.lw`` to ``golden-v7.lw``) pin the layouts.
 """
 
 from __future__ import annotations
@@ -135,10 +143,12 @@ from shared.errors import (
 MAGIC = b"LWIC"
 VERSION = 2  # what this build writes for a picture coded at its own size
 RESAMPLED_VERSION = 3  # ... and for one coded at a reduced resolution
-CONTEXT_VERSION = 6  # ... and for a model with a context model, at either size
-CONTEXT_VERSIONS = (4, 5, 6)  # the versions a model with a context model codes (it writes 6, reads all)
-JOINT_VERSIONS = (5, 6)  # z and y in one string, the latent shapes left out
-READ_VERSIONS = (1, 2, 3, 4, 5, 6)
+CONTEXT_VERSION = 7  # ... and for a model with a context model, at either size
+CONTEXT_VERSIONS = (4, 5, 6, 7)  # the versions a model with a context model codes (it writes 7, reads all)
+JOINT_VERSIONS = (5, 6, 7)  # z and y in one string, the latent shapes left out
+UNNAMED_VERSIONS = (6, 7)  # the weights alone name the model
+CROPPED_VERSIONS = (7,)  # y leaves out the latent positions past the picture
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 # Largest possible stream: 4096x4096 at the top rate is well under 8 MB; anything bigger is not ours.
 MAX_STREAM_BYTES = 64 << 20
 WEIGHTS_BYTES = 8  # 16 hex digits, as shared.checkpoint.weights_hash writes them
@@ -150,7 +160,7 @@ FIELDS_V5 = ("magic", "version", "model", "weights", "height", "width", "quality
 FIELDS_V5_RESIZED = FIELDS_V5 + ("coded_height", "coded_width")
 FIELDS_V6 = tuple(f for f in FIELDS_V5 if f != "model")
 FIELDS_V6_RESIZED = FIELDS_V6 + ("coded_height", "coded_width")
-_LAYOUTS = {1: "map", 2: "array", 3: "array", 4: "array", 5: "array", 6: "array"}
+_LAYOUTS = {1: "map", 2: "array", 3: "array", 4: "array", 5: "array", 6: "array", 7: "array"}
 _HEX_WEIGHTS = re.compile(r"^[0-9a-f]{%d}$" % (2 * WEIGHTS_BYTES))
 # rANS framing (CompressAI's Rans64: 32-bit words, 8-byte final state in [RANS64_L, RANS64_L << 32)).
 RANS_WORD_BYTES = 4
@@ -167,7 +177,7 @@ def coded_quality(quality: float) -> float:
 
 @dataclass(frozen=True)
 class Bitstream:
-    model: str  # "" for version 6, which leaves the name out (its weights name the model)
+    model: str  # "" for versions 6 and 7, which leave the name out (their weights name the model)
     weights: str  # 16 lowercase hex digits
     height: int
     width: int
@@ -176,7 +186,7 @@ class Bitstream:
     # weights name the model, which knows them.
     y_shape: tuple
     z_shape: tuple
-    strings: tuple[bytes, ...]  # (y, z); versions 5 and 6: (z and y in one rANS string,)
+    strings: tuple[bytes, ...]  # (y, z); versions 5 to 7: (z and y in one rANS string,)
     version: int = VERSION  # the layout ``to_bytes`` writes: the one it was parsed from, or VERSION
     # Version 3: (coded_height, coded_width), the reduced size the latents are for. None: height x width.
     coded_size: tuple[int, int] | None = None
@@ -208,10 +218,10 @@ class Bitstream:
         if coded_quality(self.quality) != self.quality:
             raise ValueError(f"quality {self.quality!r} is not a float32: code with coded_quality(q)")
         if (len(self.strings) == 1) != (self.version in JOINT_VERSIONS):
-            raise ValueError("a version 5 or 6 stream holds one string (z and y), any other version two (y, z)")
+            raise ValueError("a version 5 to 7 stream holds one string (z and y), any other version two (y, z)")
         if self.version in JOINT_VERSIONS:
             data = bytes(self.strings[0])
-            named = [self.model] if self.version == 5 else []
+            named = [] if self.version in UNNAMED_VERSIONS else [self.model]
             fields = [MAGIC, self.version, *named, bytes.fromhex(self.weights), self.height, self.width,
                       float(self.quality), data, zlib.crc32(data)]
             return fields if self.coded_size is None else fields + list(self.coded_size)
@@ -333,8 +343,8 @@ def _fields_v2(obj: list, names: tuple[str, ...]) -> dict:
 
 
 def _fields_joint(obj: list, version: int) -> dict:
-    """Version 5's or 6's fields: one string (z, then y) and its CRC; the latent shapes follow the
-    size; version 6 names no model ("")."""
+    """Version 5's, 6's or 7's fields: one string (z, then y) and its CRC; the latent shapes follow
+    the size; versions 6 and 7 name no model ("")."""
     full, resized = (FIELDS_V5, FIELDS_V5_RESIZED) if version == 5 else (FIELDS_V6, FIELDS_V6_RESIZED)
     if len(obj) not in (len(full), len(resized)):
         raise NotABitstream(f"a version {version} bitstream has {len(full)} fields ({len(resized)} "
@@ -353,7 +363,7 @@ def _fields_joint(obj: list, version: int) -> dict:
 
 
 def _header(f: dict) -> dict:
-    """The fields versions 2 to 6 share (model, weights, size, quality, coded size), by name."""
+    """The fields versions 2 to 7 share (model, weights, size, quality, coded size), by name."""
     weights = f["weights"]
     if not isinstance(weights, bytes) or len(weights) != WEIGHTS_BYTES:
         raise NotABitstream(f"weights must be {WEIGHTS_BYTES} bytes")
@@ -373,7 +383,7 @@ def _check(version: int, model, weights: str, height: int, width: int, quality, 
     """The checks both versions share, in the order the module docstring gives."""
     if not isinstance(model, str):
         raise NotABitstream("model must be a string")
-    stated = version not in JOINT_VERSIONS  # versions 5 and 6 leave the channels out; the shapes follow the size
+    stated = version not in JOINT_VERSIONS  # versions 5 to 7 leave the channels out; the shapes follow the size
     y_shape = _int_list(y_shape, 3, "y_shape") if stated else list(y_shape)
     z_shape = _int_list(z_shape, 3, "z_shape") if stated else list(z_shape)
     if not _is_number(quality) or math.isnan(quality) or not (0.0 <= quality <= 1.0):
@@ -423,7 +433,7 @@ def check_model(bs: Bitstream, model: str, weights: str, latent_channels: tuple[
                 max_side: int, context: bool = False) -> None:
     """Refuse a stream this decoder cannot decode: other model, other weights, a format the model
     does not code (``context``: the model has a context model, so its streams are version 4 to
-    6), too large. A version 6 stream names no model: its weights alone must match."""
+    7), too large. A version 6 or 7 stream names no model: its weights alone must match."""
     if (bs.model and bs.model != model) or bs.weights != weights:
         raise ModelMismatch(
             f"stream made by {describe(bs)}, this decoder serves {model}@{weights}: "
@@ -432,7 +442,7 @@ def check_model(bs: Bitstream, model: str, weights: str, latent_channels: tuple[
     if (bs.version in CONTEXT_VERSIONS) != context:
         raise UnsupportedVersion(
             f"a version {bs.version} stream for {model}@{weights}, which codes only version "
-            f"{'4-6' if context else '1-3'} streams: the stream was not made by this model's encoder"
+            f"{'4-7' if context else '1-3'} streams: the stream was not made by this model's encoder"
         )
     if bs.height > max_side or bs.width > max_side:
         raise DimensionsTooLarge(
@@ -446,7 +456,7 @@ def check_model(bs: Bitstream, model: str, weights: str, latent_channels: tuple[
 
 def describe(bs: Bitstream) -> str:
     """How errors name the model a stream was made by: name@weights, or the weights alone for a
-    version 6 stream (which leaves the name out)."""
+    version 6 or 7 stream (which leaves the name out)."""
     return f"model {bs.model}@{bs.weights}" if bs.model else f"the model with weights {bs.weights}"
 
 

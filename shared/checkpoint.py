@@ -162,7 +162,7 @@ def find_model(name_or_path: str | Path, models_dir: Path = DEFAULT_MODELS_DIR) 
 
 def find_model_by_weights(weights: str, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     """The exported model in ``models_dir`` whose weights hash is ``weights`` (16 hex digits), as a
-    version 6 stream, which leaves the model's name out, identifies it: its file name ends in the
+    version 6 or 7 stream, which leaves the model's name out, identifies it: its file name ends in the
     hash's first 8 digits (``load_model`` verifies the rest)."""
     matches = sorted(models_dir.glob(f"*-{weights[:8]}.pt"))
     if not matches:

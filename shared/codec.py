@@ -238,7 +238,7 @@ class Codec:
         # and so the entropy tables, from the stored value alone.
         coded_quality = bs.coded_quality(quality)
         version = self._stream_version(coded)
-        extent = latent_extent(*(coded or (H, W)))  # past it, padding: coded as its means
+        extent = latent_extent(*(coded or (H, W)))  # past it, padding: its means, not coded (version 7)
         if version == bs.CONTEXT_VERSION:  # z and y in one string; the shapes follow the size
             strings = tuple(self.model.compress_joint(y, z, coded_quality, extent))
             y_shape, z_shape = (None, *y.shape[2:]), (None, *z.shape[2:])
@@ -246,8 +246,8 @@ class Codec:
             out = self.model.compress_latents(y, z, coded_quality, extent)
             strings = (out["strings"][0][0], out["strings"][1][0])
             y_shape, z_shape = tuple(y.shape[1:]), tuple(z.shape[1:])
-        stream = bs.Bitstream(  # version 6 leaves the name out: its weights name the model
-            model="" if version == 6 else self.name, weights=self.weights, height=H, width=W, quality=coded_quality,
+        stream = bs.Bitstream(  # versions 6 and 7 leave the name out: the weights name the model
+            model="" if version in bs.UNNAMED_VERSIONS else self.name, weights=self.weights, height=H, width=W, quality=coded_quality,
             y_shape=y_shape, z_shape=z_shape, strings=strings, version=version, coded_size=coded,
         )
         return Encoded(data=stream.to_bytes(), stream=stream, quality=quality)
@@ -290,7 +290,9 @@ class Codec:
 
     def _synthesis(self, stream: bs.Bitstream) -> torch.Tensor:
         if stream.version in bs.JOINT_VERSIONS:
-            y_hat = self.model.decode_joint([stream.strings[0]], stream.z_shape[1:], stream.quality)
+            extent = (latent_extent(stream.coded_height, stream.coded_width)
+                      if stream.version in bs.CROPPED_VERSIONS else None)
+            y_hat = self.model.decode_joint([stream.strings[0]], stream.z_shape[1:], stream.quality, extent)
         else:
             y_hat = self.model.decode_latents([[stream.strings[0]], [stream.strings[1]]], stream.z_shape[1:],
                                               stream.quality)

@@ -19,15 +19,15 @@ Dataflow (Minnen et al. 2018 without the autoregressive context model)::
 
 With ``context_groups`` set, a context model (``shared/context.py``) refines h_s's mean and scale
 step by step from what is already decoded (channel groups, each in checkerboard halves); y is
-then coded in that order after z, in one rANS string (format versions 5 and 6; version 4 coded z apart).
+then coded in that order after z, in one rANS string (format versions 5 to 7; version 4 coded z apart).
 The hyper-synthesis predicts the mean and scale of
 the *unscaled* latent; multiplying both by the gain turns them into the Gaussian of the scaled
 latent, so quantising ``y_s`` at unit step is quantising ``y`` with step ``1/g``.
 
 A picture whose sides are not multiples of 64 is replicate-padded to them; y's positions past
-the picture (``latent_extent``) carry no pixel the receiver shows, so the encoder codes each of
-their elements as its predicted mean (symbol 0, the likeliest, in the context model's order):
-cheap, and nothing the decoder needs to know about.
+the picture (``latent_extent``) carry no pixel the receiver shows. Their elements are set to
+their means (symbol 0, the likeliest): format version 7 (``compress_joint``) leaves them out of
+the string and its decoder takes the means; the older layouts code the zeros.
 
 Contract (as in CompressAI): ``forward`` is for training (x_hat + likelihoods), ``compress``
 returns strings + shapes, ``decompress`` returns x_hat. The entropy-parameter path
@@ -207,17 +207,18 @@ class VariableRateHyperprior(CompressionModel):
         return means, scales, g
 
     def _context_walk(self, z_hat_s: Tensor, quality: Tensor, y: Tensor | None, code,
-                      extent: tuple[int, int] | None = None) -> tuple[Tensor, ...]:
+                      extent: tuple[int, int] | None = None, omit_past: bool = False) -> tuple[Tensor, ...]:
         """The context model's decoding order (``shared/context.py``) in float64 on the CPU, for one
         image. ``code(symbols_or_None, indexes)`` gets each step's scale indexes and returns
         its integer symbols: the encoder passes round(y_s - μ_s) on and returns them, the decoder
-        ignores them (``y`` is None) and returns what it decodes. The encoder codes 0 past
-        ``extent`` (``compress_latents``). Returns (means_s, g, scales_s, ŷ_s) of the whole latent,
-        float64."""
+        ignores them (``y`` is None) and returns what it decodes. Past ``extent`` the symbols are 0
+        (module docstring); with ``omit_past`` those never reach ``code`` (format version 7).
+        Returns (means_s, g, scales_s, ŷ_s) of the whole latent, float64."""
         means, scales, g = self._hyper_parameters(z_hat_s, quality)
         context64 = _float64_copy(self.context)
         y64 = torch.zeros_like(means) if y is None else y.detach().to("cpu", torch.float64)
-        past = None if y is None else _past(extent, means.shape[-2:])
+        past = _past(extent, means.shape[-2:])
+        omitted = past if omit_past else None
 
         def quantize(sl, mask, mu, sigma, y_k):
             # Only this step's positions (row-major), gathered as (B, C_k, n): symbols in the order
@@ -227,13 +228,21 @@ class VariableRateHyperprior(CompressionModel):
             g_k = g[:, sl].reshape(B, C, 1)
             mu_s = mu.flatten(2)[:, :, at] * g_k
             sigma_s = sigma.flatten(2)[:, :, at] * g_k
+            indexes = scale_indexes(self.gaussian_conditional, sigma_s)
             symbols = None
             if y is not None:
                 symbols = torch.round(y_k.flatten(2)[:, :, at] * g_k - mu_s)
-                symbols = (symbols if past is None else symbols.masked_fill(past.flatten()[at], 0.0)).reshape(-1)
-            decoded = code(symbols, scale_indexes(self.gaussian_conditional, sigma_s).reshape(-1))
+                symbols = symbols if past is None else symbols.masked_fill(past.flatten()[at], 0.0)
+            if omitted is None:
+                decoded = code(None if symbols is None else symbols.reshape(-1), indexes.reshape(-1))
+                decoded = decoded.to(torch.float64).reshape(B, C, -1)
+            else:  # only the picture's positions are coded; the rest stay 0
+                keep = ~omitted.flatten()[at]
+                decoded = torch.zeros_like(mu_s)
+                coded = code(None if symbols is None else symbols[:, :, keep].reshape(-1), indexes[:, :, keep].reshape(-1))
+                decoded[:, :, keep] = coded.to(torch.float64).reshape(B, C, -1)
             y_hat = torch.zeros_like(mu).flatten(2)
-            y_hat[:, :, at] = (decoded.to(torch.float64).reshape(B, C, -1) + mu_s) / g_k
+            y_hat[:, :, at] = (decoded + mu_s) / g_k
             return y_hat.reshape(mu.shape)
 
         q = quality.detach().to("cpu", torch.float64)
@@ -292,7 +301,7 @@ class VariableRateHyperprior(CompressionModel):
         return encoder.flush()
 
     def _context_encode(self, encoder, y: Tensor, z_hat_s: Tensor, quality: Tensor,
-                        extent: tuple[int, int] | None) -> None:
+                        extent: tuple[int, int] | None, omit_past: bool = False) -> None:
         """One image's y into ``encoder``, step by step in the context model's order."""
         cdfs = self._cdfs()
 
@@ -300,18 +309,21 @@ class VariableRateHyperprior(CompressionModel):
             encoder.encode_with_indexes(symbols.to(torch.int32).tolist(), indexes.tolist(), *cdfs)
             return symbols
 
-        self._context_walk(z_hat_s, quality, y, code, extent)
+        self._context_walk(z_hat_s, quality, y, code, extent, omit_past)
 
     @torch.no_grad()
-    def compress_joint(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> list[bytes]:
-        """Format versions 5 and 6 (a model with a context model): each image's z and then its y, step by
+    def compress_joint(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None,
+                       omit_past: bool = True) -> list[bytes]:
+        """Format versions 5 to 7 (a model with a context model): each image's z and then its y, step by
         step in the context model's order, in one rANS string (one coder state and tail instead of
         two). z is rounded and dequantised as ``_hat_latents`` does, so ``quantize_latents`` still
-        predicts the decode bit for bit. ``extent``: as ``compress_latents``."""
+        predicts the decode bit for bit. ``extent``: y's positions that hold the picture
+        (``latent_extent``); the elements past it are set to their means and, with ``omit_past``
+        (version 7), left out of the string; without it (versions 5 and 6) coded as zeros."""
         from compressai.ans import BufferedRansEncoder
 
         if self.context is None:
-            raise ValueError("joint coding (format versions 5 and 6) is for a model with a context model")
+            raise ValueError("joint coding (format versions 5 to 7) is for a model with a context model")
         q = torch.full((y.shape[0],), float(quality), dtype=torch.float64)
         z_symbols, z_hat_s = self._z_symbols(z, q)
         z_cdfs, z_indexes = self._cdfs(self.entropy_bottleneck), _channel_indexes(z.shape[1:])
@@ -319,14 +331,16 @@ class VariableRateHyperprior(CompressionModel):
         for b in range(y.shape[0]):
             encoder = BufferedRansEncoder()
             encoder.encode_with_indexes(z_symbols[b].reshape(-1).tolist(), z_indexes, *z_cdfs)
-            self._context_encode(encoder, y[b : b + 1], z_hat_s[b : b + 1], q[b : b + 1], extent)
+            self._context_encode(encoder, y[b : b + 1], z_hat_s[b : b + 1], q[b : b + 1], extent, omit_past)
             strings.append(encoder.flush())
         return strings
 
     @torch.no_grad()
-    def decode_joint(self, strings: list[bytes], shape: tuple[int, int], quality: float) -> Tensor:
-        """Format version 5 and 6 strings (``compress_joint``) -> ŷ (B, M, h, w), float64 on the CPU;
-        ``shape``: z's (H/64, W/64)."""
+    def decode_joint(self, strings: list[bytes], shape: tuple[int, int], quality: float,
+                     extent: tuple[int, int] | None = None) -> Tensor:
+        """Format version 5 to 7 strings (``compress_joint``) -> ŷ (B, M, h, w), float64 on the CPU;
+        ``shape``: z's (H/64, W/64); ``extent``: for version 7, the positions the string holds (past
+        them ŷ is the means); None for versions 5 and 6, which hold every position."""
         from compressai.ans import RansDecoder
 
         N = self.config.N
@@ -337,7 +351,7 @@ class VariableRateHyperprior(CompressionModel):
             decoder = RansDecoder()
             decoder.set_stream(string)
             z_symbols = _int32(decoder.decode_stream(z_indexes, *z_cdfs))
-            out.append(self._context_decode(decoder, self._z_hat(z_symbols.reshape(1, N, *shape)), q[b : b + 1]))
+            out.append(self._context_decode(decoder, self._z_hat(z_symbols.reshape(1, N, *shape)), q[b : b + 1], extent))
         return torch.cat(out)
 
     def _z_symbols(self, z: Tensor, quality: Tensor) -> tuple[Tensor, Tensor]:
@@ -374,20 +388,23 @@ class VariableRateHyperprior(CompressionModel):
 
     @torch.no_grad()
     def estimate_bits(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> float:
-        """The entropy models' own estimate, -log2 P(symbols), of what ``compress_latents``
-        codes for the same (y, z, quality, extent): the yardstick for the coder's overhead."""
+        """The entropy models' own estimate, -log2 P(symbols), of what ``compress_joint`` codes for
+        the same (y, z, quality, extent), y's positions within ``extent`` only: the yardstick for the
+        coder's overhead."""
         z_hat_s, means_s, _, scales_s, y_hat_s = self._hat_latents(y, z, quality, extent)
         _, z_lik = self.entropy_bottleneck(z_hat_s.float(), training=False)
         y_lik = self.gaussian_conditional._likelihood(y_hat_s, scales_s, means_s)
         y_lik = self.gaussian_conditional.likelihood_lower_bound(y_lik)
+        if extent is not None:
+            y_lik = y_lik[..., : extent[0], : extent[1]]
         return float(-(torch.log2(y_lik).sum() + torch.log2(z_lik.double()).sum()))
 
     @torch.no_grad()
     def predict_bytes(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> float:
         """A quick float32 estimate of the bytes ``compress_latents`` gives (the training forward's
-        likelihoods, y's within ``extent``): cheaper than coding, and under the real strings by the
-        coder's overhead and the few bits of the means past ``extent``, which a quick budget search
-        corrects (shared/rate_control.py)."""
+        likelihoods, y's within ``extent``, as version 7 codes them): cheaper than coding, and under
+        the real strings by the coder's overhead, which a quick budget search corrects
+        (shared/rate_control.py)."""
         q = torch.full((y.shape[0],), float(quality))
         _, likelihoods = self.latent_forward(y.float(), z.float(), q)
         y_lik = likelihoods["y"] if extent is None else likelihoods["y"][..., : extent[0], : extent[1]]
@@ -429,14 +446,16 @@ class VariableRateHyperprior(CompressionModel):
         decoder.set_stream(string)
         return self._context_decode(decoder, z_hat_s, quality)
 
-    def _context_decode(self, decoder, z_hat_s: Tensor, quality: Tensor) -> Tensor:
-        """ŷ (unscaled, float64) of one image, decoded step by step from ``decoder``'s stream."""
+    def _context_decode(self, decoder, z_hat_s: Tensor, quality: Tensor,
+                        extent: tuple[int, int] | None = None) -> Tensor:
+        """ŷ (unscaled, float64) of one image, decoded step by step from ``decoder``'s stream, which
+        holds the positions within ``extent`` only when that is given (version 7)."""
         cdfs = self._cdfs()
 
         def code(_, indexes):
             return _int32(decoder.decode_stream(indexes.tolist(), *cdfs))
 
-        _, g, _, y_hat_s = self._context_walk(z_hat_s, quality, None, code)
+        _, g, _, y_hat_s = self._context_walk(z_hat_s, quality, None, code, extent, omit_past=extent is not None)
         return y_hat_s / g
 
     def decompress(self, strings: list, shape: tuple[int, int], quality: float) -> dict:

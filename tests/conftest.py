@@ -105,3 +105,19 @@ def tiny_refined_codec(tmp_path_factory):
                 p.normal_(0, 0.05)
     d = tmp_path_factory.mktemp("refined-models")
     return Codec.load(make_tiny_model_file(d, "lw-tiny-refined", model=model))
+
+
+def joint_stream(codec, rgb, quality: float, version: int):
+    """``rgb`` coded by a context model's codec in format version 5's, 6's or 7's layout (a
+    ``Bitstream``): versions 5 and 6 code the padding's elements as zeros, as their encoders did;
+    version 7 leaves them out, as the codec writes it."""
+    from shared import bitstream as bs
+    from shared.network import latent_extent
+
+    q = bs.coded_quality(quality)
+    with torch.inference_mode():
+        y, z = codec._analysis(rgb)
+        strings = codec.model.compress_joint(y, z, q, latent_extent(*rgb.shape[:2]), omit_past=version == 7)
+    return bs.Bitstream(model=codec.name if version == 5 else "", weights=codec.weights, height=rgb.shape[0],
+                        width=rgb.shape[1], quality=q, y_shape=(None, *y.shape[2:]), z_shape=(None, *z.shape[2:]),
+                        strings=(strings[0],), version=version)

@@ -177,7 +177,7 @@ def _cmd_decode(args) -> int:
         stream = bitstream.loads(data)
         if stream.model:
             args.model = stream.model
-        else:  # ... or, version 6, its weights do
+        else:  # ... or, versions 6 and 7, its weights do
             from shared.checkpoint import DEFAULT_MODELS_DIR, find_model_by_weights
 
             args.model = str(find_model_by_weights(stream.weights, args.models_dir or DEFAULT_MODELS_DIR))

@@ -172,13 +172,13 @@ def test_wrong_magic_is_not_a_bitstream(tiny_codec, data):
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("other", [0, 7, 127])  # 4 to 6 are read, and refused by models without a context model
+@pytest.mark.parametrize("other", [0, 8, 127])  # 4 to 7 are read, and refused by models without a context model
 def test_other_format_versions_are_unsupported(tiny_codec, data, version, other):
     mark = VERSION_MARK[version]
     damaged = data.replace(mark, mark[:-1] + bytes([other]), 1)
     assert damaged != data
 
-    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2, 3, 4, 5, 6"):
+    with pytest.raises(UnsupportedVersion, match=f"version {other}; this build reads versions 1, 2, 3, 4, 5, 6, 7"):
         tiny_codec.decode(damaged)
 
 
@@ -379,10 +379,10 @@ def test_the_writer_refuses_what_version_2_cannot_hold(tiny_stream):
         dataclasses.replace(tiny_stream.stream, quality=0.7).to_bytes()
     with pytest.raises(ValueError, match="hex digits"):
         dataclasses.replace(tiny_stream.stream, weights="xyz").to_bytes()
-    with pytest.raises(ValueError, match="format version 7"):
-        dataclasses.replace(tiny_stream.stream, version=7).to_bytes()
-    for joint in (5, 6):
-        with pytest.raises(ValueError, match="version 5 or 6 stream holds one string"):
+    with pytest.raises(ValueError, match="format version 8"):
+        dataclasses.replace(tiny_stream.stream, version=8).to_bytes()
+    for joint in (5, 6, 7):
+        with pytest.raises(ValueError, match="version 5 to 7 stream holds one string"):
             dataclasses.replace(tiny_stream.stream, version=joint).to_bytes()
     # Version 3 carries a coded size and only version 3 does: one layout per kind of stream.
     with pytest.raises(ValueError, match="version 3 is for, and only for, a stream with a coded_size"):
@@ -452,16 +452,27 @@ def test_a_text_file_is_named_as_not_a_bitstream():
             bs.loads(text)
 
 
+def _with_bytes(stream: bs.Bitstream) -> types.SimpleNamespace:
+    return types.SimpleNamespace(stream=stream, data=stream.to_bytes(), nbytes=len(stream.to_bytes()))
+
+
+@pytest.fixture(scope="module")
+def v7_stream(tiny_context_codec, sample_rgb):
+    return tiny_context_codec.encode(sample_rgb, quality=0.6)
+
+
 @pytest.fixture(scope="module")
 def v6_stream(tiny_context_codec, sample_rgb):
-    return tiny_context_codec.encode(sample_rgb, quality=0.6)
+    """The same picture in version 6's layout, the padding's zeros coded, as the encoder wrote it until version 7."""
+    from tests.conftest import joint_stream
+
+    return _with_bytes(joint_stream(tiny_context_codec, sample_rgb, 0.6, 6))
 
 
 @pytest.fixture(scope="module")
 def v5_stream(tiny_context_codec, v6_stream):
     """The same code in version 5's layout (with the model's name), as the encoder wrote it until version 6."""
-    stream = dataclasses.replace(v6_stream.stream, version=5, model=tiny_context_codec.name)
-    return types.SimpleNamespace(stream=stream, data=stream.to_bytes(), nbytes=len(stream.to_bytes()))
+    return _with_bytes(dataclasses.replace(v6_stream.stream, version=5, model=tiny_context_codec.name))
 
 
 @pytest.mark.parametrize("damage, error, message", [
@@ -523,3 +534,27 @@ def test_version_6_names_its_model_by_the_weights_alone(tiny_context_codec, tiny
                                             f"{tiny_codec.name}@{tiny_codec.weights}") as info:
         tiny_codec.decode(v6_stream.data)
     assert info.value.status == 409
+
+
+def test_version_7_leaves_the_padding_out(tiny_context_codec, tiny_codec, v6_stream, v7_stream):
+    """The 71x97 crop's y is 8x8 positions, the picture in 5x7 of them: version 7 codes those alone,
+    in version 6's container, and decodes to version 6's pixels."""
+    stream = bs.loads(v7_stream.data)
+
+    assert stream.version == bs.CONTEXT_VERSION == 7 and stream.model == "" and stream == v7_stream.stream
+    assert stream.to_bytes() == v7_stream.data and v7_stream.data.startswith(b"\x98\xc4\x04LWIC\x07")
+    assert v7_stream.nbytes - stream.payload_bytes == v6_stream.nbytes - v6_stream.stream.payload_bytes == 33
+    assert stream.payload_bytes < v6_stream.stream.payload_bytes
+    assert np.array_equal(tiny_context_codec.decode(v7_stream.data), tiny_context_codec.decode(v6_stream.data))
+    with pytest.raises(ModelMismatch, match=f"the model with weights {stream.weights}"):
+        tiny_codec.decode(v7_stream.data)
+
+
+def test_a_reader_of_versions_up_to_6_refuses_version_7_naming_what_it_reads(v7_stream, monkeypatch):
+    """What a receiver from before version 7 answers (its build reads 1 to 6): a 4xx saying to upgrade."""
+    monkeypatch.setattr(bs, "READ_VERSIONS", (1, 2, 3, 4, 5, 6))
+
+    with pytest.raises(UnsupportedVersion, match="version 7; this build reads versions 1, 2, 3, 4, 5, 6: "
+                                                 "upgrade latentwire") as info:
+        bs.loads(v7_stream.data)
+    assert info.value.status == 400

@@ -13,7 +13,7 @@ import torch
 from shared import bitstream as bs
 from shared.context import AnchorConv, ContextModel, checkerboard
 from shared.errors import UnsupportedVersion
-from shared.network import NetworkConfig, VariableRateHyperprior
+from shared.network import NetworkConfig, VariableRateHyperprior, latent_extent
 from tests.conftest import TINY_CONTEXT, TINY_NETWORK
 
 
@@ -97,7 +97,7 @@ def test_stream_round_trip_is_version_6_and_matches_the_direct_reconstruction(ti
         expected = model.quantize_latents(y, z, q)
         out = model.compress_latents(y, z, q)  # version 4: y and z apart
         assert torch.equal(model.decode_latents(out["strings"], out["shape"], q), expected)
-        joint = model.compress_joint(y, z, q)  # versions 5 and 6: one string per image
+        joint = model.compress_joint(y, z, q)  # versions 5 to 7: one string per image
         assert len(joint) == 2
         decoded = model.decode_joint(joint, out["shape"], q)
         assert decoded.shape == y.shape
@@ -105,16 +105,16 @@ def test_stream_round_trip_is_version_6_and_matches_the_direct_reconstruction(ti
         assert len(joint[0]) < len(out["strings"][0][0]) + len(out["strings"][1][0])
 
     enc = tiny_context_codec.encode(sample_rgb, quality=0.6)
-    assert enc.stream.version == bs.CONTEXT_VERSION == 6
-    assert enc.data.startswith(b"\x98\xc4\x04LWIC\x06")
+    assert enc.stream.version == bs.CONTEXT_VERSION == 7
+    assert enc.data.startswith(b"\x98\xc4\x04LWIC\x07")
     assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
 
 
-def test_reduced_size_stream_is_version_6_with_the_coded_size(tiny_context_codec, sample_rgb):
+def test_reduced_size_stream_is_version_7_with_the_coded_size(tiny_context_codec, sample_rgb):
     enc = tiny_context_codec.encode(sample_rgb, quality=0.6, scale=0.5)
 
-    assert (enc.stream.version, enc.stream.coded_size) == (6, (36, 48))
-    assert enc.data.startswith(b"\x9a\xc4\x04LWIC\x06")  # an array of 10 fields
+    assert (enc.stream.version, enc.stream.coded_size) == (7, (36, 48))
+    assert enc.data.startswith(b"\x9a\xc4\x04LWIC\x07")  # an array of 10 fields
     assert enc.stream.z_shape == (None, 1, 1)  # 36x48 pads to 64x64
     assert bs.loads(enc.data).coded_size == (36, 48)
     assert tiny_context_codec.decode(enc.data).shape == (71, 97, 3)
@@ -161,21 +161,24 @@ def test_latents_decode_the_same_under_any_thread_count_and_precision(tiny_conte
                                                                        encoder_precision, restore_threads):
     """What decides each step's table (h_s, the context networks, in float64 on the CPU) gives the
     same numbers on both sides: a stream from either precision decodes, under 1, 2 and 3 threads
-    and in either precision, to exactly the latents the encoder quantised."""
+    and in either precision, to exactly the latents the encoder quantised. The 100x170 picture
+    pads to 128x192, so the stream leaves out a row and a column of positions."""
     from shared.codec import Codec
 
+    picture = np.ascontiguousarray(kodim_crop[:100, :170])
+    extent = latent_extent(100, 170)
     codec = tiny_context_codec
     encoder = Codec(codec.model, codec.name, codec.weights, precision=encoder_precision)
-    enc = encoder.encode(kodim_crop, quality=0.4)
-    y, z = encoder._analysis(kodim_crop)
-    expected = codec.model.quantize_latents(y, z, enc.stream.quality)
-    assert enc.stream.version == 6
+    enc = encoder.encode(picture, quality=0.4)
+    y, z = encoder._analysis(picture)
+    expected = codec.model.quantize_latents(y, z, enc.stream.quality, extent)
+    assert enc.stream.version == 7 and extent == (7, 11) and y.shape[-2:] == (8, 12)
 
     for n in (1, 2, 3):
         decoded = _under_threads(n, codec.model.decode_joint, list(enc.stream.strings), enc.stream.z_shape[1:],
-                                 enc.stream.quality)
+                                 enc.stream.quality, extent)
         assert torch.equal(decoded, expected)
-    streams = [_under_threads(n, encoder.encode, kodim_crop, 0.4).data for n in (1, 2, 3)]
+    streams = [_under_threads(n, encoder.encode, picture, 0.4).data for n in (1, 2, 3)]
     assert streams[0] == streams[1] == streams[2] == enc.data
     pixels = [_under_threads(n, codec.decode, enc.data) for n in (1, 2, 3)]
     assert all(np.array_equal(pixels[0], p) for p in pixels[1:])
@@ -202,7 +205,7 @@ def test_an_older_format_stream_for_a_context_model_is_refused(tiny_context_code
                                  y_shape=(config.M, *enc.stream.y_shape[1:]),
                                  z_shape=(config.N, *enc.stream.z_shape[1:])).to_bytes()
 
-    with pytest.raises(UnsupportedVersion, match="lw-tiny-context@.*codes only version 4-6 streams") as info:
+    with pytest.raises(UnsupportedVersion, match="lw-tiny-context@.*codes only version 4-7 streams") as info:
         tiny_context_codec.decode(forged)
     assert info.value.status == 400
 
@@ -280,3 +283,20 @@ def test_stacked_hyper_projection_matches_each_group_own():
     assert [t.shape for t in stacked] == [(1, 128, 32, 48)] * 5
     for a, b in zip(stacked, own):
         assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 70), (17, 33), (63, 65), (64, 64)])
+def test_version_7_round_trips_any_size(tiny_context_codec, height, width):
+    """Down to one pixel, where a single latent position holds the picture and some checkerboard
+    steps code nothing at all: the decoder gets what the encoder predicted."""
+    rng = np.random.default_rng(height * 100 + width)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+    enc = tiny_context_codec.encode(rgb, quality=0.8)
+    with torch.inference_mode():
+        y, z = tiny_context_codec._analysis(rgb)
+        expected = tiny_context_codec._reconstruct(y, z, 0.8, rgb.shape)
+
+    assert enc.stream.version == 7
+    assert np.array_equal(tiny_context_codec.decode(enc.data), expected)
+    assert expected.shape == (height, width, 3)

@@ -13,17 +13,19 @@ tests/data/golden-v4.lw is the same crop at quality 0.7 coded by the tiny contex
 version 4 stream (y and z in two rANS strings, as that model's encoder wrote it until version 5),
 with its pixels in tests/data/golden-v4.png. tests/data/golden-v5.lw is the same code in format
 version 5 (z and y in one rANS string in a shorter container, as that encoder wrote it until
-version 6), decoding to the same pixels (tests/data/golden-v5.png). tests/data/golden-v6.lw is what
-the tiny context model's encoder writes now: version 5's fields without the model's name, the same
-pixels (tests/data/golden-v6.png). Any change to a container, the entropy coder, the rate path or
-the synthesis shows up here as changed bytes or pixels. Past 5 x 7 of the crop's 8 x 8 latent
-positions is padding, which the encoder codes as its means; the version 4 to 6 files carry that code.
+version 6), decoding to the same pixels (tests/data/golden-v5.png). tests/data/golden-v6.lw is
+version 5's fields without the model's name, the same pixels (tests/data/golden-v6.png). Past 5 x 7
+of the crop's 8 x 8 latent positions is padding, whose elements the encoder sets to their means:
+versions 4 to 6 code them as zeros. tests/data/golden-v7.lw is what the tiny context model's
+encoder writes now: version 6's container, the padding left out of the string, the same pixels
+(tests/data/golden-v7.png). Any change to a container, the entropy coder, the rate path or the
+synthesis shows up here as changed bytes or pixels.
 
 The files are made and checked in float32 (``precision="fp32"``), the arithmetic every CPU has;
 the bf16 path that ``precision="auto"`` picks on CPUs with native bf16 must stay within a grey
 level of them.
 
-If such a change is intended, regenerate the twelve files and commit them:
+If such a change is intended, regenerate the fourteen files and commit them:
 
     LATENTWIRE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_golden.py
 
@@ -54,6 +56,7 @@ GOLDEN = {
     4: (DATA / "golden-v4.lw", DATA / "golden-v4.png", 0.7),
     5: (DATA / "golden-v5.lw", DATA / "golden-v5.png", 0.7),
     6: (DATA / "golden-v6.lw", DATA / "golden-v6.png", 0.7),
+    7: (DATA / "golden-v7.lw", DATA / "golden-v7.png", 0.7),
 }
 VERSIONS = sorted(GOLDEN)
 GOLDEN_V3_SCALE = 0.5
@@ -61,7 +64,7 @@ REGEN_HINT = "regenerate with LATENTWIRE_REGEN_GOLDEN=1 (see tests/unit/test_gol
 
 
 def _model(version: int) -> str:
-    """The tiny model that made a golden version: the context model's for versions 4 to 6."""
+    """The tiny model that made a golden version: the context model's for versions 4 to 7."""
     from tests.conftest import TINY_CONTEXT_MODEL, TINY_MODEL
 
     return TINY_CONTEXT_MODEL if version in bs.CONTEXT_VERSIONS else TINY_MODEL
@@ -84,11 +87,12 @@ def fp32_context_codec(tiny_models_dir):
 
 
 def _encode_as(tiny_codec, sample_rgb, version: int) -> bytes:
-    if version == bs.CONTEXT_VERSION:  # the context model writes version 6 by itself
+    if version == bs.CONTEXT_VERSION:  # the context model writes version 7 by itself
         return tiny_codec.encode(sample_rgb, quality=GOLDEN[version][2]).data
-    if version == 5:  # the same code with the model's name, as the version 5 encoder wrote it
-        stream = tiny_codec.encode(sample_rgb, quality=GOLDEN[5][2]).stream
-        return dataclasses.replace(stream, version=5, model=tiny_codec.name).to_bytes()
+    if version in (5, 6):  # the padding's zeros coded, as those versions' encoders did
+        from tests.conftest import joint_stream
+
+        return joint_stream(tiny_codec, sample_rgb, GOLDEN[version][2], version).to_bytes()
     if version == 4:  # y and z coded apart (compress_latents), as the version 4 encoder did
         return _version_4(tiny_codec, sample_rgb, GOLDEN[4][2]).to_bytes()
     if version == 3:
@@ -134,7 +138,7 @@ def test_golden_stream_was_made_by_the_tiny_model(golden, tiny_models_dir, versi
     stream = bs.loads(golden[version][0])
     codec = _fp32(tiny_models_dir, version)
 
-    assert (stream.model, stream.weights) == (codec.name if version != 6 else "", codec.weights), (
+    assert (stream.model, stream.weights) == (codec.name if version not in bs.UNNAMED_VERSIONS else "", codec.weights), (
         "the tiny test model's weights changed (torch's RNG or the network): " + REGEN_HINT
     )
     assert stream.version == version
@@ -150,12 +154,21 @@ def test_encoding_reproduces_golden_v2_byte_for_byte(golden, fp32_codec, sample_
     assert data == golden[2][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
 
 
-def test_context_model_encoding_reproduces_golden_v6_byte_for_byte(golden, fp32_context_codec, sample_rgb):
-    data = fp32_context_codec.encode(sample_rgb, quality=GOLDEN[6][2]).data
+def test_context_model_encoding_reproduces_golden_v7_byte_for_byte(golden, fp32_context_codec, sample_rgb):
+    data = fp32_context_codec.encode(sample_rgb, quality=GOLDEN[7][2]).data
 
-    assert data.startswith(b"\x98\xc4\x04LWIC\x06")  # an array of 8 fields
-    assert data == golden[6][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
-    assert _encode_as(fp32_context_codec, sample_rgb, 5) == golden[5][0]  # the version 5 layout, still written
+    assert data.startswith(b"\x98\xc4\x04LWIC\x07")  # an array of 8 fields
+    assert data == golden[7][0], f"the encoder's output changed: if intended, {REGEN_HINT}"
+    for version in (5, 6):  # the older layouts, still written
+        assert _encode_as(fp32_context_codec, sample_rgb, version) == golden[version][0]
+
+
+def test_version_7_is_version_6_without_the_paddings_zeros(golden):
+    v6, v7 = bs.loads(golden[6][0]), bs.loads(golden[7][0])
+
+    assert (v7.weights, v7.quality, v7.model) == (v6.weights, v6.quality, v6.model)
+    assert np.array_equal(golden[6][1], golden[7][1])  # the same pixels
+    assert len(golden[6][0]) - len(golden[7][0]) == v6.payload_bytes - v7.payload_bytes > 0
 
 
 def test_version_6_is_version_5_without_the_models_name(golden, fp32_context_codec):
