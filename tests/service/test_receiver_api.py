@@ -98,23 +98,28 @@ def test_a_frame_of_the_denoising_model_is_listed_as_mode_denoise(receiver_setti
                      noisy_id: ("denoise", TINY_DENOISE_MODEL)}
 
 
-def test_a_version_6_stream_is_routed_by_its_weights(receiver_settings_factory, receiver_frames, tiny_models_dir):
-    """Version 6 leaves the model's name out: the receiver finds the model among those it serves by
-    the weights, stores the name, and answers 409 naming the weights when none has them."""
+def test_unnamed_streams_are_routed_by_their_weights(receiver_settings_factory, receiver_frames, tiny_models_dir):
+    """Versions 6 and 7 leave the model's name out: the receiver finds the model among those it
+    serves by the weights, stores the name, and answers 409 naming the weights when none has them."""
     import dataclasses
 
     from shared.codec import Codec
-    from tests.conftest import TINY_CONTEXT_MODEL
+    from tests.conftest import TINY_CONTEXT_MODEL, joint_stream
 
     context = Codec.load(TINY_CONTEXT_MODEL, tiny_models_dir)
     encoded = context.encode(receiver_rgb(seed=3), quality=0.5)
-    assert (encoded.stream.version, encoded.stream.model) == (6, "")
+    v6 = joint_stream(context, receiver_rgb(seed=4), 0.5, 6)
+    assert (encoded.stream.version, encoded.stream.model, v6.version, v6.model) == (7, "", 6, "")
     settings = receiver_settings_factory(model=TINY_CONTEXT_MODEL)
     with TestClient(create_app(settings)) as client:
         body, (image_id,) = receiver_frames.body(encoded=encoded)
         assert receiver_post(client, body).json()["results"] == [{"id": image_id, "status": "stored"}]
         item = client.get(f"/v1/images/{image_id}").json()
         assert (item["model"], item["weights"], item["mode"]) == (TINY_CONTEXT_MODEL, context.weights, "standard")
+        old_id = uuid.uuid4().hex
+        body = pack_frames([Frame(old_id, time.time(), v6)], RECEIVER_SECRET.encode())
+        assert receiver_post(client, body).json()["results"] == [{"id": old_id, "status": "stored"}]
+        assert client.get(f"/v1/images/{old_id}").json()["model"] == TINY_CONTEXT_MODEL
 
         unknown = dataclasses.replace(encoded.stream, weights="0123456789abcdef")
         body = pack_frames([Frame(uuid.uuid4().hex, time.time(), unknown)], RECEIVER_SECRET.encode())

@@ -2,7 +2,7 @@
 the byte budgets uploads get. The receiver is an ``httpx.MockTransport``; one that sleeps
 len(body) / rate before answering stands in for a link of that rate.
 
-Sizes of the tiny model's streams for the 96x80 test picture: 111 bytes at quality 0, 339 at
+Sizes of the tiny model's streams for the 96x80 test picture: 111 bytes at quality 0, 163 at
 quality 1, 81 at the smallest reduced size (the codec's minimum)."""
 
 from __future__ import annotations
@@ -212,23 +212,23 @@ def test_auto_without_a_target_is_a_422_that_says_what_to_set(tmp_path, tiny_mod
 
 
 def test_auto_before_any_measurement_uses_the_start_rate(tmp_path, tiny_models_dir):
-    # 64 kbit/s is 8000 B/s; 0.025 s of it is 200 bytes, between quality 0 (111) and 1 (339).
-    with client_for(tmp_path, tiny_models_dir, down(), latency_target_s=0.025) as client:
+    # 64 kbit/s is 8000 B/s; 0.0175 s of it is 140 bytes, between quality 0 (111) and 1 (163).
+    with client_for(tmp_path, tiny_models_dir, down(), latency_target_s=0.0175) as client:
         (image,) = upload(client, smooth_png())  # auto is the default once a target is set
         (explicit,) = upload(client, smooth_png(), quality=0.5)
     budget = image["budget"]
-    assert (budget["link_source"], budget["link_kbps"], budget["bytes"], budget["reason"]) == ("start", 64.0, 200,
+    assert (budget["link_source"], budget["link_kbps"], budget["bytes"], budget["reason"]) == ("start", 64.0, 140,
                                                                                                 "target")
-    assert 111 <= image["bytes"] <= 200 and budget["late"] is False and budget["queued_bytes"] == 0
+    assert 111 <= image["bytes"] <= 140 and budget["late"] is False and budget["queued_bytes"] == 0
     assert budget["expected_latency_s"] == pytest.approx(image["bytes"] / 8000, abs=1e-3)
     assert explicit["budget"] is None
 
 
 def test_auto_budgets_shrink_with_the_bytes_queued_ahead(tmp_path, tiny_models_dir):
-    """Pinned at 8 kbit/s (1000 B/s) with a 0.5 s target: 500 bytes in all, while the receiver is
+    """Pinned at 8 kbit/s (1000 B/s) with a 0.3 s target: 300 bytes in all, while the receiver is
     down and the frames wait. Each upload gets what the ones before it left. They come 0.6 s
     apart, so the pace (what the link carries between two uploads, 600 bytes) does not bind."""
-    with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.5) as client:
+    with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.3) as client:
         (first,) = upload(client, smooth_png(), quality="auto")
         time.sleep(0.6)
         (second,) = upload(client, smooth_png(seed=4), quality="auto")
@@ -236,18 +236,18 @@ def test_auto_budgets_shrink_with_the_bytes_queued_ahead(tmp_path, tiny_models_d
         (third,) = upload(client, smooth_png(seed=5), quality="auto")
         record = client.get(f"/v1/images/{third['id']}").json()
         metrics = client.get("/metrics").text
-    assert (first["budget"]["bytes"], first["budget"]["reason"], first["quality"]) == (500, "ceiling", 1.0)
-    assert first["bytes"] == 339 and first["budget"]["late"] is False
-    assert second["budget"]["queued_bytes"] == 339
-    assert (second["budget"]["bytes"], second["budget"]["reason"]) == (161, "target")
-    assert second["bytes"] <= 161 and second["budget"]["late"] is False
+    assert (first["budget"]["bytes"], first["budget"]["reason"], first["quality"]) == (300, "ceiling", 1.0)
+    assert first["bytes"] == 163 and first["budget"]["late"] is False
+    assert second["budget"]["queued_bytes"] == 163
+    assert (second["budget"]["bytes"], second["budget"]["reason"]) == (137, "target")
+    assert second["bytes"] <= 137 and second["budget"]["late"] is False
     # Nothing useful is left for the third: the codec's smallest stream (81 bytes, at a reduced
     # size) is sent all the same, and said to be late.
-    assert third["budget"]["queued_bytes"] == 339 + second["bytes"]
+    assert third["budget"]["queued_bytes"] == 163 + second["bytes"]
     assert third["budget"]["reason"] == "codec_minimum" and third["budget"]["late"] is True
     assert third["bytes"] == third["budget"]["bytes"] == 81
     assert (third["coded_width"], third["coded_height"]) < (96, 80)
-    assert third["budget"]["expected_latency_s"] == pytest.approx((339 + second["bytes"] + 81) / 1000, abs=1e-3)
+    assert third["budget"]["expected_latency_s"] == pytest.approx((163 + second["bytes"] + 81) / 1000, abs=1e-3)
     assert record["budget"] == third["budget"]  # the image record says the same
     for reason in ("ceiling", "target", "codec_minimum"):
         assert f'latentwire_sender_auto_budgets_total{{reason="{reason}"}} 1.0' in metrics
@@ -296,18 +296,18 @@ def test_an_upload_still_encoding_counts_as_queued_ahead(tmp_path, tiny_models_d
 
 
 def test_auto_floor_and_ceiling(tmp_path, tiny_models_dir):
-    # Floor 0.1 bpp = 96 bytes at 96x80, above the codec's minimum: with 4 bytes left it is used.
-    with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.2, auto_min_bpp=0.1) as c:
-        (big,) = upload(c, smooth_png(), quality=1)  # 339 bytes ahead: more than 0.2 s of link
+    # Floor 0.1 bpp = 96 bytes at 96x80, above the codec's minimum: with nothing left it is used.
+    with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=0.15, auto_min_bpp=0.1) as c:
+        (big,) = upload(c, smooth_png(), quality=1)  # 163 bytes ahead: more than 0.15 s of link
         (floored,) = upload(c, smooth_png(seed=4), quality="auto")
     assert floored["budget"]["reason"] == "floor" and floored["budget"]["bytes"] == 96
     assert floored["bytes"] <= 96 and floored["budget"]["late"] is True
     assert floored["budget"]["queued_bytes"] == big["bytes"]
-    # 1 s at 1000 B/s shared by pixels: 200 and 800 bytes; quality 1 of the larger needs less.
-    with client_for(tmp_path / "b", tiny_models_dir, down(), link_kbps=8, latency_target_s=1) as c:
+    # 0.7 s at 1000 B/s shared by pixels: 140 and 560 bytes; quality 1 of the larger needs less.
+    with client_for(tmp_path / "b", tiny_models_dir, down(), link_kbps=8, latency_target_s=0.7) as c:
         small, large = upload(c, smooth_png(96, 80), smooth_png(192, 160), quality="auto")
-    assert (small["budget"]["bytes"], small["budget"]["reason"]) == (200, "target")
-    assert (large["budget"]["bytes"], large["budget"]["reason"], large["quality"]) == (800, "ceiling", 1.0)
+    assert (small["budget"]["bytes"], small["budget"]["reason"]) == (140, "target")
+    assert (large["budget"]["bytes"], large["budget"]["reason"], large["quality"]) == (560, "ceiling", 1.0)
     assert large["budget"]["expected_latency_s"] == pytest.approx((small["bytes"] + large["bytes"]) / 1000,
                                                                   abs=1e-3)
 

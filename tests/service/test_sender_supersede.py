@@ -147,17 +147,17 @@ def test_stream_keys_of_every_allowed_form_are_accepted(tmp_path, tiny_models_di
 
 # ---- budget_binding -----------------------------------------------------------------------------
 def test_a_byte_budget_that_limits_nothing_says_so(tmp_path, tiny_models_dir):
-    """The tiny model's stream of the 96x80 picture is 339 bytes at quality 1."""
+    """The tiny model's stream of the 96x80 picture is 163 bytes at quality 1, 111 at quality 0."""
     with client_for(tmp_path, tiny_models_dir, down(), link_kbps=8, latency_target_s=5) as client:
         (huge,) = upload(client, smooth_png(), max_bytes=10**12)
-        (tight,) = upload(client, smooth_png(seed=4), max_bytes=200)
+        (tight,) = upload(client, smooth_png(seed=4), max_bytes=140)
         (fixed,) = upload(client, smooth_png(seed=5), quality=0.5)
         (auto,) = upload(client, smooth_png(seed=6), quality="auto")  # 5000 bytes of link: quality 1 fits
         record = client.get(f"/v1/images/{huge['id']}").json()
         too_big = client.post("/v1/images", params={"max_bytes": 10**30}, files={"file": ("a.png", smooth_png())})
-    assert (huge["max_bytes"], huge["budget_binding"], huge["quality"], huge["bytes"]) == (10**12, False, 1.0, 339)
+    assert (huge["max_bytes"], huge["budget_binding"], huge["quality"], huge["bytes"]) == (10**12, False, 1.0, 163)
     assert (record["max_bytes"], record["budget_binding"]) == (10**12, False)
-    assert (tight["max_bytes"], tight["budget_binding"]) == (200, True) and tight["bytes"] <= 200
+    assert (tight["max_bytes"], tight["budget_binding"]) == (140, True) and tight["bytes"] <= 140
     assert (fixed["max_bytes"], fixed["budget_binding"]) == (None, None)
     assert auto["budget"]["reason"] == "ceiling"
     assert (auto["max_bytes"], auto["budget_binding"]) == (auto["budget"]["bytes"], False)
