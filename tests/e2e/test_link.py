@@ -99,9 +99,10 @@ def test_a_20_s_outage_loses_nothing_and_the_backlog_drains(tmp_path, tiny_model
 
 
 def test_frames_queued_before_a_drop_are_coded_again_and_arrive_near_the_target(tmp_path, tiny_models_dir):
-    """Measured at 64 kbit/s, the link drops to 1.6 kbit/s (200 B/s). Two quality=1 frames then hold
-    both POST slots (about 5.6 s of link), and four quality=auto uploads with a 6 s target,
-    planned on the old rate, queue behind them at quality 1 (about 600 bytes each: 12 s more).
+    """Measured at 64 kbit/s, the link drops to 1.6 kbit/s (200 B/s). Two quality=1 frames of
+    256x160 then hold both POST slots (about 6 s of link), and four quality=auto uploads of that size
+    with a 6 s target, planned on the old rate, queue behind them at quality 1 (about 600 bytes
+    each: 12 s more).
     As the slow POSTs go on, the re-planner (sender/replan.py) codes the four again, smaller, so
     that they fit what is left of their target; the receiver stores the small streams, far sooner
     than their first sizes could have arrived."""
@@ -113,13 +114,13 @@ def test_frames_queued_before_a_drop_are_coded_again_and_arrive_near_the_target(
         ahead = 0  # stream bytes of the two slow POSTs
         for seed in (3, 4):  # one POST each, both slots taken for seconds
             r = sender.post("/v1/images", params={"quality": 1},
-                            files={"file": (f"{seed}.png", png_bytes(192, 160, seed))})
+                            files={"file": (f"{seed}.png", png_bytes(256, 160, seed))})
             assert r.status_code == 202, r.text
             ahead += r.json()["images"][0]["bytes"]
             time.sleep(0.2)
         t0 = time.time()
         r = sender.post("/v1/images", params={"quality": "auto"},
-                        files=[("file", (f"{s}.png", png_bytes(192, 160, s))) for s in (5, 6, 7, 8)])
+                        files=[("file", (f"{s}.png", png_bytes(256, 160, s))) for s in (5, 6, 7, 8)])
         assert r.status_code == 202, r.text
         planned = r.json()["images"]
         ids = [image["id"] for image in planned]
