@@ -247,8 +247,9 @@ class Codec:
             strings = (out["strings"][0][0], out["strings"][1][0])
             y_shape, z_shape = tuple(y.shape[1:]), tuple(z.shape[1:])
         stream = bs.Bitstream(  # versions 6 and 7 leave the name out: the weights name the model
-            model="" if version in bs.UNNAMED_VERSIONS else self.name, weights=self.weights, height=H, width=W, quality=coded_quality,
-            y_shape=y_shape, z_shape=z_shape, strings=strings, version=version, coded_size=coded,
+            model="" if version in bs.UNNAMED_VERSIONS else self.name, weights=self.weights, height=H, width=W,
+            quality=coded_quality, y_shape=y_shape, z_shape=z_shape, strings=strings, version=version,
+            coded_size=coded,
         )
         return Encoded(data=stream.to_bytes(), stream=stream, quality=quality)
 

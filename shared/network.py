@@ -239,7 +239,8 @@ class VariableRateHyperprior(CompressionModel):
             else:  # only the picture's positions are coded; the rest stay 0
                 keep = ~omitted.flatten()[at]
                 decoded = torch.zeros_like(mu_s)
-                coded = code(None if symbols is None else symbols[:, :, keep].reshape(-1), indexes[:, :, keep].reshape(-1))
+                coded = code(None if symbols is None else symbols[:, :, keep].reshape(-1),
+                             indexes[:, :, keep].reshape(-1))
                 decoded[:, :, keep] = coded.to(torch.float64).reshape(B, C, -1)
             y_hat = torch.zeros_like(mu).flatten(2)
             y_hat[:, :, at] = (decoded + mu_s) / g_k
@@ -351,7 +352,8 @@ class VariableRateHyperprior(CompressionModel):
             decoder = RansDecoder()
             decoder.set_stream(string)
             z_symbols = _int32(decoder.decode_stream(z_indexes, *z_cdfs))
-            out.append(self._context_decode(decoder, self._z_hat(z_symbols.reshape(1, N, *shape)), q[b : b + 1], extent))
+            z_hat_s = self._z_hat(z_symbols.reshape(1, N, *shape))
+            out.append(self._context_decode(decoder, z_hat_s, q[b : b + 1], extent))
         return torch.cat(out)
 
     def _z_symbols(self, z: Tensor, quality: Tensor) -> tuple[Tensor, Tensor]:
@@ -401,7 +403,7 @@ class VariableRateHyperprior(CompressionModel):
 
     @torch.no_grad()
     def predict_bytes(self, y: Tensor, z: Tensor, quality: float, extent: tuple[int, int] | None = None) -> float:
-        """A quick float32 estimate of the bytes ``compress_latents`` gives (the training forward's
+        """A quick float32 estimate of the bytes ``compress_joint`` gives (the training forward's
         likelihoods, y's within ``extent``, as version 7 codes them): cheaper than coding, and under
         the real strings by the coder's overhead, which a quick budget search corrects
         (shared/rate_control.py)."""
