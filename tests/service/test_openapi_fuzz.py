@@ -35,6 +35,10 @@ from schemathesis import GenerationMode
 from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.specs.openapi import media_types
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+# Imported here, at collection, rather than lazily by register_media_type inside the fixture: a
+# module compiled that late, on a deep stack, can hit CPython 3.11's spurious "AST constructor
+# recursion depth mismatch" (python/cpython#106905, fixed in 3.11.8).
+from schemathesis.transport import asgi as _asgi_transport  # noqa: F401
 
 from receiver.app import create_app as create_receiver
 from sender.app import create_app as create_sender
