@@ -81,9 +81,10 @@ A parsed version 6 stream's ``Bitstream.model`` is "" (the stream does not say i
 Version 7 has version 6's fields (beginning ``\x98\xc4\x04LWIC\x07`` or ``\x9a\xc4\x04LWIC\x07``);
 its y leaves out the latent positions past the picture. A picture whose sides are not multiples of
 64 is coded padded to them; y's rows and columns past ``latent_extent(coded_height, coded_width)``
-(one position per 16 pixels, rounded up) hold padding alone, which the receiver crops. Version 6
-codes their elements as their means (symbol 0, a few bits each); version 7 codes nothing there and
-the decoder takes the means, so its pixels are version 6's for the same latents.
+(one position per 16 pixels, rounded up) hold padding alone, which the receiver crops. Versions 4
+to 6 code those positions too (this build's encoder sets them to their means: symbol 0, a few bits
+each); version 7 codes nothing there and the decoder takes the means, so its pixels are those of
+the same code in version 6.
 
 A model with a context model writes version 7 and still reads versions 4 to 6; a receiver older
 than version 7 refuses these streams with ``UnsupportedVersion`` (a 4xx naming the versions it reads).
