@@ -233,15 +233,11 @@ class VariableRateHyperprior(CompressionModel):
             if y is not None:
                 symbols = torch.round(y_k.flatten(2)[:, :, at] * g_k - mu_s)
                 symbols = symbols if past is None else symbols.masked_fill(past.flatten()[at], 0.0)
-            if omitted is None:
-                decoded = code(None if symbols is None else symbols.reshape(-1), indexes.reshape(-1))
-                decoded = decoded.to(torch.float64).reshape(B, C, -1)
-            else:  # only the picture's positions are coded; the rest stay 0
-                keep = ~omitted.flatten()[at]
-                decoded = torch.zeros_like(mu_s)
-                coded = code(None if symbols is None else symbols[:, :, keep].reshape(-1),
-                             indexes[:, :, keep].reshape(-1))
-                decoded[:, :, keep] = coded.to(torch.float64).reshape(B, C, -1)
+            # The positions coded: all, or (version 7) the picture's alone; the rest stay 0.
+            keep = slice(None) if omitted is None else ~omitted.flatten()[at]
+            decoded = torch.zeros_like(mu_s)
+            coded = code(None if symbols is None else symbols[:, :, keep].reshape(-1), indexes[:, :, keep].reshape(-1))
+            decoded[:, :, keep] = coded.to(torch.float64).reshape(B, C, -1)
             y_hat = torch.zeros_like(mu).flatten(2)
             y_hat[:, :, at] = (decoded + mu_s) / g_k
             return y_hat.reshape(mu.shape)
